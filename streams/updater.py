@@ -1,0 +1,173 @@
+"""The data path for one micro-batch: events -> user states -> recommendations.
+
+Pure computation, no Kafka: the faust agent calls ``apply`` in its model thread, and ``evaluate`` calls
+the same ``recommend``/``apply`` in-process, so what is measured is what is served.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models import longterm
+from models.catalogue import Catalogue
+from models.interest import InterestModel
+from models.topk import top_k
+from state.user_state import UserState
+from streams.schemas import Event, Recommendation, Rejection, ScoredItem
+from streams.settings import Settings
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """An event as it arrived: ``source`` is "topic:partition", ``offset`` its position there."""
+
+    event: Event
+    source: str
+    offset: int
+
+
+@dataclass
+class BatchResult:
+    states: dict[str, UserState] = field(default_factory=dict)  # every user whose state changed
+    recommendations: list[Recommendation] = field(default_factory=list)
+    rejected: list[tuple[Delivered, Rejection]] = field(default_factory=list)
+    redelivered: int = 0  # already applied before a crash/rebalance: skipped, not rejected
+
+
+class InterestUpdater:
+    def __init__(self, model: InterestModel, catalogue: Catalogue, settings: Settings) -> None:
+        self.model = model.eval()
+        self.catalogue = catalogue
+        self.settings = settings
+        self._item_space: torch.Tensor | None = None
+        self._item_space_version = -1
+
+    def new_state(self) -> UserState:
+        return UserState.new(self.model.config.hidden, self.catalogue.dim, self.model.version)
+
+    def item_space(self) -> torch.Tensor:
+        """The catalogue projected into interest space, recomputed only when the catalogue changed."""
+        if self._item_space_version != self.catalogue.version:
+            with torch.inference_mode():
+                self._item_space = self.model.items(self.catalogue.embeddings)
+            self._item_space_version = self.catalogue.version
+        assert self._item_space is not None
+        return self._item_space
+
+    # -- step 1: decide, per event, whether it is applied --------------------------------------------------
+
+    def _admit(self, batch: list[Delivered], states: dict[str, UserState | None], result: BatchResult):
+        """Per user, the events to apply in arrival order; rejected and redelivered ones are set aside."""
+        accepted: dict[str, list[Event]] = defaultdict(list)
+        for d in batch:
+            ev = d.event
+            state = states.get(ev.user_id)
+            if state is None:
+                state = states[ev.user_id] = self.new_state()
+            if state.is_applied(d.source, d.offset):
+                result.redelivered += 1
+                continue
+            state.applied[d.source] = d.offset  # consumed, whatever the verdict: never looked at twice
+            result.states[ev.user_id] = state
+            rejection = self._check(ev, state)
+            if rejection is not None:
+                result.rejected.append((d, rejection))
+                continue
+            if state.model_version != self.model.version:  # another GRU wrote this hidden vector
+                state.hidden = np.zeros(self.model.config.hidden, np.float32)
+                state.model_version = self.model.version
+            state.remember(ev.event_id, ev.item_id, self.settings.recent_items)
+            state.last_event_time = max(state.last_event_time, ev.ts)
+            state.last_event_id = ev.event_id
+            accepted[ev.user_id].append(ev)
+        return accepted
+
+    def _check(self, ev: Event, state: UserState) -> Rejection | None:
+        if ev.item_id not in self.catalogue.index:
+            return Rejection("unknown_item", f"item {ev.item_id!r} is not in the embedded catalogue")
+        if ev.event_id in state.recent_event_ids:
+            return Rejection("duplicate", f"event {ev.event_id!r} was already applied to user {ev.user_id!r}")
+        if state.last_event_time and ev.ts < state.last_event_time - self.settings.max_lateness_s:
+            return Rejection("too_late", f"ts {ev.ts} is {state.last_event_time - ev.ts:.0f}s behind the user's last event")
+        return None
+
+    # -- step 2: advance short- and long-term state, one round per event position ---------------------------
+
+    def _advance(self, accepted: dict[str, list[Event]], states: dict[str, UserState]) -> None:
+        s = self.settings
+        rounds = max((len(evs) for evs in accepted.values()), default=0)
+        for r in range(rounds):
+            users = [u for u, evs in accepted.items() if len(evs) > r]
+            events = [accepted[u][r] for u in users]
+            st = [states[u] for u in users]
+            emb = self.catalogue.vectors([e.item_id for e in events])
+            is_purchase = np.array([e.type == "purchase" for e in events])
+            with torch.inference_mode():
+                hidden = self.model.step(
+                    torch.from_numpy(np.stack([x.hidden for x in st])), torch.from_numpy(emb), torch.from_numpy(is_purchase).long()
+                ).numpy()
+            weights = np.where(is_purchase, s.purchase_weight, s.click_weight) * np.array([e.quantity for e in events])
+            lt_sum, lt_weight, lt_time = longterm.add(
+                np.stack([x.lt_sum for x in st]), np.array([x.lt_weight for x in st]), np.array([x.lt_time for x in st]),
+                np.array([e.ts for e in events]), emb, weights, s.half_life_s,
+            )
+            for i, (x, e) in enumerate(zip(st, events)):
+                x.hidden, x.lt_sum, x.lt_weight, x.lt_time = hidden[i], lt_sum[i], float(lt_weight[i]), float(lt_time[i])
+                if e.type == "purchase":
+                    x.purchases += 1
+                else:
+                    x.clicks += 1
+
+    # -- step 3: fuse, score the catalogue, keep the top k --------------------------------------------------
+
+    def recommend(self, states: list[UserState], k: int | None = None) -> list[list[ScoredItem]]:
+        """Top-k over the full catalogue for each state, the user's recent items excluded if configured."""
+        k = k or self.settings.top_k
+        if not states or not len(self.catalogue):
+            return [[] for _ in states]
+        with torch.inference_mode():
+            q = self.model.query(
+                torch.from_numpy(np.stack([x.hidden for x in states])),
+                torch.from_numpy(np.stack([x.long_term for x in states])),
+                torch.tensor([x.lt_weight for x in states], dtype=torch.float32),
+            )
+            exclude = None
+            if self.settings.exclude_seen:
+                index = self.catalogue.index
+                exclude = [[index[i] for i in x.recent_items if i in index] for x in states]
+            scores, idx = top_k(q, self.item_space(), k, exclude)
+        ids = self.catalogue.ids
+        return [
+            [ScoredItem(ids[j], float(v)) for v, j in zip(row_s.tolist(), row_i.tolist()) if v != float("-inf")]
+            for row_s, row_i in zip(scores, idx)
+        ]
+
+    def apply(self, batch: list[Delivered], states: dict[str, UserState | None]) -> BatchResult:
+        """Apply a micro-batch; ``states`` holds the stored state of each user in it (None if new)."""
+        result = BatchResult()
+        accepted = self._admit(batch, states, result)
+        self._advance(accepted, result.states)
+        users = list(accepted)
+        now = time.time()
+        for user, items in zip(users, self.recommend([result.states[u] for u in users])):
+            last = accepted[user][-1]
+            result.recommendations.append(Recommendation(user, items, last.event_id, last.ts, self.model.version, now))
+        return result
+
+    def decay(self, states: dict[str, UserState], now: float) -> dict[str, UserState]:
+        """Decay long-term vectors to event time ``now``; returns the states that changed."""
+        stale = {u: x for u, x in states.items() if x.lt_weight > 0 and x.lt_time < now}
+        if stale:
+            st = list(stale.values())
+            lt_sum, lt_weight, lt_time = longterm.decay_to(
+                np.stack([x.lt_sum for x in st]), np.array([x.lt_weight for x in st]), np.array([x.lt_time for x in st]),
+                np.full(len(st), now), self.settings.half_life_s,
+            )
+            for i, x in enumerate(st):
+                x.lt_sum, x.lt_weight, x.lt_time = lt_sum[i], float(lt_weight[i]), float(lt_time[i])
+        return stale
