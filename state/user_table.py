@@ -1,0 +1,33 @@
+"""Read-only access to a worker's user table on disk (faust's per-partition RocksDB files).
+
+For tools and tests that inspect state after a run: the worker itself goes through the faust table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from rocksdict import AccessType, Options, Rdict
+
+from state.user_state import UserState, decode
+
+FAUST_OFFSET_KEY = b"__faust\0offset__"  # faust's own record of the changelog offset, in every partition file
+
+
+def table_files(data_dir: Path, table: str = "user-state") -> list[Path]:
+    return sorted(p for p in data_dir.rglob(f"{table}-*.db") if p.is_dir())
+
+
+def iter_raw(path: Path) -> Iterator[tuple[bytes, bytes]]:
+    db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+    try:
+        for key, value in db.items():
+            if key != FAUST_OFFSET_KEY:
+                yield key, value
+    finally:
+        db.close()
+
+
+def load_user_states(data_dir: Path) -> dict[str, UserState]:
+    return {key.decode(): decode(value) for path in table_files(data_dir) for key, value in iter_raw(path)}

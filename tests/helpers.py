@@ -1,0 +1,67 @@
+"""Test helpers that talk to the real broker and the worker's endpoints."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+from kafka import KafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.schemas import Recommendation
+from streams.settings import Settings
+from streams.topics import bootstrap
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """Prometheus samples as {(name, sorted label items): value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }
+
+
+def metric_sum(samples: dict, name: str, **labels: str) -> float:
+    return sum(v for (n, lab), v in samples.items() if n == name and all((k, v2) in lab for k, v2 in labels.items()))
+
+
+def wait_until(predicate, timeout_s: float = 120.0, what: str = "condition", interval: float = 0.25):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def consume_all(settings: Settings, topic: str, idle_s: float = 3.0) -> list:
+    """Every message on ``topic`` from the beginning until none arrives for ``idle_s``."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap(settings), group_id=None,
+                             auto_offset_reset="earliest", consumer_timeout_ms=int(idle_s * 1000))
+    try:
+        return list(consumer)
+    finally:
+        consumer.close()
+
+
+def latest_recommendations(settings: Settings) -> dict[str, Recommendation]:
+    latest = {}
+    for message in consume_all(settings, settings.recommendations_topic):
+        rec = Recommendation.from_json(message.value)
+        latest[rec.user_id] = rec
+    return latest
+
+
+def dead_letters(settings: Settings) -> list[dict]:
+    return [
+        {"value": m.value, **{k: v.decode() for k, v in m.headers}}
+        for m in consume_all(settings, settings.dead_letter_topic)
+    ]
+
+
+def to_jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)

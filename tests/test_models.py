@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+
+from models import longterm
+from models.encoder import ItemEncoder
+from models.interest import InterestModel, ModelConfig
+from models.topk import top_k
+
+
+def test_decay_halves_weight_per_half_life_and_keeps_the_average():
+    s, w, t = longterm.add(np.zeros((1, 2), np.float32), np.zeros(1), np.zeros(1), np.array([100.0]),
+                           np.array([[1.0, 0.0]], np.float32), np.array([1.0]), half_life_s=10.0)
+    s2, w2, t2 = longterm.decay_to(s, w, t, np.array([120.0]), 10.0)
+    assert w2[0] == pytest.approx(0.25) and t2[0] == 120.0
+    assert np.allclose(s2 / w2[:, None], s / w[:, None])  # decay alone does not move the average
+    # a late event (time before lt_time) decays nothing and does not move time backwards
+    s3, w3, t3 = longterm.decay_to(s2, w2, t2, np.array([110.0]), 10.0)
+    assert w3[0] == pytest.approx(0.25) and t3[0] == 120.0
+
+
+def test_recent_heavier_items_dominate_the_long_term_average():
+    half_life = 10.0
+    s, w, t = np.zeros((1, 2), np.float32), np.zeros(1), np.zeros(1)
+    s, w, t = longterm.add(s, w, t, np.array([0.0]), np.array([[1.0, 0.0]], np.float32), np.array([1.0]), half_life)
+    s, w, t = longterm.add(s, w, t, np.array([10.0]), np.array([[0.0, 1.0]], np.float32), np.array([3.0]), half_life)
+    avg = s[0] / w[0]
+    assert avg == pytest.approx([0.5 / 3.5, 3.0 / 3.5])
+
+
+def test_batched_gru_step_equals_one_user_at_a_time():
+    model = InterestModel(ModelConfig(embed_dim=6, dim=4, hidden=5, encoder="t")).eval()
+    h = torch.randn(3, 5)
+    e = torch.randn(3, 6)
+    types = torch.tensor([0, 1, 0])
+    with torch.no_grad():
+        batched = model.step(h, e, types)
+        single = torch.cat([model.step(h[i : i + 1], e[i : i + 1], types[i : i + 1]) for i in range(3)])
+        assert torch.allclose(batched, single, atol=1e-6)
+        assert not torch.allclose(model.step(h, e, torch.tensor([1, 1, 1])), batched)  # event type matters
+
+
+def test_fusion_without_history_uses_only_short_term():
+    model = InterestModel.untrained(embed_dim=4, hidden=3, encoder="t")
+    h = torch.randn(2, 3)
+    with torch.no_grad():
+        q = model.query(h, torch.zeros(2, 4), torch.zeros(2))
+        assert torch.allclose(q, model.log_a_short.exp() * model.out(h))
+        lt = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+        strong = model.query(h, lt, torch.tensor([100.0, 100.0]))
+        weak = model.query(h, lt, torch.tensor([0.01, 0.01]))
+        # long-term evidence pulls the query towards the long-term vector (identity item tower)
+        assert strong[0, 0] - q[0, 0] > weak[0, 0] - q[0, 0] > 0
+
+
+def test_top_k_ranks_by_dot_product_and_excludes():
+    items = torch.eye(4)
+    q = torch.tensor([[0.1, 0.9, 0.5, 0.0], [1.0, 0.0, 0.0, 0.2]])
+    scores, idx = top_k(q, items, 2, exclude=[[1], []])
+    assert idx.tolist() == [[2, 0], [0, 3]]
+    assert scores[0].tolist() == pytest.approx([0.5, 0.1])
+    _, idx_all = top_k(q, items, 10)  # k larger than the catalogue is clipped
+    assert idx_all.shape == (2, 4)
+
+
+def test_checkpoint_round_trip_is_versioned(tmp_path):
+    model = InterestModel(ModelConfig(embed_dim=6, dim=4, hidden=5, encoder="t"))
+    version = model.save(tmp_path / "m.pt")
+    loaded = InterestModel.load(tmp_path / "m.pt")
+    assert loaded.version == version and version.startswith("gru-")
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_encoder_mean_pools_normalises_and_is_independent_of_batching(tiny_encoder):
+    texts = ["Alder yoga mat (yoga)", "Northpeak espresso machine (coffee)", "tent", "Alder camera bag (photography) extra words"]
+    enc = ItemEncoder(str(tiny_encoder), device="cpu", batch_size=2)
+    out = enc.encode(texts)
+    assert out.shape == (4, 32) and np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    one_by_one = np.stack([ItemEncoder(str(tiny_encoder), device="cpu", batch_size=1).encode([t])[0] for t in texts])
+    tol = 2e-2 if enc.model.dtype == torch.bfloat16 else 1e-5  # padding changes bf16 rounding slightly
+    assert np.allclose(out, one_by_one, atol=tol)
+    assert not np.allclose(out[0], out[1], atol=1e-3)  # different texts, different vectors
