@@ -69,11 +69,13 @@ class InterestUpdater:
             state = states.get(ev.user_id)
             if state is None:
                 state = states[ev.user_id] = self.new_state()
+            # Written back even when only redelivered: the local store may hold a write whose changelog
+            # record died with the crashed worker; rewriting the state repairs the changelog.
+            result.states[ev.user_id] = state
             if state.is_applied(d.source, d.offset):
                 result.redelivered += 1
                 continue
             state.applied[d.source] = d.offset  # consumed, whatever the verdict: never looked at twice
-            result.states[ev.user_id] = state
             rejection = self._check(ev, state)
             if rejection is not None:
                 result.rejected.append((d, rejection))
@@ -152,11 +154,12 @@ class InterestUpdater:
         result = BatchResult()
         accepted = self._admit(batch, states, result)
         self._advance(accepted, result.states)
-        users = list(accepted)
+        # Every user touched gets a recommendation, redelivered ones again (at-least-once output).
+        users = [u for u, state in result.states.items() if state.last_event_id]  # not users with only rejects
         now = time.time()
         for user, items in zip(users, self.recommend([result.states[u] for u in users])):
-            last = accepted[user][-1]
-            result.recommendations.append(Recommendation(user, items, last.event_id, last.ts, self.model.version, now))
+            state = result.states[user]
+            result.recommendations.append(Recommendation(user, items, state.last_event_id, state.last_event_time, self.model.version, now))
         return result
 
     def decay(self, states: dict[str, UserState], now: float) -> dict[str, UserState]:
