@@ -64,7 +64,78 @@ def _demo(args: argparse.Namespace, settings: Settings) -> None:
 
 def _config(args: argparse.Namespace, settings: Settings) -> None:
     for name, default, meaning in describe():
-        print(f"{name}={default!s:<28} {meaning}")
+        print(f"{name + '=' + default:<44} {meaning}")
+
+
+def _movielens(args: argparse.Namespace, settings: Settings) -> None:
+    from pathlib import Path
+
+    from models.data import load_movielens, write_log
+
+    for name, path in write_log(load_movielens(), Path(args.out), args.test_fraction).items():
+        print(f"{name}: {path}")
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> None:
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from models.data import embed_items, load_movielens
+    from models.encoder import ItemEncoder
+    from models.train import TrainConfig, train
+
+    log = load_movielens()
+    train_events, _, cutoff = log.split(args.test_fraction)
+    encoder = ItemEncoder(settings.encoder_path, settings.encoder_device, settings.encoder_batch, settings.encoder_max_tokens)
+    embeddings = embed_items(encoder, log.items, Path(args.cache))
+    config = TrainConfig(dim=args.dim, hidden=args.hidden, epochs=args.epochs, patience=args.patience, lr=args.lr, dropout=args.dropout,
+                         lanes=args.lanes, window=args.window, refit=not args.no_refit, seed=args.seed)
+    index = {item.item_id: n for n, item in enumerate(log.items)}
+    model, report = train(train_events, index, embeddings, encoder.name, settings, config, progress=True)
+    out = Path(args.out)
+    version = model.save(out)
+    summary = {"version": version, "checkpoint": str(out), "encoder": encoder.name, "events": len(train_events),
+               "train_before": cutoff, "config": asdict(config), "epochs": report.epochs,
+               "settings": {k: getattr(settings, k) for k in ("half_life_s", "click_weight", "purchase_weight")},
+               "seconds": round(report.seconds, 1), "history": report.history}
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    best = max((r for r in report.history if "val_ndcg@10" in r), key=lambda r: r["val_ndcg@10"], default={})
+    print(f"saved {out} ({version}): {report.epochs} epochs, {report.seconds:.0f}s, "
+          f"validation NDCG@10 {best.get('val_ndcg@10', float('nan')):.4f}")
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings) -> None:
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from models.data import embed_items, load_movielens
+    from models.encoder import ItemEncoder
+    from models.evaluate import EvalConfig, ablate, evaluate, format_table
+    from models.interest import InterestModel
+
+    log = load_movielens()
+    train_events, test_events, cutoff = log.split(args.test_fraction)
+    encoder = ItemEncoder(settings.encoder_path, settings.encoder_device, settings.encoder_batch, settings.encoder_max_tokens)
+    embeddings = embed_items(encoder, log.items, Path(args.cache))
+    models = {}
+    if args.checkpoint:
+        fused = InterestModel.load(Path(args.checkpoint))
+        if (fused.config.encoder, fused.config.embed_dim) != (encoder.name, encoder.dim):
+            raise RuntimeError(f"checkpoint was trained on {fused.config.encoder} ({fused.config.embed_dim}-d), not {encoder.name}")
+        models = {"fused": fused, "long-term only": ablate(fused, "long"), "GRU only": ablate(fused, "short")}
+    models["untrained default"] = InterestModel.untrained(encoder.dim, settings.hidden_size, encoder.name)
+    config = EvalConfig(exclude_seen=not args.keep_seen)
+    results = evaluate(train_events, test_events, log.items, embeddings, models, settings, config, progress=True)
+    print(format_table(results))
+    report = {"dataset": "MovieLens-100K (recbole)", "test_from": cutoff, "train_events": len(train_events),
+              "test_events": len(test_events), "checkpoint": args.checkpoint or None,
+              "versions": {name: m.version for name, m in models.items()}, "encoder": encoder.name,
+              "settings": {k: getattr(settings, k) for k in ("half_life_s", "click_weight", "purchase_weight")},
+              "config": asdict(config), "results": results}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +174,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="local broker + worker + bundled sample, then print recommendations")
     p.add_argument("--users", type=int, default=4, help="users to print")
     p.set_defaults(run=_demo)
+
+    p = sub.add_parser("movielens", help="write MovieLens-100K (from the recbole package) as catalogue and event logs")
+    p.add_argument("--out", default="results/ml-100k", help="folder for catalogue.jsonl, events.jsonl, train.jsonl, test.jsonl")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="the last part of the events by time that is test.jsonl")
+    p.set_defaults(run=_movielens)
+
+    p = sub.add_parser("train", help="train the GRU, item tower and fusion on MovieLens-100K (the training period)")
+    p.add_argument("--out", default="results/model.pt", help="checkpoint path (set INTEREST_CHECKPOINT to it for the worker); "
+                   "a .json with the training history is written beside it")
+    p.add_argument("--cache", default="results/cache", help="folder for the cached catalogue embeddings")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="held-out last part of the log by time, never trained on")
+    p.add_argument("--dim", type=int, default=64, help="interest space size")
+    p.add_argument("--hidden", type=int, default=128, help="GRU hidden size")
+    p.add_argument("--epochs", type=int, default=30, help="at most this many epochs (early stopping on validation NDCG@10)")
+    p.add_argument("--patience", type=int, default=5, help="epochs without validation improvement before stopping")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout on the GRU's input and hidden state while training")
+    p.add_argument("--lanes", type=int, default=32, help="users trained side by side (session-parallel mini-batches)")
+    p.add_argument("--window", type=int, default=32, help="steps per mini-batch (truncated backpropagation through time)")
+    p.add_argument("--no-refit", action="store_true", help="keep the early-stopped model instead of refitting on the whole training period")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("evaluate", help="prequential replay of the held-out MovieLens-100K period: models vs baselines")
+    p.add_argument("--checkpoint", default="", help="trained checkpoint (`train` writes it); empty: only the untrained default and baselines")
+    p.add_argument("--out", default="results/eval.json", help="JSON report path")
+    p.add_argument("--cache", default="results/cache", help="folder for the cached catalogue embeddings")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="must match the one used by `train`")
+    p.add_argument("--keep-seen", action="store_true", help="do not exclude items the user already had (for every model alike)")
+    p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("config", help="list every setting: variable, default, meaning")
     p.set_defaults(run=_config)

@@ -29,6 +29,8 @@ class Settings:
     recommendations_topic: str = field(default="recommendations", metadata={"help": "Output: top-k per user."})
     dead_letter_topic: str = field(default="dead-letters", metadata={"help": "Rejected input, original bytes plus reason headers."})
     ticks_topic: str = field(default="decay-ticks", metadata={"help": "Internal: timer ticks that decay long-term vectors per partition."})
+    session_timeout_s: float = field(default=30.0, metadata={"help": "Consumer group session timeout: how fast a dead worker's partitions move."})
+    instance_id: str = field(default="", metadata={"help": "Static group membership id (e.g. the StatefulSet pod name): a restarted worker takes its partitions back at once. Empty: dynamic membership."})
     top_k: int = field(default=10, metadata={"help": "Recommendations published per user."})
     exclude_seen: bool = field(default=True, metadata={"help": "Drop the user's recent items from their recommendations."})
     recent_items: int = field(default=50, metadata={"help": "Recent items remembered per user (for exclusion)."})

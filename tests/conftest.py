@@ -8,25 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from models.tiny_bert import build_tiny_bert
 from streams.broker import LocalBroker, free_port
 from streams.settings import Settings
 
 SAMPLE = Path(__file__).resolve().parents[1] / "streams" / "sample"
-
-
-def build_tiny_bert(path: Path, corpus: list[str]) -> Path:
-    """A 2-layer, 32-wide BertModel with a word-level vocabulary of ``corpus``, saved like a hub model."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    words = sorted({w for text in corpus for w in re.findall(r"\w+", text.lower())})
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    BertTokenizer(vocab=vocab).save_pretrained(path)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    import torch
-
-    torch.manual_seed(0)
-    BertModel(config).eval().save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -60,5 +46,5 @@ def settings(broker, tiny_encoder, tmp_path, request) -> Settings:
         item_vectors_topic=f"{name}-item-vectors", recommendations_topic=f"{name}-recs",
         dead_letter_topic=f"{name}-dlq", ticks_topic=f"{name}-ticks",
         encoder_path=str(tiny_encoder), web_port=free_port(), metrics_port=free_port(),
-        batch_wait_s=0.05, decay_interval_s=2.0, max_lateness_s=10 * 86400.0,
+        batch_wait_s=0.05, session_timeout_s=6.0, decay_interval_s=2.0, max_lateness_s=10 * 86400.0,
     )

@@ -65,3 +65,30 @@ def dead_letters(settings: Settings) -> list[dict]:
 
 def to_jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def variant(settings: Settings, tag: str, data_dir) -> Settings:
+    """The same test settings with their own app id, topics, state directory and ports."""
+    from dataclasses import replace
+
+    from streams.broker import free_port
+
+    topics = {f: f"{getattr(settings, f)}-{tag}" for f in (
+        "clicks_topic", "purchases_topic", "items_topic", "item_vectors_topic", "recommendations_topic", "dead_letter_topic", "ticks_topic")}
+    return replace(settings, app_id=f"{settings.app_id}-{tag}", data_dir=data_dir, web_port=free_port(), metrics_port=free_port(), **topics)
+
+
+def group_caught_up(settings: Settings, topics: list[str]) -> bool:
+    """True when the worker group's committed offsets reach the end of every partition of ``topics``."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap(settings))
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap(settings))
+    try:
+        committed = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
+        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        ends = consumer.end_offsets(tps)
+        return all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in tps)
+    finally:
+        admin.close()
+        consumer.close()

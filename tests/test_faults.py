@@ -1,0 +1,154 @@
+"""Faults against a real broker and real RocksDB: crashes, restarts, scale-out, broker outage.
+
+Logs here are clicks only: the order between a user's clicks and purchases is the order the worker
+reads two topics, which differs run to run, and the GRU state depends on order. Within one topic the
+order per user is fixed, so a crashed run must end in exactly the state of a clean one.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from state.user_table import load_user_states
+from streams.broker import LocalBroker
+from streams.tools import publish_catalogue, send_events
+from streams.worker import WorkerProcess
+from tests.conftest import SAMPLE
+from tests.helpers import group_caught_up, latest_recommendations, metric_sum, scrape, variant, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def click_log(catalogue: list[dict], users: int, per_user: int, seed: int = 1) -> list[dict]:
+    rng = random.Random(seed)
+    ids = [i["item_id"] for i in catalogue]
+    t0 = 1_790_000_000.0
+    events = [{"event_id": f"c{u}-{n}", "user_id": f"u{u:03d}", "item_id": rng.choice(ids), "type": "click",
+               "ts": t0 + n * 60 + u} for u in range(users) for n in range(per_user)]
+    return sorted(events, key=lambda e: e["ts"])
+
+
+def start_ready(settings, log_dir, name: str, min_items: int = 96) -> WorkerProcess:
+    worker = WorkerProcess(settings, log_dir / f"{name}.log").start()
+    worker.wait_ready(min_items=min_items)
+    return worker
+
+
+def event_topics(settings) -> list[str]:
+    return [settings.clicks_topic, settings.purchases_topic]
+
+
+def run_to_end(settings, events, log_dir) -> dict:
+    worker = start_ready(settings, log_dir, "clean")
+    try:
+        send_events(settings, events, progress=False)
+        wait_until(lambda: group_caught_up(settings, event_topics(settings)), what="clean run caught up")
+    finally:
+        worker.stop()
+    return load_user_states(settings.data_dir)
+
+
+def assert_same_states(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for user in want:
+        g, w = got[user], want[user]
+        assert (g.clicks, g.purchases, g.recent_items) == (w.clicks, w.purchases, w.recent_items), user
+        by_partition = [sorted((source.rsplit(":", 1)[1], offset) for source, offset in x.applied.items()) for x in (g, w)]
+        assert by_partition[0] == by_partition[1], user  # same offsets applied (topic names differ per run)
+        assert np.allclose(g.hidden, w.hidden, atol=1e-5) and np.allclose(g.lt_sum, w.lt_sum, atol=1e-5), user
+        assert g.lt_weight == pytest.approx(w.lt_weight) and g.lt_time == w.lt_time
+
+
+@pytest.mark.parametrize("local_state", ["kept", "deleted"])
+def test_kill_9_mid_replay_then_restart_ends_in_the_clean_run_state(settings, sample_catalogue, tmp_path, local_state):
+    # Decay ticks would land at different times in each run. A static member id lets the restarted worker
+    # replace the killed one at once (noida-db never expires a dead member; Apache Kafka does after the session timeout).
+    settings = replace(settings, decay_interval_s=3600.0, instance_id="worker-0")
+    events = click_log(sample_catalogue, users=40, per_user=60)
+    clean = variant(settings, "clean", tmp_path / "clean")
+    crash = variant(settings, "crash", tmp_path / "crash")
+    for s in (clean, crash):
+        publish_catalogue(s, SAMPLE / "catalogue.jsonl", progress=False)
+    want = run_to_end(clean, events, tmp_path)
+
+    worker = start_ready(crash, tmp_path, "crash-1")
+    # throttled, so the kill lands mid-stream
+    producer = threading.Thread(target=send_events, args=(crash, events), kwargs={"speed": 600.0, "progress": False})
+    producer.start()
+    wait_until(lambda: metric_sum(scrape(crash.metrics_port), "interest_events_consumed_total") >= len(events) // 4,
+               what="a quarter of the events consumed", interval=0.05)
+    worker.kill()  # SIGKILL: no flush, no commit, no goodbye
+    assert producer.is_alive(), "the replay finished before the kill: nothing was interrupted"
+    if local_state == "deleted":
+        shutil.rmtree(crash.data_dir / "faust")  # recover the user table from its changelog alone
+    started = time.monotonic()
+    worker = start_ready(crash, tmp_path, "crash-2")
+    print(f"restart with local state {local_state}: ready in {time.monotonic() - started:.1f}s")
+    try:
+        producer.join()
+        wait_until(lambda: group_caught_up(crash, event_topics(crash)), timeout_s=180, what="crashed run caught up")
+    finally:
+        worker.stop()
+    assert_same_states(load_user_states(crash.data_dir), want)
+
+
+def test_two_workers_split_partitions_and_one_takes_over_the_others_users(settings, sample_catalogue, tmp_path):
+    events = click_log(sample_catalogue, users=40, per_user=20, seed=2)
+    half = len(events) // 2
+    # same tag: both share app id (one consumer group) and topics; each has its own state directory and ports
+    one = variant(settings, "w", tmp_path / "one")
+    two = variant(settings, "w", tmp_path / "two")
+    publish_catalogue(one, SAMPLE / "catalogue.jsonl", progress=False)
+    w1 = start_ready(one, tmp_path, "w1")
+    w2 = start_ready(two, tmp_path, "w2")
+    try:
+        time.sleep(8)  # let the group rebalance onto both members
+        send_events(one, events[:half], progress=False)
+        wait_until(lambda: group_caught_up(one, event_topics(one)), what="first half processed")
+        consumed = [metric_sum(scrape(s.metrics_port), "interest_events_consumed_total") for s in (one, two)]
+        assert all(c > 0 for c in consumed) and sum(consumed) >= half, consumed  # partitions were split
+        before = latest_recommendations(one)
+        w2.stop()
+        send_events(one, events[half:], progress=False)
+        wait_until(lambda: group_caught_up(one, event_topics(one)), timeout_s=180, what="survivor processed the rest")
+        after = latest_recommendations(one)
+    finally:
+        w2.stop()
+        w1.stop()
+    states = load_user_states(one.data_dir)
+    per_user = {}
+    for e in events:
+        per_user[e["user_id"]] = per_user.get(e["user_id"], 0) + 1
+    # the survivor holds every user with every event applied once: the stopped worker's users came with their state
+    assert {u: s.clicks for u, s in states.items()} == per_user
+    assert set(after) == set(per_user) and set(before) <= set(after)
+
+
+def test_broker_outage_worker_waits_and_resumes_without_losing_events(settings, sample_catalogue, tmp_path):
+    broker = LocalBroker(tmp_path / "own-broker").start()
+    s = replace(variant(settings, "o", tmp_path / "state"), broker=broker.address)
+    events = click_log(sample_catalogue, users=10, per_user=20, seed=3)
+    publish_catalogue(s, SAMPLE / "catalogue.jsonl", progress=False)
+    worker = start_ready(s, tmp_path, "outage")
+    try:
+        send_events(s, events[:100], progress=False)
+        wait_until(lambda: group_caught_up(s, event_topics(s)), what="before the outage")
+        broker.stop()
+        time.sleep(10)
+        assert worker.alive, worker.log_tail()
+        broker = LocalBroker(broker.data_dir, port=broker.port).start()
+        send_events(s, events[100:], progress=False)
+        wait_until(lambda: group_caught_up(s, event_topics(s)), timeout_s=180, what="after the outage")
+        assert worker.alive
+    finally:
+        worker.stop()
+        broker.stop()
+    states = load_user_states(s.data_dir)
+    assert sum(x.clicks for x in states.values()) == len(events)
