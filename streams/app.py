@@ -215,6 +215,7 @@ async def update_interests(stream) -> None:
 async def apply_events(batch: list[faust.types.EventT]) -> None:
     now = time.time()
     delivered: list[Delivered] = []
+    accepted_events: list[faust.types.EventT] = []  # the message behind each delivered event
     origin: dict[str, faust.types.EventT] = {}  # user -> an event of theirs: its partition is the user's
     for event in batch:
         msg = event.message
@@ -229,6 +230,7 @@ async def apply_events(batch: list[faust.types.EventT]) -> None:
             await dead_letter(event, Rejection("bad_key", "message key must be the user id (it picks the partition)"))
             continue
         delivered.append(Delivered(parsed, f"{msg.topic}:{msg.partition}", msg.offset))
+        accepted_events.append(event)
         origin[parsed.user_id] = event
 
     states = {}
@@ -242,9 +244,9 @@ async def apply_events(batch: list[faust.types.EventT]) -> None:
     for user, state in result.states.items():
         with processing(origin[user]):
             user_states[user.encode()] = encode(state)
-    by_id = {d.event.event_id: origin[d.event.user_id] for d in delivered}
+    message_of = {(d.source, d.offset): event for d, event in zip(delivered, accepted_events)}
     for d, rejection in result.rejected:
-        await dead_letter(by_id[d.event.event_id], rejection)
+        await dead_letter(message_of[(d.source, d.offset)], rejection)  # the rejected message itself
     metrics.EVENTS_REDELIVERED.inc(result.redelivered)
     for d in delivered:
         p = origin[d.event.user_id].message.partition
