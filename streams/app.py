@@ -12,7 +12,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -180,6 +180,11 @@ async def follow_item_vectors() -> None:
             records = await consumer.getmany(timeout_ms=500, max_records=2000)
             vectors = [ItemVector.decode(r.key.decode(), r.value) for batch in records.values() for r in batch]
             if not vectors:
+                # Caught up: stop fetching for a while. Brokers that answer an empty fetch at once instead of
+                # waiting fetch_max_wait_ms (noida-db) would otherwise keep this loop busy, ~0.5 core.
+                consumer.pause(*partitions)
+                await asyncio.sleep(settings.item_poll_s)
+                consumer.resume(*partitions)
                 continue
             offsets = {tp.partition: batch[-1].offset + 1 for tp, batch in records.items()}
 
@@ -301,6 +306,13 @@ def partition_items(partition: int):
 @app.timer(interval=5.0)
 async def report_lag() -> None:
     now = time.time()
+    assigned = {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
+    for topic, partition in list(runtime.positions):
+        if (topic, partition) not in assigned:  # moved to another worker: it reports that lag now
+            del runtime.positions[(topic, partition)]
+            for gauge in (metrics.CONSUMER_LAG, metrics.CONSUMER_LAG_SECONDS):
+                with suppress(KeyError):  # never reported if no highwater was known yet
+                    gauge.remove(topic, str(partition))
     for tp in app.consumer.assignment():
         seen = runtime.positions.get((tp.topic, tp.partition))
         highwater = app.consumer.highwater(tp)
