@@ -23,5 +23,13 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+# MovieLens-100K from the recbole package: train on the first 80% of the log by time, then replay the rest.
+train: install
+	$(BIN)/interest-stream train --out results/model.pt
+
+evaluate: install
+	test -f results/model.pt || $(MAKE) train
+	$(BIN)/interest-stream evaluate --checkpoint results/model.pt --out results/eval.json
+
 clean:
 	rm -rf $(VENV) var results

@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30, help="at most this many epochs (early stopping on validation NDCG@10)")
     p.add_argument("--patience", type=int, default=5, help="epochs without validation improvement before stopping")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout on the GRU's input and hidden state while training")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout on the GRU input and on the hidden state entering the fusion, while training")
     p.add_argument("--lanes", type=int, default=32, help="users trained side by side (session-parallel mini-batches)")
     p.add_argument("--window", type=int, default=32, help="steps per mini-batch (truncated backpropagation through time)")
     p.add_argument("--no-refit", action="store_true", help="keep the early-stopped model instead of refitting on the whole training period")
