@@ -4,14 +4,34 @@ from __future__ import annotations
 
 import torch
 
+CANDIDATE_MARGIN = 16  # extra bf16 candidates per row, beyond 2k, rescored exactly
 
-def top_k(queries: torch.Tensor, items: torch.Tensor, k: int, exclude: list[list[int]] | None = None):
-    """queries [B, d] x items [N, d] -> (scores [B, k], indices [B, k]); ``exclude[b]`` rows get -inf."""
-    scores = queries @ items.T
+
+def top_k(queries: torch.Tensor, items: torch.Tensor, k: int, exclude: list[list[int]] | None = None,
+          coarse_items: torch.Tensor | None = None):
+    """queries [B, d] x items [N, d] -> (scores [B, k], indices [B, k]); ``exclude[b]`` rows get -inf.
+
+    ``coarse_items`` (``items`` in bf16) scores the catalogue in bf16, ~3x faster where the CPU has native
+    bf16, then rescores each row's best 2k + 16 candidates in fp32: scores are exact, and so is the order
+    unless more than k + 16 items sit within bf16 rounding (~0.4%) of the k-th score.
+    """
+    k = min(k, items.shape[0])
+    if coarse_items is None:
+        scores = queries @ items.T
+        _exclude(scores, exclude)
+        return torch.topk(scores, k, dim=-1)
+    coarse = queries.to(coarse_items.dtype) @ coarse_items.T
+    _exclude(coarse, exclude)
+    best, candidates = torch.topk(coarse, min(2 * k + CANDIDATE_MARGIN, items.shape[0]), dim=-1)
+    exact = torch.bmm(items[candidates], queries.unsqueeze(-1)).squeeze(-1)
+    exact[best == float("-inf")] = float("-inf")  # excluded items stay excluded in small catalogues
+    scores, pos = torch.topk(exact, k, dim=-1)
+    return scores, torch.gather(candidates, 1, pos)
+
+
+def _exclude(scores: torch.Tensor, exclude: list[list[int]] | None) -> None:
     if exclude:
         rows = [b for b, idx in enumerate(exclude) for _ in idx]
         cols = [i for idx in exclude for i in idx]
         if cols:
             scores[rows, cols] = float("-inf")
-    k = min(k, items.shape[0])
-    return torch.topk(scores, k, dim=-1)

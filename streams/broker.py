@@ -54,6 +54,11 @@ class LocalBroker:
         wait_for_port(self.port)
         return self
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "not started"
+        return self._proc.pid
+
     def stop(self, timeout_s: float = 15.0) -> None:
         if self._proc is None or self._proc.poll() is not None:
             return

@@ -66,7 +66,12 @@ class Recommendation:
     produced_at: float = field(default_factory=time.time)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # What asdict() gives, built by hand: asdict deep-copies recursively, 5x the cost on the hot path.
+        return json.dumps({
+            "user_id": self.user_id, "items": [{"item_id": i.item_id, "score": i.score} for i in self.items],
+            "event_id": self.event_id, "event_time": self.event_time, "model_version": self.model_version,
+            "produced_at": self.produced_at,
+        }, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "Recommendation":

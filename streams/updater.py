@@ -15,11 +15,14 @@ import torch
 
 from models import longterm
 from models.catalogue import Catalogue
+from models.encoder import cpu_has_bf16
 from models.interest import InterestModel
 from models.topk import top_k
 from state.user_state import UserState
 from streams.schemas import Event, Recommendation, Rejection, ScoredItem
 from streams.settings import Settings
+
+MIN_BF16_ITEMS = 2048  # below this the fp32 product is cheap already
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,9 @@ class InterestUpdater:
         self.catalogue = catalogue
         self.settings = settings
         self._item_space: torch.Tensor | None = None
+        self._coarse_items: torch.Tensor | None = None  # bf16 copy for scoring, when it pays off
         self._item_space_version = -1
+        self._bf16 = settings.bf16_scoring and cpu_has_bf16()
 
     def new_state(self) -> UserState:
         return UserState.new(self.model.config.hidden, self.catalogue.dim, self.model.version)
@@ -55,6 +60,8 @@ class InterestUpdater:
         if self._item_space_version != self.catalogue.version:
             with torch.inference_mode():
                 self._item_space = self.model.items(self.catalogue.embeddings)
+            big = len(self.catalogue) >= MIN_BF16_ITEMS
+            self._coarse_items = self._item_space.to(torch.bfloat16) if self._bf16 and big else None
             self._item_space_version = self.catalogue.version
         assert self._item_space is not None
         return self._item_space
@@ -142,11 +149,12 @@ class InterestUpdater:
             if self.settings.exclude_seen:
                 index = self.catalogue.index
                 exclude = [[index[i] for i in x.recent_items if i in index] for x in states]
-            scores, idx = top_k(q, self.item_space(), k, exclude)
+            items = self.item_space()
+            scores, idx = top_k(q, items, k, exclude, self._coarse_items)
         ids = self.catalogue.ids
-        return [
-            [ScoredItem(ids[j], float(v)) for v, j in zip(row_s.tolist(), row_i.tolist()) if v != float("-inf")]
-            for row_s, row_i in zip(scores, idx)
+        return [  # through numpy: torch's tolist() costs ~1 us per element
+            [ScoredItem(ids[j], v) for v, j in zip(row_s, row_i) if v != float("-inf")]
+            for row_s, row_i in zip(scores.numpy().tolist(), idx.numpy().tolist())
         ]
 
     def apply(self, batch: list[Delivered], states: dict[str, UserState | None]) -> BatchResult:

@@ -85,6 +85,11 @@ class WorkerProcess:
             self._proc.wait()
 
     @property
+    def pid(self) -> int:
+        assert self._proc is not None, "not started"
+        return self._proc.pid
+
+    @property
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

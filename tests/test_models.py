@@ -81,3 +81,17 @@ def test_encoder_mean_pools_normalises_and_is_independent_of_batching(tiny_encod
     tol = 2e-2 if enc.model.dtype == torch.bfloat16 else 1e-5  # padding changes bf16 rounding slightly
     assert np.allclose(out, one_by_one, atol=tol)
     assert not np.allclose(out[0], out[1], atol=1e-3)  # different texts, different vectors
+
+
+def test_top_k_with_bf16_candidates_matches_exact_scoring():
+    torch.manual_seed(0)
+    items = torch.nn.functional.normalize(torch.randn(3000, 64), dim=-1)
+    q = items[:50] * 2 + 0.1 * torch.randn(50, 64)
+    exclude = [[b, b + 1] for b in range(50)]  # each query's own item among them
+    exact_scores, exact_idx = top_k(q, items, 10, exclude)
+    scores, idx = top_k(q, items, 10, exclude, coarse_items=items.to(torch.bfloat16))
+    assert torch.equal(idx, exact_idx)
+    assert torch.allclose(scores, exact_scores, atol=1e-5)
+    tiny = torch.eye(4)  # fewer items than candidates: excluded ones stay last, at -inf
+    scores, idx = top_k(torch.tensor([[0.1, 0.9, 0.5, 0.0]]), tiny, 10, [[1]], coarse_items=tiny.to(torch.bfloat16))
+    assert idx.tolist() == [[2, 0, 3, 1]] and scores[0, -1] == float("-inf")
