@@ -3,7 +3,6 @@ function of the item's text embedding, so no interaction history (and no retrain
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from kafka import KafkaProducer
