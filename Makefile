@@ -31,5 +31,9 @@ evaluate: install
 	test -f results/model.pt || $(MAKE) train
 	$(BIN)/interest-stream evaluate --checkpoint results/model.pt --out results/eval.json
 
+# Not part of the tests: throughput/latency against a raw Kafka loop on the same local broker.
+bench: install
+	$(BIN)/python -m benchmarks.bench
+
 clean:
 	rm -rf $(VENV) var results

@@ -1,0 +1,230 @@
+"""Throughput and latency of the pipeline against the plainest Kafka loop, on one local broker.
+
+    python -m benchmarks.bench                         # 10k users, 10k items, tiny encoder (~3 min)
+    python -m benchmarks.bench --users 100000 --items 100000
+    make bench
+
+One run, one broker (noida-db, or INTEREST_BROKER). It measures
+  (a) the reference: consume N events and produce one message per event, with aiokafka (faust's client)
+      and kafka-python;
+  (b) the pipeline: a worker process (the catalogue embedded by the worker itself) drains a backlog
+      produced at the maximum rate (capacity), then takes events at sustained rates for the latency from
+      event produce time (carried in ``ts``) to recommendation receive time;
+  (c) the packaged MiniLM encoder on CPU, items/s;
+  (d) the decay timer per 100k users (RocksDB read, decode, decay, encode, write);
+  (e) bytes per user state (encoded, and on disk in RocksDB) and worker RSS against users with state.
+``--encoder tiny`` (default) gives the worker a tiny random BERT, so that embedding the catalogue does
+not dominate the run; (c) measures MiniLM on its own. Worker settings come from INTEREST_* variables as
+usual (e.g. INTEREST_BATCH_MAX). Prints a summary table and writes results/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, replace
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kafka.admin import NewTopic
+
+from benchmarks import micro, pipeline, reference
+from benchmarks.workload import EventSource, catalogue
+from models.tiny_bert import build_tiny_bert
+from streams.broker import LocalBroker, free_port
+from streams.settings import Settings
+from streams.topics import admin_client, bootstrap, ensure_topics
+from streams.worker import WorkerProcess
+
+MINILM_DIM = 384  # the decay cost is for production-sized states
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=int, default=10_000, help="distinct users (each gets state)")
+    p.add_argument("--items", type=int, default=10_000, help="catalogue size")
+    p.add_argument("--events", type=int, default=0, help="capacity backlog; 0: max(100k, 2 x users)")
+    p.add_argument("--reference-events", type=int, default=100_000, help="events through the reference loops")
+    p.add_argument("--encoder", choices=("tiny", "minilm"), default="tiny", help="the worker's encoder")
+    p.add_argument("--encoder-items", type=int, default=2000, help="texts for the MiniLM throughput (0: skip)")
+    p.add_argument("--decay-users", type=int, default=100_000, help="users for the decay timer cost (0: skip)")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds per sustained-rate phase")
+    p.add_argument("--loads", default="0.5,0.8",
+                   help="sustained rates as fractions of the measured capacity; 'goal' is half the aiokafka reference")
+    p.add_argument("--out", default="results/bench.json")
+    p.add_argument("--keep", action="store_true", help="keep the working directory (broker data, worker log, state)")
+    return p.parse_args(argv)
+
+
+def bench_settings(base: Settings, broker: str, work: Path, encoder_path: str) -> Settings:
+    prefix = f"bench-{int(time.time())}"
+    topics = {f: f"{prefix}-{getattr(base, f)}" for f in (
+        "clicks_topic", "purchases_topic", "items_topic", "item_vectors_topic", "recommendations_topic", "dead_letter_topic", "ticks_topic")}
+    return replace(base, broker=broker, app_id=prefix, data_dir=work / "state", encoder_path=encoder_path,
+                   web_port=free_port(), metrics_port=free_port(), **topics)
+
+
+def run_reference(settings: Settings, n: int, broker_pid: int | None) -> dict:
+    servers = bootstrap(settings)
+    names = {k: f"{settings.app_id}-ref-{k}" for k in ("in", "out-aiokafka", "out-kafka-python")}
+    admin = admin_client(settings)
+    admin.create_topics([NewTopic(t, settings.partitions, settings.replication_factor) for t in names.values()])
+    admin.close()
+    messages = [(key, value) for _, key, value in EventSource(10_000, 10_000, seed=1).take(n)]
+    out = {"events": n, "produce_only_events_per_s": asyncio.run(reference.fill(servers, names["in"], messages))}
+    loops = {
+        "aiokafka": lambda: asyncio.run(reference.aiokafka_loop(servers, names["in"], names["out-aiokafka"], n, f"{settings.app_id}-ref-aiokafka")),
+        "kafka_python": lambda: reference.kafka_python_loop(servers, names["in"], names["out-kafka-python"], n, f"{settings.app_id}-ref-kafka-python"),
+    }
+    for name, loop in loops.items():
+        broker_cpu = pipeline.cpu_seconds({"broker": broker_pid}) if broker_pid else {}
+        out[f"{name}_events_per_s"], cpu = loop()
+        out[f"{name}_cpu_us_per_event"] = 1e6 * cpu / n
+        if broker_pid:  # includes the group join: a slight overestimate
+            out[f"{name}_broker_cpu_us_per_event"] = 1e6 * (pipeline.cpu_seconds({"broker": broker_pid})["broker"] - broker_cpu["broker"]) / n
+    return out
+
+
+async def run_pipeline(settings: Settings, args: argparse.Namespace, items: list[dict], reference_rate: float, work: Path,
+                       broker_pid: int | None) -> dict:
+    ensure_topics(settings)
+    worker = WorkerProcess(settings, work / "worker.log").start()
+    try:
+        start = time.time()
+        await reference.fill(bootstrap(settings), settings.items_topic, [(i["item_id"].encode(), json.dumps(i).encode()) for i in items])
+        worker.wait_ready(min_items=len(items), timeout_s=3600)
+        ready_s = time.time() - start
+        monitor = pipeline.Monitor(worker, settings.metrics_port)
+        monitor.start()
+        producer = pipeline.Producer(settings, EventSource(args.users, args.items))
+        await producer.start()
+        try:
+            n_events = args.events or max(100_000, 2 * args.users)
+            pids = {"worker": worker.pid, **({"broker": broker_pid} if broker_pid else {})}
+            cap = await pipeline.capacity(settings, producer, n_events, 0.0, pids)
+            loads = [0.5 * reference_rate / cap["events_per_s"] if x == "goal" else float(x) for x in args.loads.split(",")]
+            phases = []
+            for load in sorted(loads):
+                if load > 1.0:
+                    phases.append({"load": load, "skipped": "above the measured capacity"})
+                    continue
+                consumed = pipeline.metric(settings.metrics_port, "interest_events_consumed_total")
+                phases.append({"load": load, **await pipeline.latency(settings, producer, load * cap["events_per_s"], args.duration, consumed)})
+        finally:
+            await producer.stop()
+            monitor.stop()
+        dead = pipeline.metric(settings.metrics_port, "interest_events_dead_lettered_total")
+        produced = producer.source.sent
+    finally:
+        worker.stop()
+    table = pipeline.table_size(settings.data_dir)
+    if table["applied_events"] != produced:
+        print(f"WARNING: {produced} events produced, {table['applied_events']} applied", file=sys.stderr)
+    return {"catalogue_ready_s": ready_s, "catalogue_items_per_s": len(items) / ready_s, "capacity": cap, "latency": phases,
+            "dead_lettered": dead, "events_produced": produced, "table": table,
+            "memory": pipeline.rss_vs_users(monitor.samples, 0.0, args.users)}
+
+
+def summary(r: dict) -> list[tuple[str, str]]:
+    ref, pipe = r["reference"], r["pipeline"]
+    cap = pipe["capacity"]
+    rows = [
+        ("reference aiokafka consume+produce, events/s", f"{ref['aiokafka_events_per_s']:,.0f}"),
+        ("reference aiokafka loop CPU per event, us", f"{ref['aiokafka_cpu_us_per_event']:.0f}"),
+        ("reference kafka-python consume+produce, events/s", f"{ref['kafka_python_events_per_s']:,.0f}"),
+        ("aiokafka produce only, events/s", f"{ref['produce_only_events_per_s']:,.0f}"),
+        ("pipeline capacity (backlog drain), events/s", f"{cap['events_per_s']:,.0f}"),
+        ("pipeline incl. producer contention, events/s", f"{cap['events_per_s_with_producer']:,.0f}"),
+        ("ratio pipeline / aiokafka reference", f"{r['ratio']:.2f}"),
+        ("  micro-batches in the drain: mean events, mean ms", f"{cap['mean_batch_events']:.0f}, {cap['mean_batch_ms']:.0f}"),
+        ("worker CPU per event during the drain, us", f"{cap['worker_cpu_us_per_event']:.0f}"),
+    ]
+    if "broker_cpu_us_per_event" in cap:
+        rows.append(("broker CPU per event during the drain, us", f"{cap['broker_cpu_us_per_event']:.0f}"))
+    for ph in pipe["latency"]:
+        if "skipped" in ph:
+            rows.append((f"latency at {ph['load']:.2f} x capacity", ph["skipped"]))
+            continue
+        rows.append((f"latency at {ph['events_per_s']:,.0f} ev/s ({ph['load']:.2f} x capacity, "
+                     f"{ph['events_per_s'] / ref['aiokafka_events_per_s']:.2f} x reference) p50 / p99 / max ms",
+                     f"{ph['p50_ms']:.0f} / {ph['p99_ms']:.0f} / {ph['max_ms']:.0f}"))
+        rows.append(("  micro-batches there: mean events, mean ms", f"{ph['mean_batch_events']:.0f}, {ph['mean_batch_ms']:.0f}"))
+    table, mem = pipe["table"], pipe["memory"]
+    rows += [
+        ("events produced / applied (exactly once) / dead-lettered", f"{pipe['events_produced']:,} / {table['applied_events']:,} / {pipe['dead_lettered']:.0f}"),
+        (f"catalogue embedded by the worker ({r['args']['encoder']}), items/s", f"{pipe['catalogue_items_per_s']:,.0f}"),
+    ]
+    if "encoder" in r:
+        e = r["encoder"]
+        rows.append((f"encoder {e['encoder']} ({e['dtype']}, CPU, {e['items']} texts), items/s", f"{e['items_per_s']:,.0f}"))
+    if "decay" in r:
+        d = r["decay"]
+        rows.append(("decay timer per 100k users, s (read/decode/decay/encode/write)",
+                     f"{d['total_s_per_100k_users']:.2f} ({d['read_s']:.2f}/{d['decode_s']:.2f}/{d['decay_s']:.2f}/{d['encode_s']:.2f}/{d['write_s']:.2f})"))
+        rows.append(("bytes per user state, full history (encoded)", f"{d['full_state_bytes']:,.0f}"))
+    rows += [
+        (f"bytes per user state in this run (encoded / RocksDB files), {table['users']:,} users",
+         f"{table['value_bytes_per_user']:,.0f} / {table['disk_bytes_per_user']:,.0f}"),
+        ("worker RSS at ready -> with all users, MB", f"{mem['rss_at_ready_mb']:,.0f} -> {mem['rss_with_all_users_mb']:,.0f}"),
+        ("worker RSS growth per user, bytes", f"{mem['rss_growth_bytes_per_user']:,.0f}"),
+    ]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    base = Settings.from_env()
+    results: dict = {"args": vars(args), "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}}
+    with ExitStack() as stack:
+        work = Path(tempfile.mkdtemp(prefix="interest-bench-"))
+        if args.keep:
+            print(f"working directory: {work}")
+        else:
+            stack.callback(shutil.rmtree, work, ignore_errors=True)
+        broker, broker_pid = base.broker, None
+        if not broker:
+            local = stack.enter_context(LocalBroker(work / "broker"))
+            broker, broker_pid = local.address, local.pid
+        items = catalogue(args.items)
+        encoder_path = base.encoder_path
+        if args.encoder == "tiny":  # MiniLM's width, so scoring and state sizes are production-sized
+            encoder_path = str(build_tiny_bert(work / "tiny-bert", [i["text"] for i in items], hidden=MINILM_DIM, layers=1))
+        settings = bench_settings(base, broker, work, encoder_path)
+        results["settings"] = {k: str(v) for k, v in asdict(settings).items()}
+
+        print(f"(a) reference loops, {args.reference_events:,} events ...", flush=True)
+        results["reference"] = run_reference(settings, args.reference_events, broker_pid)
+        print(f"(b) pipeline: {args.users:,} users, {args.items:,} items ...", flush=True)
+        results["pipeline"] = asyncio.run(run_pipeline(settings, args, items, results["reference"]["aiokafka_events_per_s"], work, broker_pid))
+        results["ratio"] = results["pipeline"]["capacity"]["events_per_s"] / results["reference"]["aiokafka_events_per_s"]
+        if args.encoder_items:
+            print("(c) MiniLM encoder ...", flush=True)
+            results["encoder"] = micro.encoder_throughput([i["text"] for i in catalogue(args.encoder_items, seed=2)])
+        if args.decay_users:
+            print("(d) decay timer ...", flush=True)
+            results["decay"] = micro.decay_cost(args.decay_users, MINILM_DIM, settings.hidden_size, settings)
+
+    rows = summary(results)
+    width = max(len(k) for k, _ in rows)
+    print()
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nwrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""The full pipeline under load: a worker process, a catalogue, a backlog produced at the maximum rate
+(capacity), then sustained rates (latency). Latency is recommendation receive time minus the produce time
+the event carries in ``ts``: on one machine both clocks are the same."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from kafka import KafkaConsumer
+from kafka import TopicPartition as KafkaTopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.workload import EventSource
+from state.user_state import decode
+from state.user_table import iter_raw, table_files
+from streams.settings import Settings
+from streams.topics import bootstrap
+from streams.worker import WorkerProcess
+
+
+def metrics(port: int) -> dict[str, float]:
+    """The worker's metrics, each summed over its labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+def metric(port: int, name: str) -> float:
+    return metrics(port).get(name, 0.0)
+
+
+def batches(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Mean micro-batch size and processing time between two scrapes."""
+    n = after["interest_batch_size_count"] - before.get("interest_batch_size_count", 0.0)
+    return {"batches": int(n), "mean_batch_events": (after["interest_batch_size_sum"] - before.get("interest_batch_size_sum", 0.0)) / max(n, 1),
+            "mean_batch_ms": 1000 * (after["interest_batch_duration_seconds_sum"] - before.get("interest_batch_duration_seconds_sum", 0.0)) / max(n, 1)}
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds used so far by each process."""
+    out = {}
+    for name, pid in pids.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Monitor(threading.Thread):
+    """Samples (seconds, events consumed, worker RSS bytes) every ``interval`` seconds."""
+
+    def __init__(self, worker: WorkerProcess, port: int, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.worker, self.port, self.interval = worker, port, interval
+        self.samples: list[tuple[float, float, int]] = []
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            try:
+                self.samples.append((time.time(), metric(self.port, "interest_events_consumed_total"), rss_bytes(self.worker.pid)))
+            except OSError:
+                pass
+            self._done.wait(self.interval)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+@dataclass
+class Producer:
+    settings: Settings
+    source: EventSource
+    _producer: AIOKafkaProducer | None = field(default=None, init=False)
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap(self.settings), linger_ms=5, max_batch_size=256 * 1024)
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        assert self._producer is not None
+        await self._producer.stop()
+
+    async def send(self, n: int) -> None:
+        assert self._producer is not None
+        topics = {"click": self.settings.clicks_topic, "purchase": self.settings.purchases_topic}
+        for kind, key, value in self.source.take(n):
+            await self._producer.send(topics[kind], value, key=key)
+
+    async def flush(self) -> None:
+        assert self._producer is not None
+        await self._producer.flush()
+
+
+def wait_consumed(settings: Settings, n: int, timeout_s: float) -> None:
+    """Until the worker has consumed ``n`` events and published its last recommendations."""
+    deadline = time.monotonic() + timeout_s
+    while metric(settings.metrics_port, "interest_events_consumed_total") < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the worker consumed fewer than {n} events in {timeout_s:.0f}s")
+        time.sleep(0.25)
+    published = -1.0
+    while (now := metric(settings.metrics_port, "interest_recommendations_published_total")) != published:
+        published = now
+        time.sleep(0.5)
+
+
+def recommendation_times(settings: Settings) -> list[float]:
+    """``produced_at`` of every recommendation on the topic so far (one value per micro-batch)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap(settings), group_id=None, enable_auto_commit=False)
+    try:
+        tps = [KafkaTopicPartition(settings.recommendations_topic, p) for p in consumer.partitions_for_topic(settings.recommendations_topic)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out: list[float] = []
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
+                out.extend(json.loads(r.value)["produced_at"] for r in batch)
+        return out
+    finally:
+        consumer.close()
+
+
+async def capacity(settings: Settings, producer: Producer, n_events: int, consumed_before: float, pids: dict[str, int]) -> dict:
+    """Produce ``n_events`` as fast as possible; events/s = what the worker consumed after the producer
+    finished / time until its last recommendation (so the producer's CPU use is mostly excluded).
+    CPU microseconds per event of the worker (and the broker) over the same span: robust to other load."""
+    t0 = time.time()
+    await producer.send(n_events)
+    await producer.flush()
+    t_produced = time.time()
+    cpu_before, scrape = cpu_seconds(pids), metrics(settings.metrics_port)
+    during = scrape.get("interest_events_consumed_total", 0.0) - consumed_before
+    wait_consumed(settings, consumed_before + n_events, timeout_s=600)
+    cpu_after = cpu_seconds(pids)
+    drained = batches(scrape, metrics(settings.metrics_port))
+    t_last = max(recommendation_times(settings))
+    after = n_events - during
+    rate = after / (t_last - t_produced) if after > 0.1 * n_events else n_events / (t_last - t0)
+    return {"events": n_events, "produce_s": round(t_produced - t0, 2), "consumed_while_producing": int(during),
+            "drain_s": round(t_last - t_produced, 2), "events_per_s": rate, "events_per_s_with_producer": n_events / (t_last - t0), **drained,
+            **{f"{name}_cpu_us_per_event": 1e6 * (cpu_after[name] - cpu_before[name]) / max(after, 1) for name in pids}}
+
+
+async def latency(settings: Settings, producer: Producer, rate: float, duration_s: float, consumed_before: float) -> dict:
+    """Produce at ``rate`` events/s for ``duration_s``; latency of every recommendation of those events."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(settings), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    tps = [TopicPartition(settings.recommendations_topic, p) for p in sorted(consumer.partitions_for_topic(settings.recommendations_topic) or [])]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)  # resolve the end offsets now, not after the first recommendations
+    latencies: list[float] = []
+    before = metrics(settings.metrics_port)
+    start = time.time()
+
+    async def receive() -> None:
+        while True:
+            for batch in (await consumer.getmany(timeout_ms=100)).values():
+                now = time.time()
+                for r in batch:
+                    event_time = json.loads(r.value)["event_time"]
+                    if event_time >= start:
+                        latencies.append(now - event_time)
+
+    receiver = asyncio.create_task(receive())
+    sent = 0
+    while (elapsed := time.time() - start) < duration_s:
+        due = int(rate * elapsed) - sent
+        if due > 0:
+            await producer.send(due)
+            sent += due
+        await asyncio.sleep(0.005)
+    await producer.flush()
+    produced_s = time.time() - start
+    await asyncio.get_running_loop().run_in_executor(None, wait_consumed, settings, consumed_before + sent, 120.0)
+    await asyncio.sleep(0.5)
+    receiver.cancel()
+    await consumer.stop()
+    lat = np.array(latencies) * 1000
+    return {"target_events_per_s": rate, "events": sent, "events_per_s": sent / produced_s, "recommendations": len(lat),
+            **batches(before, metrics(settings.metrics_port)),
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max())}
+
+
+def rss_vs_users(samples: list[tuple[float, float, int]], consumed_at_ready: float, n_users: int) -> dict:
+    """Worker RSS against users holding state (the first ``n_users`` events each create one user)."""
+    series = [(int(min(max(c - consumed_at_ready, 0), n_users)), rss) for _, c, rss in samples]
+    at_start = series[0][1]
+    at_all = next((rss for users, rss in series if users >= n_users), series[-1][1])
+    step = max(1, len(series) // 12)
+    return {"rss_at_ready_mb": at_start / 2**20, "rss_with_all_users_mb": at_all / 2**20,
+            "rss_end_mb": series[-1][1] / 2**20, "rss_growth_bytes_per_user": (at_all - at_start) / n_users,
+            "series_users_rss_mb": [(u, round(r / 2**20, 1)) for u, r in series[::step]]}
+
+
+def table_size(data_dir: Path) -> dict:
+    """User table on disk after the worker stopped: files (SST, WAL, manifest), encoded values, and the
+    events applied (clicks + purchases over all users: must equal the events produced, exactly once)."""
+    paths = table_files(data_dir)
+    users = value_bytes = applied = 0
+    for path in paths:
+        for _, value in iter_raw(path):
+            state = decode(value)
+            users += 1
+            value_bytes += len(value)
+            applied += state.clicks + state.purchases
+    disk = sum(f.stat().st_size for p in paths for f in p.rglob("*") if f.is_file())
+    return {"users": users, "applied_events": applied, "disk_bytes": disk, "disk_bytes_per_user": disk / max(users, 1),
+            "value_bytes_per_user": value_bytes / max(users, 1)}
