@@ -86,8 +86,10 @@ class Runtime:
         self.encoder = ItemEncoder(settings.encoder_path, settings.encoder_device, settings.encoder_batch, settings.encoder_max_tokens)
         if settings.checkpoint:
             model = InterestModel.load(settings.checkpoint)
-            if model.config.embed_dim != self.encoder.dim:
-                raise RuntimeError(f"checkpoint expects {model.config.embed_dim}-d items, encoder gives {self.encoder.dim}")
+            if (model.config.encoder, model.config.embed_dim) != (self.encoder.name, self.encoder.dim):
+                # another encoder's vectors would be silently meaningless to this GRU and item tower
+                raise RuntimeError(f"checkpoint was trained on {model.config.encoder} ({model.config.embed_dim}-d); "
+                                   f"this worker's encoder is {self.encoder.name} ({self.encoder.dim}-d)")
         else:
             model = InterestModel.untrained(self.encoder.dim, settings.hidden_size, self.encoder.name)
         self.store = ItemStore(settings.data_dir / "items")
