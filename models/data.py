@@ -88,7 +88,7 @@ def embed_items(encoder, items: list[CatalogueItem], cache_dir: Path | None) -> 
     path = cache_dir / f"items-{encoder.name}-{key}.npy" if cache_dir else None
     if path is not None and path.exists():
         return np.load(path)
-    vectors = encoder.encode([i.text for i in items])
+    vectors = encoder.encode([i.text for i in items], progress=True)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, vectors)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer
 
 
@@ -58,11 +59,12 @@ class ItemEncoder:
         self.name = Path(self.path).name if path else "all-MiniLM-L6-v2"
 
     @torch.inference_mode()
-    def encode(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         """float32 [len(texts), dim]; texts are sorted by length so each batch pads little."""
         out = np.empty((len(texts), self.dim), np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), self.batch_size):
+        starts = range(0, len(order), self.batch_size)
+        for start in tqdm(starts, desc="embedding", unit="batch", disable=not progress):
             idx = order[start : start + self.batch_size]
             batch = self.tokenizer(
                 [texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"

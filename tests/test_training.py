@@ -115,7 +115,7 @@ def test_item_embeddings_are_cached_per_encoder_and_texts(tmp_path):
     class Counting:
         name, max_tokens, calls = "fake", 8, 0
 
-        def encode(self, texts):
+        def encode(self, texts, progress=False):
             self.calls += 1
             return np.ones((len(texts), 3), np.float32)
 
