@@ -57,7 +57,6 @@ events_topic = app.topic(settings.clicks_topic, settings.purchases_topic, settin
 items_topic = app.topic(settings.items_topic, **raw)
 ticks_topic = app.topic(settings.ticks_topic, partitions=settings.partitions, **raw)
 item_vectors_topic = app.topic(settings.item_vectors_topic, partitions=settings.partitions, **raw)
-recommendations_topic = app.topic(settings.recommendations_topic, **raw)
 dead_letter_topic = app.topic(settings.dead_letter_topic, partitions=1, **raw)
 
 user_states = app.Table(
