@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -39,7 +40,9 @@ def broker(tmp_path_factory):
 @pytest.fixture
 def settings(broker, tiny_encoder, tmp_path, request) -> Settings:
     """Settings for one test: its own app id (consumer group, changelog) and topic names on the shared broker."""
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
+    # Truncated for readability, hashed for uniqueness: parametrized variants share a long prefix.
+    digest = hashlib.sha1(request.node.name.encode()).hexdigest()[:6]
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40] + "-" + digest
     return Settings(
         broker=broker.address, app_id=f"t-{name}", data_dir=tmp_path / "state", partitions=4,
         clicks_topic=f"{name}-clicks", purchases_topic=f"{name}-purchases", items_topic=f"{name}-items",
