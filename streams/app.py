@@ -8,6 +8,8 @@ touched user's top-k is published. Model work runs in one dedicated thread, neve
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 import weakref
 from collections import Counter
@@ -19,6 +21,7 @@ import faust
 import torch
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.streams import _current_event  # faust keeps the event being processed in this ContextVar
+from faust.types import TP, FutureMessage
 
 from models.catalogue import Catalogue
 from models.encoder import ItemEncoder
@@ -27,6 +30,7 @@ from state.item_store import ItemStore, ItemVector, text_hash
 from state.user_state import decode, encode
 from streams import metrics
 from streams.kafka_compat import back_off_empty_fetches
+from streams.offsets import PartitionProgress, Verdict
 from streams.schemas import CatalogueItem, Rejection, parse_event, parse_item
 from streams.settings import Settings
 from streams.topics import bootstrap
@@ -34,6 +38,31 @@ from streams.updater import Delivered, InterestUpdater
 
 settings = Settings.from_env()
 back_off_empty_fetches(settings.fetch_backoff_s)
+log = logging.getLogger(__name__)
+
+
+class UserTable(faust.Table):
+    """A faust table whose changelog writes a batch can wait for.
+
+    faust queues changelog records in a buffer whose ``flush()`` gives up after 0.1 s without progress
+    and does not see a record on its way from that buffer to the client: offsets could be committed
+    before the state they produced reached the broker, and a crash then loses those events.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._unconfirmed: list[FutureMessage] = []
+
+    def send_changelog(self, *args, **kwargs) -> FutureMessage:
+        sent = super().send_changelog(*args, **kwargs)
+        self._unconfirmed.append(sent)
+        return sent
+
+    async def changelog_written(self) -> None:
+        """Wait until the broker has every changelog record sent so far (raises if one failed)."""
+        pending, self._unconfirmed = self._unconfirmed, []
+        await asyncio.gather(*pending)
+
 
 app = faust.App(
     settings.app_id,
@@ -50,6 +79,7 @@ app = faust.App(
     web_port=settings.web_port,
     web_host="0.0.0.0",
     autodiscover=False,
+    Table=UserTable,
 )
 
 raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
@@ -64,6 +94,14 @@ user_states = app.Table(
 )
 
 EVENT_TYPES = {settings.clicks_topic: "click", settings.purchases_topic: "purchase"}
+# Per input partition: the next offset to apply and what is durable; faust commits no further.
+progress = PartitionProgress([*EVENT_TYPES, settings.items_topic])
+progress.limit_commits()
+
+
+@app.on_partitions_revoked.connect
+async def forget_revoked(app, revoked, **kwargs) -> None:
+    progress.forget(revoked)
 
 
 class Runtime:
@@ -129,34 +167,79 @@ async def dead_letter(event: faust.types.EventT, rejection: Rejection) -> None:
     metrics.EVENTS_DEAD_LETTERED.labels(rejection.reason).inc()
 
 
+async def in_offset_order(batch: list[faust.types.EventT]) -> tuple[list[faust.types.EventT], set[TP]]:
+    """The events of ``batch`` to apply, and the partitions where offsets before some of them were lost."""
+    for tp in {e.message.tp for e in batch}:
+        if not progress.knows(tp):  # newly assigned: start where the group committed (or the log begins)
+            earliest = (await app.consumer.earliest_offsets(tp))[tp]
+            progress.start(tp, max(app.consumer._committed_offset[tp] or 0, earliest))  # type: ignore[attr-defined]
+    admitted, missing = [], set()
+    for event in batch:
+        verdict = progress.admit(event.message.tp, event.message.offset)
+        if verdict is Verdict.APPLY:
+            admitted.append(event)
+        elif verdict is Verdict.MISSING_BEFORE:
+            missing.add(event.message.tp)
+    return admitted, missing
+
+
+async def re_read(missing: set[TP]) -> None:
+    for tp in missing:
+        offset = progress.re_reading(tp)
+        log.warning("offset %s of %s:%s was lost before it reached this worker; re-reading from it", offset, tp.topic, tp.partition)
+        metrics.PARTITION_REREADS.inc()
+        await app.consumer.seek(tp, offset)
+
+
+@contextmanager
+def fail_stop(batch: list[faust.types.EventT]) -> Iterator[None]:
+    """A batch whose processing raised was admitted but its effects are not durable: stop the worker
+    before a later batch makes its offsets committable. Restarted, it resumes from the last commit."""
+    try:
+        yield
+    except Exception:
+        log.critical("batch of %d messages failed; exiting so that none of it is committed", len(batch), exc_info=True)
+        logging.shutdown()
+        os._exit(70)
+
+
 # -- catalogue: embed new or changed items, share the vectors with every worker ----------------------------
 
 
 @app.agent(items_topic)
 async def embed_items(stream) -> None:
     """Embed catalogue items in batches; unchanged texts are skipped, so re-publishing a catalogue is cheap."""
-    await runtime.ready.wait()
     async for batch in stream.take_events(settings.encoder_batch * 8, within=1.0):
-        latest: dict[str, CatalogueItem] = {}
-        for event in batch:
-            item = parse_item(event.message.value or b"")
-            if isinstance(item, Rejection):
-                await dead_letter(event, item)
-                continue
-            known = runtime.store.get(item.item_id)
-            if known is None or known.text_hash != text_hash(item.text):
-                latest[item.item_id] = item
-        if not latest:
+        await runtime.ready.wait()  # inside the loop, as in update_interests
+        with fail_stop(batch):
+            admitted, missing = await in_offset_order(batch)
+            await embed(admitted)
+            await app.producer.flush()  # the vectors are on the broker before these offsets may be committed
+            progress.made_durable({e.message.tp for e in batch})
+            await re_read(missing)
+
+
+async def embed(batch: list[faust.types.EventT]) -> None:
+    latest: dict[str, CatalogueItem] = {}
+    for event in batch:
+        item = parse_item(event.message.value or b"")
+        if isinstance(item, Rejection):
+            await dead_letter(event, item)
             continue
-        items = list(latest.values())
-        start = time.perf_counter()
-        vectors = await asyncio.get_running_loop().run_in_executor(runtime.encoder_thread, runtime.encoder.encode, [i.text for i in items])
-        took = time.perf_counter() - start
-        metrics.ENCODER_BATCH_DURATION.observe(took)
-        metrics.ENCODER_ITEMS.inc(len(items))
-        metrics.ENCODER_ITEMS_PER_SECOND.set(len(items) / took)
-        for item, vec in zip(items, vectors):
-            await item_vectors_topic.send(key=item.item_id.encode(), value=ItemVector(item.item_id, text_hash(item.text), vec).encode())
+        known = runtime.store.get(item.item_id)
+        if known is None or known.text_hash != text_hash(item.text):
+            latest[item.item_id] = item
+    if not latest:
+        return
+    items = list(latest.values())
+    start = time.perf_counter()
+    vectors = await asyncio.get_running_loop().run_in_executor(runtime.encoder_thread, runtime.encoder.encode, [i.text for i in items])
+    took = time.perf_counter() - start
+    metrics.ENCODER_BATCH_DURATION.observe(took)
+    metrics.ENCODER_ITEMS.inc(len(items))
+    metrics.ENCODER_ITEMS_PER_SECOND.set(len(items) / took)
+    for item, vec in zip(items, vectors):
+        await item_vectors_topic.send(key=item.item_id.encode(), value=ItemVector(item.item_id, text_hash(item.text), vec).encode())
 
 
 @app.task
@@ -205,16 +288,23 @@ async def follow_item_vectors() -> None:
 
 @app.agent(events_topic)
 async def update_interests(stream) -> None:
-    await runtime.ready.wait()
     async for batch in stream.take_events(settings.batch_max, within=settings.batch_wait_s):
+        # Wait here, not before the loop: faust registers a stream with its consumer when it is first
+        # iterated and expects agents to do that at start.
+        await runtime.ready.wait()
         start = time.perf_counter()
-        events = [e for e in batch if e.message.topic != settings.ticks_topic]
         ticks = [e for e in batch if e.message.topic == settings.ticks_topic]
-        if events:
-            await apply_events(events)
-        for tick in ticks:
-            await decay_partition(tick)
-        await app.producer.flush()  # changelog and outputs are durable before these offsets can be committed
+        with fail_stop(batch):
+            events, missing = await in_offset_order([e for e in batch if e.message.topic != settings.ticks_topic])
+            if events:
+                await apply_events(events)
+            for tick in ticks:
+                await decay_partition(tick)
+            # State and outputs are on the broker before these offsets may be committed.
+            await app.producer.flush()
+            await user_states.changelog_written()
+            progress.made_durable({e.message.tp for e in batch})
+            await re_read(missing)
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.BATCH_DURATION.observe(time.perf_counter() - start)
 

@@ -9,6 +9,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 EVENTS_CONSUMED = Counter("interest_events_consumed_total", "Event messages consumed", ["topic", "type"])
 EVENTS_DEAD_LETTERED = Counter("interest_events_dead_lettered_total", "Messages sent to the dead-letter topic", ["reason"])
 EVENTS_REDELIVERED = Counter("interest_events_redelivered_total", "Redelivered events skipped as already applied")
+PARTITION_REREADS = Counter("interest_partition_rereads_total", "Event partitions re-read from an offset the consumer lost")
 RECOMMENDATIONS = Counter("interest_recommendations_published_total", "Recommendations published")
 LATENCY = Histogram(
     "interest_event_to_recommendation_seconds", "Event produce time to recommendation publish time", buckets=LATENCY_BUCKETS

@@ -21,7 +21,7 @@ from streams.broker import LocalBroker
 from streams.tools import publish_catalogue, send_events
 from streams.worker import WorkerProcess
 from tests.conftest import SAMPLE
-from tests.helpers import group_caught_up, latest_recommendations, metric_sum, scrape, variant, wait_until
+from tests.helpers import group_caught_up, latest_recommendations, metric_sum, scrape, stuck_report, variant, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -45,11 +45,16 @@ def event_topics(settings) -> list[str]:
     return [settings.clicks_topic, settings.purchases_topic]
 
 
+def wait_caught_up(settings, worker: WorkerProcess, what: str, timeout_s: float = 120.0) -> None:
+    wait_until(lambda: group_caught_up(settings, event_topics(settings)), timeout_s=timeout_s, what=what,
+               explain=lambda: stuck_report(settings, event_topics(settings), worker))
+
+
 def run_to_end(settings, events, log_dir) -> dict:
     worker = start_ready(settings, log_dir, "clean")
     try:
         send_events(settings, events, progress=False)
-        wait_until(lambda: group_caught_up(settings, event_topics(settings)), what="clean run caught up")
+        wait_caught_up(settings, worker, "clean run caught up")
     finally:
         worker.stop()
     return load_user_states(settings.data_dir)
@@ -93,10 +98,30 @@ def test_kill_9_mid_replay_then_restart_ends_in_the_clean_run_state(settings, sa
     print(f"restart with local state {local_state}: ready in {time.monotonic() - started:.1f}s")
     try:
         producer.join()
-        wait_until(lambda: group_caught_up(crash, event_topics(crash)), timeout_s=180, what="crashed run caught up")
+        wait_caught_up(crash, worker, "crashed run caught up", timeout_s=180)
     finally:
         worker.stop()
     assert_same_states(load_user_states(crash.data_dir), want)
+
+
+def test_restart_with_a_backlog_applies_all_of_it(settings, sample_catalogue, tmp_path):
+    # Events that arrive while the worker is down are waiting when it starts, before its model is loaded.
+    events = click_log(sample_catalogue, users=20, per_user=50, seed=4)
+    publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
+    worker = start_ready(settings, tmp_path, "first")
+    try:
+        send_events(settings, events[:100], progress=False)
+        wait_caught_up(settings, worker, "first events")
+    finally:
+        worker.stop()
+    send_events(settings, events[100:], progress=False)
+    worker = start_ready(settings, tmp_path, "restarted")
+    try:
+        wait_caught_up(settings, worker, "backlog applied")
+    finally:
+        worker.stop()
+    states = load_user_states(settings.data_dir)
+    assert sum(x.clicks for x in states.values()) == len(events)
 
 
 def test_two_workers_split_partitions_and_one_takes_over_the_others_users(settings, sample_catalogue, tmp_path):
@@ -111,13 +136,13 @@ def test_two_workers_split_partitions_and_one_takes_over_the_others_users(settin
     try:
         time.sleep(8)  # let the group rebalance onto both members
         send_events(one, events[:half], progress=False)
-        wait_until(lambda: group_caught_up(one, event_topics(one)), what="first half processed")
+        wait_caught_up(one, w1, "first half processed")
         consumed = [metric_sum(scrape(s.metrics_port), "interest_events_consumed_total") for s in (one, two)]
         assert all(c > 0 for c in consumed) and sum(consumed) >= half, consumed  # partitions were split
         before = latest_recommendations(one)
         w2.stop()
         send_events(one, events[half:], progress=False)
-        wait_until(lambda: group_caught_up(one, event_topics(one)), timeout_s=180, what="survivor processed the rest")
+        wait_caught_up(one, w1, "survivor processed the rest", timeout_s=180)
         after = latest_recommendations(one)
     finally:
         w2.stop()
@@ -139,13 +164,13 @@ def test_broker_outage_worker_waits_and_resumes_without_losing_events(settings, 
     worker = start_ready(s, tmp_path, "outage")
     try:
         send_events(s, events[:100], progress=False)
-        wait_until(lambda: group_caught_up(s, event_topics(s)), what="before the outage")
+        wait_caught_up(s, worker, "before the outage")
         broker.stop()
         time.sleep(10)
         assert worker.alive, worker.log_tail()
         broker = LocalBroker(broker.data_dir, port=broker.port).start()
         send_events(s, events[100:], progress=False)
-        wait_until(lambda: group_caught_up(s, event_topics(s)), timeout_s=180, what="after the outage")
+        wait_caught_up(s, worker, "after the outage", timeout_s=180)
         assert worker.alive
     finally:
         worker.stop()

@@ -1,0 +1,107 @@
+"""Events are applied in offset order, none skipped, and no offset is committed before it is applied.
+
+faust alone does not ensure this. Around a recovery or rebalance it drops fetched messages (queues are
+cleared when the flow resumes, messages of a stale generation are skipped *and acked*) and relies on
+seeking back to the committed offset, which aiokafka does not do when there is none; it also counts
+offset gaps as done. Seen here: a worker restarted after kill -9 applied its backlog from offset 305 of
+a partition it had left at 135, and committed past the rest.
+
+So the worker keeps, per event partition, the next offset to apply. An event further on means faust lost
+the ones in between: it is held back and the partition is re-read from the missing offset. A hole that is
+really in the log (transaction markers, deleted records) shows up again after every re-read and is
+accepted after ``HOLE_CONFIRMATIONS`` of them. faust may commit an event partition only up to what the
+worker has made durable.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from faust.transport.consumer import Consumer
+from faust.types import TP
+
+HOLE_CONFIRMATIONS = 3
+
+
+class Verdict(enum.Enum):
+    APPLY = "apply"  # the next offset of its partition
+    SEEN = "seen"  # before it: delivered again after a re-read
+    MISSING_BEFORE = "missing_before"  # after it: earlier offsets were lost, re-read the partition
+
+
+@dataclass
+class Gap:
+    expected: int  # the first missing offset
+    first_after: int  # the first offset delivered after it
+    confirmations: int = 0  # re-reads that came back with ``first_after`` again
+    re_read: bool = False  # a re-read was started since the last confirmation
+
+
+class PartitionProgress:
+    def __init__(self, topics: Iterable[str]) -> None:
+        self.topics = frozenset(topics)
+        self.next_offset: dict[TP, int] = {}  # decided so far (this batch included)
+        self.durable: dict[TP, int] = {}  # next offset after everything whose effects are on the broker
+        self.gaps: dict[TP, Gap] = {}
+
+    def knows(self, tp: TP) -> bool:
+        return tp in self.next_offset
+
+    def start(self, tp: TP, offset: int) -> None:
+        """Where the partition's processing starts: its committed offset (or the log's first)."""
+        self.next_offset[tp] = self.durable[tp] = offset
+
+    def admit(self, tp: TP, offset: int) -> Verdict:
+        expected = self.next_offset[tp]
+        if offset < expected:
+            return Verdict.SEEN
+        if offset > expected:
+            gap = self.gaps.get(tp)
+            if gap is None or gap.expected != expected or offset < gap.first_after:
+                gap = self.gaps[tp] = Gap(expected, offset)
+            elif offset == gap.first_after and gap.re_read:
+                gap.confirmations, gap.re_read = gap.confirmations + 1, False
+            if gap.confirmations < HOLE_CONFIRMATIONS:
+                return Verdict.MISSING_BEFORE
+        self.gaps.pop(tp, None)
+        self.next_offset[tp] = offset + 1
+        return Verdict.APPLY
+
+    def re_reading(self, tp: TP) -> int:
+        """The agent re-reads ``tp`` from the returned offset."""
+        self.gaps[tp].re_read = True
+        return self.next_offset[tp]
+
+    def made_durable(self, tps: Iterable[TP]) -> None:
+        """Call once the effects of every event of ``tps`` admitted so far are on the broker."""
+        for tp in tps:
+            if tp in self.next_offset:
+                self.durable[tp] = self.next_offset[tp]
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        """Partitions revoked: a later assignment starts again from the committed offset."""
+        for tp in tps:
+            for d in (self.next_offset, self.durable, self.gaps):
+                d.pop(tp, None)
+
+    def limit_commits(self, consumer_cls: type[Consumer] = Consumer) -> None:
+        """Make faust commit this process's event partitions at the durable offset, never beyond."""
+        original: Callable = consumer_cls._filter_committable_offsets
+        progress = self
+
+        def committable(consumer: Consumer, tps: Iterable[TP]) -> dict[TP, int]:
+            tps = list(tps)
+            offsets = original(consumer, tps)  # also keeps faust's own bookkeeping of acks
+            for tp in tps:
+                if tp.topic not in progress.topics:
+                    continue
+                durable = progress.durable.get(tp)
+                if durable is not None and consumer._should_commit(tp, durable):
+                    offsets[tp] = durable
+                else:
+                    offsets.pop(tp, None)
+            return offsets
+
+        consumer_cls._filter_committable_offsets = committable  # type: ignore[method-assign]

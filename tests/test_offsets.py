@@ -1,0 +1,74 @@
+"""Per-partition progress: events applied in offset order, lost offsets re-read, commits capped."""
+
+from __future__ import annotations
+
+from faust.types import TP
+
+from streams.offsets import HOLE_CONFIRMATIONS, PartitionProgress, Verdict
+
+CLICKS = TP("clicks", 0)
+
+
+def started(offset: int = 10) -> PartitionProgress:
+    progress = PartitionProgress(["clicks"])
+    progress.start(CLICKS, offset)
+    return progress
+
+
+def test_events_apply_in_order_and_redeliveries_are_seen():
+    progress = started()
+    assert [progress.admit(CLICKS, o) for o in (10, 11, 12)] == [Verdict.APPLY] * 3
+    assert progress.admit(CLICKS, 11) is Verdict.SEEN
+    assert progress.next_offset[CLICKS] == 13
+
+
+def test_a_lost_offset_holds_back_later_events_until_it_is_re_read():
+    progress = started()
+    assert progress.admit(CLICKS, 10) is Verdict.APPLY
+    assert [progress.admit(CLICKS, o) for o in (14, 15)] == [Verdict.MISSING_BEFORE] * 2  # 11-13 were lost
+    assert progress.re_reading(CLICKS) == 11
+    assert [progress.admit(CLICKS, o) for o in (11, 12, 13, 14, 15)] == [Verdict.APPLY] * 5
+    assert not progress.gaps
+
+
+def test_a_hole_in_the_log_is_accepted_after_repeated_re_reads():
+    progress = started()
+    for _ in range(HOLE_CONFIRMATIONS):
+        assert progress.admit(CLICKS, 14) is Verdict.MISSING_BEFORE  # 10-13 never come: a real hole
+        assert progress.admit(CLICKS, 15) is Verdict.MISSING_BEFORE
+        progress.re_reading(CLICKS)
+    assert progress.admit(CLICKS, 14) is Verdict.APPLY
+    assert progress.admit(CLICKS, 15) is Verdict.APPLY
+
+
+def test_stale_deliveries_without_a_re_read_do_not_confirm_a_hole():
+    progress = started()
+    for _ in range(HOLE_CONFIRMATIONS + 2):
+        assert progress.admit(CLICKS, 14) is Verdict.MISSING_BEFORE
+
+
+class FakeConsumer:
+    """faust's commit path: offsets it would commit from its acks, and its last commit."""
+
+    def __init__(self, from_acks: dict[TP, int], committed: dict[TP, int]) -> None:
+        self.from_acks, self.committed = from_acks, committed
+
+    def _filter_committable_offsets(self, tps):
+        return {tp: o for tp, o in self.from_acks.items() if tp in tps}
+
+    def _should_commit(self, tp, offset):
+        return self.committed.get(tp) is None or offset > self.committed[tp]
+
+
+def test_commits_of_event_partitions_stop_at_what_is_durable():
+    progress = started()
+    progress.limit_commits(FakeConsumer)
+    other = TP("decay-ticks", 0)
+    consumer = FakeConsumer({CLICKS: 500, other: 7}, {CLICKS: 10})
+    for o in (10, 11, 12):
+        progress.admit(CLICKS, o)
+    assert consumer._filter_committable_offsets([CLICKS, other]) == {other: 7}  # admitted, not yet durable
+    progress.made_durable([CLICKS])
+    assert consumer._filter_committable_offsets([CLICKS, other]) == {CLICKS: 13, other: 7}  # not faust's 500
+    progress.forget([CLICKS])
+    assert consumer._filter_committable_offsets([CLICKS]) == {}
