@@ -167,12 +167,19 @@ async def dead_letter(event: faust.types.EventT, rejection: Rejection) -> None:
     metrics.EVENTS_DEAD_LETTERED.labels(rejection.reason).inc()
 
 
+async def committed_offset(tp: TP) -> int | None:
+    """The group's committed offset of ``tp``, asked of the broker: faust's own copy is filled in after
+    its table recovery, and the first events can arrive before that."""
+    thread = app.consumer._thread  # type: ignore[attr-defined]  # faust runs aiokafka in this thread
+    return await thread.call_thread(thread._ensure_consumer().committed, tp)
+
+
 async def in_offset_order(batch: list[faust.types.EventT]) -> tuple[list[faust.types.EventT], set[TP]]:
     """The events of ``batch`` to apply, and the partitions where offsets before some of them were lost."""
     for tp in {e.message.tp for e in batch}:
         if not progress.knows(tp):  # newly assigned: start where the group committed (or the log begins)
             earliest = (await app.consumer.earliest_offsets(tp))[tp]
-            progress.start(tp, max(app.consumer._committed_offset[tp] or 0, earliest))  # type: ignore[attr-defined]
+            progress.start(tp, max(await committed_offset(tp) or 0, earliest))
     admitted, missing = [], set()
     for event in batch:
         verdict = progress.admit(event.message.tp, event.message.offset)
@@ -185,10 +192,25 @@ async def in_offset_order(batch: list[faust.types.EventT]) -> tuple[list[faust.t
 
 async def re_read(missing: set[TP]) -> None:
     for tp in missing:
-        offset = progress.re_reading(tp)
-        log.warning("offset %s of %s:%s was lost before it reached this worker; re-reading from it", offset, tp.topic, tp.partition)
-        metrics.PARTITION_REREADS.inc()
-        await app.consumer.seek(tp, offset)
+        await seek_back(tp, progress.re_reading(tp), "was lost before it reached this worker")
+
+
+async def seek_back(tp: TP, offset: int, why: str) -> None:
+    log.warning("offset %s of %s:%s %s; re-reading from it", offset, tp.topic, tp.partition, why)
+    metrics.PARTITION_REREADS.inc()
+    await app.consumer.seek(tp, offset)
+
+
+@app.timer(interval=5.0)
+async def re_read_stalled_partitions() -> None:
+    if not runtime.ready.is_set():
+        return
+    ends = {tp: app.consumer.highwater(tp) for tp in app.consumer.assignment() if tp.topic in progress.topics}
+    for tp in progress.stalled({tp: end for tp, end in ends.items() if end is not None}):
+        try:
+            await seek_back(tp, progress.next_offset[tp], "is behind the end and nothing arrived for 5 s")
+        except Exception:  # e.g. revoked meanwhile: the next assignment starts from the committed offset
+            log.warning("could not re-read %s:%s", tp.topic, tp.partition, exc_info=True)
 
 
 @contextmanager

@@ -7,7 +7,8 @@ offset gaps as done. Seen here: a worker restarted after kill -9 applied its bac
 a partition it had left at 135, and committed past the rest.
 
 So the worker keeps, per event partition, the next offset to apply. An event further on means faust lost
-the ones in between: it is held back and the partition is re-read from the missing offset. A hole that is
+the ones in between: it is held back and the partition is re-read from the missing offset; so is a
+partition that stays behind its end with nothing arriving (faust lost all it fetched). A hole that is
 really in the log (transaction markers, deleted records) shows up again after every re-read and is
 accepted after ``HOLE_CONFIRMATIONS`` of them. faust may commit an event partition only up to what the
 worker has made durable.
@@ -45,6 +46,7 @@ class PartitionProgress:
         self.next_offset: dict[TP, int] = {}  # decided so far (this batch included)
         self.durable: dict[TP, int] = {}  # next offset after everything whose effects are on the broker
         self.gaps: dict[TP, Gap] = {}
+        self._behind_at: dict[TP, int] = {}  # for stalled(): where each partition behind its end was
 
     def knows(self, tp: TP) -> bool:
         return tp in self.next_offset
@@ -79,6 +81,14 @@ class PartitionProgress:
         for tp in tps:
             if tp in self.next_offset:
                 self.durable[tp] = self.next_offset[tp]
+
+    def stalled(self, highwaters: dict[TP, int]) -> list[TP]:
+        """Partitions behind their high watermark with no event admitted since the previous call: faust
+        dropped what it fetched, and nothing later arrives to reveal the gap."""
+        behind = {tp: self.next_offset[tp] for tp, end in highwaters.items() if tp in self.next_offset and end > self.next_offset[tp]}
+        stuck = [tp for tp, offset in behind.items() if self._behind_at.get(tp) == offset]
+        self._behind_at = behind
+        return stuck
 
     def forget(self, tps: Iterable[TP]) -> None:
         """Partitions revoked: a later assignment starts again from the committed offset."""

@@ -72,3 +72,15 @@ def test_commits_of_event_partitions_stop_at_what_is_durable():
     assert consumer._filter_committable_offsets([CLICKS, other]) == {CLICKS: 13, other: 7}  # not faust's 500
     progress.forget([CLICKS])
     assert consumer._filter_committable_offsets([CLICKS]) == {}
+
+
+def test_a_partition_behind_its_end_with_nothing_arriving_is_stalled():
+    progress = started()
+    progress.admit(CLICKS, 10)
+    assert progress.stalled({CLICKS: 50}) == []  # first look: behind, maybe still arriving
+    progress.admit(CLICKS, 11)
+    assert progress.stalled({CLICKS: 50}) == []  # moved on
+    assert progress.stalled({CLICKS: 50}) == [CLICKS]  # no progress since the last look
+    for o in range(12, 50):
+        progress.admit(CLICKS, o)
+    assert progress.stalled({CLICKS: 50}) == [] and progress.stalled({CLICKS: 50}) == []  # caught up
