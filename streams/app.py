@@ -192,13 +192,18 @@ async def in_offset_order(batch: list[faust.types.EventT]) -> tuple[list[faust.t
 
 async def re_read(missing: set[TP]) -> None:
     for tp in missing:
-        await seek_back(tp, progress.re_reading(tp), "was lost before it reached this worker")
+        offset = progress.re_reading(tp)
+        if offset is not None:
+            await seek_back(tp, offset, "was lost before it reached this worker")
 
 
 async def seek_back(tp: TP, offset: int, why: str) -> None:
     log.warning("offset %s of %s:%s %s; re-reading from it", offset, tp.topic, tp.partition, why)
     metrics.PARTITION_REREADS.inc()
-    await app.consumer.seek(tp, offset)
+    try:
+        await app.consumer.seek(tp, offset)
+    except Exception:  # e.g. revoked meanwhile: its next owner starts from the committed offset
+        log.warning("could not re-read %s:%s", tp.topic, tp.partition, exc_info=True)
 
 
 @app.timer(interval=5.0)
@@ -206,11 +211,8 @@ async def re_read_stalled_partitions() -> None:
     if not runtime.ready.is_set():
         return
     ends = {tp: app.consumer.highwater(tp) for tp in app.consumer.assignment() if tp.topic in progress.topics}
-    for tp in progress.stalled({tp: end for tp, end in ends.items() if end is not None}):
-        try:
-            await seek_back(tp, progress.next_offset[tp], "is behind the end and nothing arrived for 5 s")
-        except Exception:  # e.g. revoked meanwhile: the next assignment starts from the committed offset
-            log.warning("could not re-read %s:%s", tp.topic, tp.partition, exc_info=True)
+    for tp, offset in progress.stalled({tp: end for tp, end in ends.items() if end is not None}).items():
+        await seek_back(tp, offset, "is behind the end and nothing arrived for 5 s")
 
 
 @contextmanager

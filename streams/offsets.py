@@ -71,9 +71,12 @@ class PartitionProgress:
         self.next_offset[tp] = offset + 1
         return Verdict.APPLY
 
-    def re_reading(self, tp: TP) -> int:
-        """The agent re-reads ``tp`` from the returned offset."""
-        self.gaps[tp].re_read = True
+    def re_reading(self, tp: TP) -> int | None:
+        """Where to re-read ``tp`` from; None if the missing offsets arrived meanwhile."""
+        gap = self.gaps.get(tp)
+        if gap is None:
+            return None
+        gap.re_read = True
         return self.next_offset[tp]
 
     def made_durable(self, tps: Iterable[TP]) -> None:
@@ -82,11 +85,11 @@ class PartitionProgress:
             if tp in self.next_offset:
                 self.durable[tp] = self.next_offset[tp]
 
-    def stalled(self, highwaters: dict[TP, int]) -> list[TP]:
-        """Partitions behind their high watermark with no event admitted since the previous call: faust
-        dropped what it fetched, and nothing later arrives to reveal the gap."""
+    def stalled(self, highwaters: dict[TP, int]) -> dict[TP, int]:
+        """Partitions behind their high watermark with no event admitted since the previous call (faust
+        dropped what it fetched, and nothing later arrives to reveal the gap), with their next offset."""
         behind = {tp: self.next_offset[tp] for tp, end in highwaters.items() if tp in self.next_offset and end > self.next_offset[tp]}
-        stuck = [tp for tp, offset in behind.items() if self._behind_at.get(tp) == offset]
+        stuck = {tp: offset for tp, offset in behind.items() if self._behind_at.get(tp) == offset}
         self._behind_at = behind
         return stuck
 

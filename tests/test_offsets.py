@@ -31,6 +31,13 @@ def test_a_lost_offset_holds_back_later_events_until_it_is_re_read():
     assert not progress.gaps
 
 
+def test_missing_offsets_that_arrive_later_in_the_same_batch_need_no_re_read():
+    progress = started()
+    assert progress.admit(CLICKS, 12) is Verdict.MISSING_BEFORE  # a stale copy first
+    assert [progress.admit(CLICKS, o) for o in (10, 11, 12)] == [Verdict.APPLY] * 3
+    assert progress.re_reading(CLICKS) is None
+
+
 def test_a_hole_in_the_log_is_accepted_after_repeated_re_reads():
     progress = started()
     for _ in range(HOLE_CONFIRMATIONS):
@@ -77,10 +84,10 @@ def test_commits_of_event_partitions_stop_at_what_is_durable():
 def test_a_partition_behind_its_end_with_nothing_arriving_is_stalled():
     progress = started()
     progress.admit(CLICKS, 10)
-    assert progress.stalled({CLICKS: 50}) == []  # first look: behind, maybe still arriving
+    assert progress.stalled({CLICKS: 50}) == {}  # first look: behind, maybe still arriving
     progress.admit(CLICKS, 11)
-    assert progress.stalled({CLICKS: 50}) == []  # moved on
-    assert progress.stalled({CLICKS: 50}) == [CLICKS]  # no progress since the last look
+    assert progress.stalled({CLICKS: 50}) == {}  # moved on
+    assert progress.stalled({CLICKS: 50}) == {CLICKS: 12}  # no progress since the last look
     for o in range(12, 50):
         progress.admit(CLICKS, o)
-    assert progress.stalled({CLICKS: 50}) == [] and progress.stalled({CLICKS: 50}) == []  # caught up
+    assert progress.stalled({CLICKS: 50}) == {} and progress.stalled({CLICKS: 50}) == {}  # caught up
