@@ -50,11 +50,11 @@ def wait_caught_up(settings, worker: WorkerProcess, what: str, timeout_s: float 
                explain=lambda: stuck_report(settings, event_topics(settings), worker))
 
 
-def run_to_end(settings, events, log_dir) -> dict:
-    worker = start_ready(settings, log_dir, "clean")
+def run_to_end(settings, events, log_dir, name: str = "clean") -> dict:
+    worker = start_ready(settings, log_dir, name)
     try:
         send_events(settings, events, progress=False)
-        wait_caught_up(settings, worker, "clean run caught up")
+        wait_caught_up(settings, worker, f"{name} run caught up")
     finally:
         worker.stop()
     return load_user_states(settings.data_dir)
@@ -108,12 +108,7 @@ def test_restart_with_a_backlog_applies_all_of_it(settings, sample_catalogue, tm
     # Events that arrive while the worker is down are waiting when it starts, before its model is loaded.
     events = click_log(sample_catalogue, users=20, per_user=50, seed=4)
     publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
-    worker = start_ready(settings, tmp_path, "first")
-    try:
-        send_events(settings, events[:100], progress=False)
-        wait_caught_up(settings, worker, "first events")
-    finally:
-        worker.stop()
+    run_to_end(settings, events[:100], tmp_path, "first")
     send_events(settings, events[100:], progress=False)
     worker = start_ready(settings, tmp_path, "restarted")
     try:
