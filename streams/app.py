@@ -11,17 +11,17 @@ import asyncio
 import logging
 import os
 import time
-import weakref
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
+from typing import NoReturn
 
 import faust
 import torch
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from faust.streams import _current_event  # faust keeps the event being processed in this ContextVar
 from faust.types import TP, FutureMessage
+from rocksdict import WriteBatch
 
 from models.catalogue import Catalogue
 from models.encoder import ItemEncoder
@@ -29,6 +29,7 @@ from models.interest import InterestModel
 from state.item_store import ItemStore, ItemVector, text_hash
 from state.user_state import decode, encode
 from streams import metrics
+from streams.durability import AcksInOrder
 from streams.kafka_compat import back_off_empty_fetches
 from streams.offsets import PartitionProgress, Verdict
 from streams.schemas import CatalogueItem, Rejection, parse_event, parse_item
@@ -42,26 +43,49 @@ log = logging.getLogger(__name__)
 
 
 class UserTable(faust.Table):
-    """A faust table whose changelog writes a batch can wait for.
+    """The faust table of user states, read and written a micro-batch at a time.
 
-    faust queues changelog records in a buffer whose ``flush()`` gives up after 0.1 s without progress
-    and does not see a record on its way from that buffer to the client: offsets could be committed
-    before the state they produced reached the broker, and a crash then loses those events.
+    ``table[key]`` goes through several faust layers per key (~80 us per event here); a batch reads each
+    partition's RocksDB with one multi-get and writes it with one WriteBatch, and sends the changelog
+    records ``table[key] = value`` would. Their delivery futures are kept: faust's producer-buffer
+    ``flush()`` gives up after 0.1 s without progress and misses a record in transit, so offsets could
+    otherwise be committed before the state they produced reached the broker.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._unconfirmed: list[FutureMessage] = []
 
-    def send_changelog(self, *args, **kwargs) -> FutureMessage:
-        sent = super().send_changelog(*args, **kwargs)
-        self._unconfirmed.append(sent)
-        return sent
+    def get_many(self, keys: dict[bytes, int]) -> dict[bytes, bytes | None]:
+        """The stored value of each key (key -> its partition), None where there is none."""
+        by_partition: dict[int, list[bytes]] = defaultdict(list)
+        for key, partition in keys.items():
+            by_partition[partition].append(key)
+        found: dict[bytes, bytes | None] = {}
+        for partition, batch in by_partition.items():
+            found.update(zip(batch, self.data._db_for_partition(partition).get(batch)))  # type: ignore[attr-defined]
+        return found
 
-    async def changelog_written(self) -> None:
-        """Wait until the broker has every changelog record sent so far (raises if one failed)."""
-        pending, self._unconfirmed = self._unconfirmed, []
-        await asyncio.gather(*pending)
+    def set_many(self, values: dict[bytes, tuple[int, bytes]]) -> None:
+        """Store each key's (partition, value) locally, then send it to the changelog."""
+        batches: dict[int, WriteBatch] = defaultdict(lambda: WriteBatch(raw_mode=True))
+        for key, (partition, value) in values.items():
+            batches[partition].put(key, value)
+        for partition, batch in batches.items():
+            self.data._db_for_partition(partition).write(batch)  # type: ignore[attr-defined]
+        for key, (partition, value) in values.items():
+            self._unconfirmed.append(self.send_changelog(partition, key, value))
+
+    def partition_items(self, partition: int) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) stored for ``partition`` on this worker."""
+        store = self.data
+        db = store._dbs.get(partition)  # type: ignore[attr-defined]
+        return [] if db is None else [(k, v) for k, v in db.items() if k != store.offset_key]  # type: ignore[attr-defined]
+
+    def changelog_sent(self) -> list[FutureMessage]:
+        """Delivery futures of the changelog records sent since the last call."""
+        sent, self._unconfirmed = self._unconfirmed, []
+        return sent
 
 
 app = faust.App(
@@ -97,10 +121,13 @@ EVENT_TYPES = {settings.clicks_topic: "click", settings.purchases_topic: "purcha
 # Per input partition: the next offset to apply and what is durable; faust commits no further.
 progress = PartitionProgress([*EVENT_TYPES, settings.items_topic])
 progress.limit_commits()
+# A batch's offsets become durable once the broker has what it produced, while the next batch runs.
+acks = AcksInOrder(progress.made_durable, lambda exc: stop_worker("a record of a batch was not delivered"))
 
 
 @app.on_partitions_revoked.connect
 async def forget_revoked(app, revoked, **kwargs) -> None:
+    await acks.drain()  # the next owner must find every state this worker wrote on the broker
     progress.forget(revoked)
 
 
@@ -143,28 +170,16 @@ class Runtime:
 runtime = Runtime()
 
 
-@contextmanager
-def processing(event: faust.types.EventT) -> Iterator[None]:
-    """Make ``event`` faust's current event, so table reads/writes go to its partition.
-
-    Batches mix partitions; faust only knows the last event of a batch, which would send every
-    user's changelog record to that event's partition.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
-async def dead_letter(event: faust.types.EventT, rejection: Rejection) -> None:
+async def dead_letter(event: faust.types.EventT, rejection: Rejection) -> Awaitable:
+    """Send ``event`` to the dead-letter topic; returns its delivery future."""
     msg = event.message
-    await dead_letter_topic.send(
+    sent = await dead_letter_topic.send(
         key=msg.key, value=msg.value or b"",
         headers=[("reason", rejection.reason.encode()), ("detail", rejection.detail.encode()),
                  ("source", f"{msg.topic}:{msg.partition}:{msg.offset}".encode())],
     )
     metrics.EVENTS_DEAD_LETTERED.labels(rejection.reason).inc()
+    return sent
 
 
 async def committed_offset(tp: TP) -> int | None:
@@ -215,16 +230,21 @@ async def re_read_stalled_partitions() -> None:
         await seek_back(tp, offset, "is behind the end and nothing arrived for 5 s")
 
 
+def stop_worker(what: str) -> NoReturn:
+    """A batch that failed was admitted but its effects are not durable: stop the worker before a later
+    batch makes its offsets committable. Restarted, it resumes from the last commit."""
+    log.critical("%s; exiting so that none of it is committed", what, exc_info=True)
+    logging.shutdown()
+    os._exit(70)
+
+
 @contextmanager
 def fail_stop(batch: list[faust.types.EventT]) -> Iterator[None]:
-    """A batch whose processing raised was admitted but its effects are not durable: stop the worker
-    before a later batch makes its offsets committable. Restarted, it resumes from the last commit."""
     try:
         yield
     except Exception:
-        log.critical("batch of %d messages failed; exiting so that none of it is committed", len(batch), exc_info=True)
-        logging.shutdown()
-        os._exit(70)
+        stop_worker(f"batch of {len(batch)} messages failed")
+
 
 
 # -- catalogue: embed new or changed items, share the vectors with every worker ----------------------------
@@ -239,7 +259,7 @@ async def embed_items(stream) -> None:
             admitted, missing = await in_offset_order(batch)
             await embed(admitted)
             await app.producer.flush()  # the vectors are on the broker before these offsets may be committed
-            progress.made_durable({e.message.tp for e in batch})
+            progress.made_durable(progress.position({e.message.tp for e in batch}))
             await re_read(missing)
 
 
@@ -320,21 +340,20 @@ async def update_interests(stream) -> None:
         ticks = [e for e in batch if e.message.topic == settings.ticks_topic]
         with fail_stop(batch):
             events, missing = await in_offset_order([e for e in batch if e.message.topic != settings.ticks_topic])
-            if events:
-                await apply_events(events)
+            sent = await apply_events(events) if events else []
             for tick in ticks:
-                await decay_partition(tick)
-            # State and outputs are on the broker before these offsets may be committed.
-            await app.producer.flush()
-            await user_states.changelog_written()
-            progress.made_durable({e.message.tp for e in batch})
+                await decay_partition(tick.message.partition)
+            await acks.add(sent + user_states.changelog_sent(), progress.position({e.message.tp for e in batch}))
             await re_read(missing)
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.BATCH_DURATION.observe(time.perf_counter() - start)
 
 
-async def apply_events(batch: list[faust.types.EventT]) -> None:
+async def apply_events(batch: list[faust.types.EventT]) -> list[Awaitable]:
+    """Apply ``batch`` to the user table and publish each touched user's top-k; returns the delivery
+    futures of the recommendations and dead letters (the table keeps its changelog's)."""
     now = time.time()
+    sent: list[Awaitable] = []
     delivered: list[Delivered] = []
     accepted_events: list[faust.types.EventT] = []  # the message behind each delivered event
     origin: dict[str, faust.types.EventT] = {}  # user -> an event of theirs: its partition is the user's
@@ -346,10 +365,10 @@ async def apply_events(batch: list[faust.types.EventT]) -> None:
         runtime.positions[(msg.topic, msg.partition)] = (msg.offset, msg.timestamp)
         parsed = parse_event(msg.value or b"", kind, now, settings.max_future_s)
         if isinstance(parsed, Rejection):
-            await dead_letter(event, parsed)
+            sent.append(await dead_letter(event, parsed))
             continue
         if msg.key != parsed.user_id.encode():
-            await dead_letter(event, Rejection("bad_key", "message key must be the user id (it picks the partition)"))
+            sent.append(await dead_letter(event, Rejection("bad_key", "message key must be the user id (it picks the partition)")))
             continue
         delivered.append(Delivered(parsed, f"{msg.topic}:{msg.partition}", msg.offset))
         accepted_events.append(event)
@@ -357,31 +376,26 @@ async def apply_events(batch: list[faust.types.EventT]) -> None:
     for topic, n in consumed.items():  # metrics once per batch: a labelled inc costs ~2 us
         metrics.EVENTS_CONSUMED.labels(topic, EVENT_TYPES[topic]).inc(n)
 
-    states = {}
-    for user, event in origin.items():
-        with processing(event):
-            stored = user_states.get(user.encode())
-        states[user] = decode(stored) if stored is not None else None
+    stored = user_states.get_many({user.encode(): event.message.partition for user, event in origin.items()})
+    states = {user: None if (value := stored[user.encode()]) is None else decode(value) for user in origin}
 
     result = await runtime.in_model_thread(runtime.updater.apply, delivered, states)
 
-    for user, state in result.states.items():
-        with processing(origin[user]):
-            user_states[user.encode()] = encode(state)
+    user_states.set_many({user.encode(): (origin[user].message.partition, encode(state)) for user, state in result.states.items()})
     message_of = {(d.source, d.offset): event for d, event in zip(delivered, accepted_events)}
     for d, rejection in result.rejected:
-        await dead_letter(message_of[(d.source, d.offset)], rejection)  # the rejected message itself
+        sent.append(await dead_letter(message_of[(d.source, d.offset)], rejection))  # the rejected message itself
     metrics.EVENTS_REDELIVERED.inc(result.redelivered)
     for d in delivered:
         p = origin[d.event.user_id].message.partition
         runtime.watermarks[p] = max(runtime.watermarks.get(p, 0.0), d.event.ts)
     sent_at = time.time()
     for rec in result.recommendations:
-        # Straight to the producer: faust's Topic.send adds ~30 us of wrapping per message. Delivery is
-        # awaited once for the whole batch by the flush that follows.
-        await app.producer.send(settings.recommendations_topic, rec.user_id.encode(), rec.to_json(), None, None, None)
+        # Straight to the producer: faust's Topic.send adds ~30 us of wrapping per message.
+        sent.append(await app.producer.send(settings.recommendations_topic, rec.user_id.encode(), rec.to_json(), None, None, None))
         metrics.LATENCY.observe(sent_at - origin[rec.user_id].message.timestamp)
     metrics.RECOMMENDATIONS.inc(len(result.recommendations))
+    return sent
 
 
 # -- decay: a leader timer ticks every partition; whoever owns it decays its users --------------------------
@@ -393,32 +407,22 @@ async def tick_all_partitions() -> None:
         await ticks_topic.send(value=b"", partition=partition)
 
 
-async def decay_partition(tick: faust.types.EventT) -> None:
-    """Decay every user of the tick's partition to the newest event time applied there (event time, so
-    replays of old logs decay as they happened). Users are rewritten only when their weight drops >= 5%."""
-    partition = tick.message.partition
+async def decay_partition(partition: int) -> None:
+    """Decay every user of ``partition`` to the newest event time applied there (event time, so replays
+    of old logs decay as they happened). Users are rewritten only when their weight drops >= 5%."""
     now = runtime.watermarks.get(partition)
     if now is None:
         return
     start = time.perf_counter()
-    with processing(tick):
-        min_elapsed = settings.half_life_s * 0.074  # 2^-0.074 = 0.95
-        states = {}
-        for key, value in partition_items(partition):
-            state = decode(value)
-            if state.lt_weight > 0 and state.lt_time < now - min_elapsed:
-                states[key.decode()] = state
-        changed = await runtime.in_model_thread(runtime.updater.decay, states, now)
-        for user, state in changed.items():
-            user_states[user.encode()] = encode(state)
+    min_elapsed = settings.half_life_s * 0.074  # 2^-0.074 = 0.95
+    states = {}
+    for key, value in user_states.partition_items(partition):
+        state = decode(value)
+        if state.lt_weight > 0 and state.lt_time < now - min_elapsed:
+            states[key.decode()] = state
+    changed = await runtime.in_model_thread(runtime.updater.decay, states, now)
+    user_states.set_many({user.encode(): (partition, encode(state)) for user, state in changed.items()})
     metrics.DECAY_DURATION.observe(time.perf_counter() - start)
-
-
-def partition_items(partition: int):
-    """(key, value) of the user table's RocksDB for one partition; faust exposes no such iterator."""
-    store = user_states.data
-    db = store._dbs.get(partition)  # type: ignore[attr-defined]
-    return [] if db is None else [(k, v) for k, v in db.items() if k != store.offset_key]
 
 
 # -- observability ------------------------------------------------------------------------------------------

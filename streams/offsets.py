@@ -79,11 +79,15 @@ class PartitionProgress:
         gap.re_read = True
         return self.next_offset[tp]
 
-    def made_durable(self, tps: Iterable[TP]) -> None:
-        """Call once the effects of every event of ``tps`` admitted so far are on the broker."""
-        for tp in tps:
+    def position(self, tps: Iterable[TP]) -> dict[TP, int]:
+        """The next offset to apply of each known partition of ``tps``: what is admitted so far."""
+        return {tp: self.next_offset[tp] for tp in tps if tp in self.next_offset}
+
+    def made_durable(self, offsets: dict[TP, int]) -> None:
+        """Call once the effects of every event before these offsets (from ``position``) are on the broker."""
+        for tp, offset in offsets.items():
             if tp in self.next_offset:
-                self.durable[tp] = self.next_offset[tp]
+                self.durable[tp] = offset
 
     def stalled(self, highwaters: dict[TP, int]) -> dict[TP, int]:
         """Partitions behind their high watermark with no event admitted since the previous call (faust

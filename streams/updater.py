@@ -147,8 +147,8 @@ class InterestUpdater:
             )
             exclude = None
             if self.settings.exclude_seen:
-                index = self.catalogue.index
-                exclude = [[index[i] for i in x.recent_items if i in index] for x in states]
+                row = self.catalogue.index.get
+                exclude = [[j for j in map(row, x.recent_items) if j is not None] for x in states]
             items = self.item_space()
             scores, idx = top_k(q, items, k, exclude, self._coarse_items)
         ids = self.catalogue.ids

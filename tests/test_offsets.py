@@ -75,7 +75,10 @@ def test_commits_of_event_partitions_stop_at_what_is_durable():
     for o in (10, 11, 12):
         progress.admit(CLICKS, o)
     assert consumer._filter_committable_offsets([CLICKS, other]) == {other: 7}  # admitted, not yet durable
-    progress.made_durable([CLICKS])
+    after_batch = progress.position([CLICKS, other])
+    assert after_batch == {CLICKS: 13}
+    progress.admit(CLICKS, 13)  # the next batch, not durable yet
+    progress.made_durable(after_batch)
     assert consumer._filter_committable_offsets([CLICKS, other]) == {CLICKS: 13, other: 7}  # not faust's 500
     progress.forget([CLICKS])
     assert consumer._filter_committable_offsets([CLICKS]) == {}
