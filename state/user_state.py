@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<BIII")  # format version, json length, hidden size, long-term size
@@ -54,7 +54,7 @@ def encode(state: UserState) -> bytes:
         "le": state.last_event_id, "let": state.last_event_time, "mv": state.model_version,
         "ap": state.applied, "ri": state.recent_items, "re": state.recent_event_ids,
     }
-    blob = json.dumps(meta, separators=(",", ":")).encode()
+    blob = orjson.dumps(meta)  # the same compact JSON as json.dumps, ~10x faster
     hidden = np.ascontiguousarray(state.hidden, np.float32)
     lt_sum = np.ascontiguousarray(state.lt_sum, np.float32)
     return b"".join((_HEADER.pack(FORMAT_VERSION, len(blob), hidden.size, lt_sum.size), blob, hidden.tobytes(), lt_sum.tobytes()))
@@ -65,7 +65,7 @@ def decode(raw: bytes) -> UserState:
     if version != FORMAT_VERSION:
         raise ValueError(f"unknown user state format {version}")
     start = _HEADER.size
-    meta = json.loads(raw[start : start + n_blob])
+    meta = orjson.loads(raw[start : start + n_blob])
     start += n_blob
     hidden = np.frombuffer(raw, np.float32, n_hidden, start).copy()
     lt_sum = np.frombuffer(raw, np.float32, n_lt, start + 4 * n_hidden).copy()

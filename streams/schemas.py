@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Union
 
+import orjson
+
 EventType = Literal["click", "purchase"]
 EVENT_TYPES: tuple[EventType, ...] = ("click", "purchase")
 MAX_ID_LEN = 128
@@ -67,11 +69,11 @@ class Recommendation:
 
     def to_json(self) -> bytes:
         # What asdict() gives, built by hand: asdict deep-copies recursively, 5x the cost on the hot path.
-        return json.dumps({
+        return orjson.dumps({
             "user_id": self.user_id, "items": [{"item_id": i.item_id, "score": i.score} for i in self.items],
             "event_id": self.event_id, "event_time": self.event_time, "model_version": self.model_version,
             "produced_at": self.produced_at,
-        }, separators=(",", ":")).encode()
+        })
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "Recommendation":
