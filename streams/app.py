@@ -246,7 +246,6 @@ def fail_stop(batch: list[faust.types.EventT]) -> Iterator[None]:
         stop_worker(f"batch of {len(batch)} messages failed")
 
 
-
 # -- catalogue: embed new or changed items, share the vectors with every worker ----------------------------
 
 
