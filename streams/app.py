@@ -99,6 +99,7 @@ app = faust.App(
     producer_linger=0.005,
     broker_session_timeout=settings.session_timeout_s,
     broker_heartbeat_interval=settings.session_timeout_s / 10,
+    broker_commit_interval=settings.commit_interval_s,
     consumer_group_instance_id=settings.instance_id or None,
     web_port=settings.web_port,
     web_host="0.0.0.0",
