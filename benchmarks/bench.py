@@ -10,7 +10,8 @@ One run, one broker (noida-db, or INTEREST_BROKER). It measures
   (b) the pipeline: a worker process (the catalogue embedded by the worker itself) drains a backlog
       produced at the maximum rate (capacity), then takes events at sustained rates for the latency from
       event produce time (carried in ``ts``) to recommendation receive time;
-  (c) the packaged MiniLM encoder on CPU, items/s;
+  (c) the MiniLM encoder (or INTEREST_ENCODER_PATH), items/s on the CPU and on the GPU when torch sees one
+      (``python -m benchmarks.encoder`` measures it alone, by batch size);
   (d) the decay timer per 100k users (RocksDB read, decode, decay, encode, write);
   (e) bytes per user state (encoded, and on disk in RocksDB) and worker RSS against users with state.
 ``--encoder tiny`` (default) gives the worker a tiny random BERT, so that embedding the catalogue does
@@ -36,9 +37,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch
 from kafka.admin import NewTopic
 
-from benchmarks import micro, pipeline, reference
+from benchmarks import encoder, micro, pipeline, reference
 from benchmarks.workload import EventSource, catalogue
 from models.tiny_bert import build_tiny_bert
 from streams.broker import LocalBroker, free_port
@@ -95,15 +97,31 @@ def run_reference(settings: Settings, n: int, broker_pid: int | None) -> dict:
     return out
 
 
+async def publish_items(settings: Settings, worker: WorkerProcess, items: list[dict], catalogue_size: int) -> float:
+    """Seconds from publishing ``items`` until the worker's catalogue has ``catalogue_size`` items."""
+    start = time.time()
+    await reference.fill(bootstrap(settings), settings.items_topic, [(i["item_id"].encode(), json.dumps(i).encode()) for i in items])
+    worker.wait_ready(min_items=catalogue_size, timeout_s=3600)
+    return time.time() - start
+
+
+async def catalogue_refresh(settings: Settings, worker: WorkerProcess, new_items: list[dict]) -> dict:
+    """A refresh while the worker runs: new items published, embedded, sent as vectors, followed back into
+    the catalogue. Also the encoder's own rate inside the worker, from its metrics."""
+    before = pipeline.metrics(settings.metrics_port)
+    seconds = await publish_items(settings, worker, new_items, int(before["interest_catalogue_items"]) + len(new_items))
+    after = pipeline.metrics(settings.metrics_port)
+    encoded = after["interest_encoder_items_total"] - before["interest_encoder_items_total"]
+    encoder_s = after["interest_encoder_batch_duration_seconds_sum"] - before["interest_encoder_batch_duration_seconds_sum"]
+    return {"items": len(new_items), "seconds": seconds, "items_per_s": len(new_items) / seconds, "encoder_items_per_s": encoded / encoder_s}
+
+
 async def run_pipeline(settings: Settings, args: argparse.Namespace, items: list[dict], reference_rate: float, work: Path,
                        broker_pid: int | None) -> dict:
     ensure_topics(settings)
     worker = WorkerProcess(settings, work / "worker.log").start()
     try:
-        start = time.time()
-        await reference.fill(bootstrap(settings), settings.items_topic, [(i["item_id"].encode(), json.dumps(i).encode()) for i in items])
-        worker.wait_ready(min_items=len(items), timeout_s=3600)
-        ready_s = time.time() - start
+        ready_s = await publish_items(settings, worker, items, len(items))
         monitor = pipeline.Monitor(worker, settings.metrics_port)
         monitor.start()
         producer = pipeline.Producer(settings, EventSource(args.users, args.items))
@@ -123,6 +141,7 @@ async def run_pipeline(settings: Settings, args: argparse.Namespace, items: list
         finally:
             await producer.stop()
             monitor.stop()
+        refresh = await catalogue_refresh(settings, worker, catalogue(len(items), seed=3, first=len(items)))
         dead = pipeline.metric(settings.metrics_port, "interest_events_dead_lettered_total")
         produced = producer.source.sent
     finally:
@@ -130,7 +149,7 @@ async def run_pipeline(settings: Settings, args: argparse.Namespace, items: list
     table = pipeline.table_size(settings.data_dir)
     if table["applied_events"] != produced:
         print(f"WARNING: {produced} events produced, {table['applied_events']} applied", file=sys.stderr)
-    return {"catalogue_ready_s": ready_s, "catalogue_items_per_s": len(items) / ready_s, "capacity": cap, "latency": phases,
+    return {"ready_s": ready_s, "refresh": refresh, "capacity": cap, "latency": phases,
             "dead_lettered": dead, "events_produced": produced, "table": table,
             "memory": pipeline.rss_vs_users(monitor.samples, 0.0, args.users)}
 
@@ -162,11 +181,13 @@ def summary(r: dict) -> list[tuple[str, str]]:
     table, mem = pipe["table"], pipe["memory"]
     rows += [
         ("events produced / applied (exactly once) / dead-lettered", f"{pipe['events_produced']:,} / {table['applied_events']:,} / {pipe['dead_lettered']:.0f}"),
-        (f"catalogue embedded by the worker ({r['args']['encoder']}), items/s", f"{pipe['catalogue_items_per_s']:,.0f}"),
+        (f"worker start to ready, {r['args']['items']:,} items embedded, s", f"{pipe['ready_s']:.1f}"),
+        (f"refresh in the running worker ({r['args']['encoder']}): {pipe['refresh']['items']:,} new items to catalogue, items/s",
+         f"{pipe['refresh']['items_per_s']:,.0f}"),
+        ("  the encoder's own rate in that refresh, items/s", f"{pipe['refresh']['encoder_items_per_s']:,.0f}"),
     ]
-    if "encoder" in r:
-        e = r["encoder"]
-        rows.append((f"encoder {e['encoder']} ({e['dtype']}, CPU, {e['items']} texts), items/s", f"{e['items_per_s']:,.0f}"))
+    for e in r.get("encoder", []):
+        rows.append((f"encoder {e['encoder']} ({e['device']}: {e['hardware']}, {e['dtype']}, {e['items']} texts), items/s", f"{e['items_per_s']:,.0f}"))
     if "decay" in r:
         d = r["decay"]
         rows.append(("decay timer per 100k users, s (read/decode/decay/encode/write)",
@@ -209,7 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
         results["ratio"] = results["pipeline"]["capacity"]["events_per_s"] / results["reference"]["aiokafka_events_per_s"]
         if args.encoder_items:
             print("(c) MiniLM encoder ...", flush=True)
-            results["encoder"] = micro.encoder_throughput([i["text"] for i in catalogue(args.encoder_items, seed=2)])
+            texts = [i["text"] for i in catalogue(args.encoder_items, seed=2)]
+            devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+            results["encoder"] = [{k: v for k, v in encoder.throughput(texts, base.encoder_path, d).items() if k != "vectors"} for d in devices]
         if args.decay_users:
             print("(d) decay timer ...", flush=True)
             results["decay"] = micro.decay_cost(args.decay_users, MINILM_DIM, settings.hidden_size, settings)

@@ -1,4 +1,4 @@
-"""In-process measurements: the item encoder, the decay timer, the size of a user state."""
+"""In-process measurements: the decay timer, the size of a user state."""
 
 from __future__ import annotations
 
@@ -10,21 +10,10 @@ import numpy as np
 from rocksdict import Options, Rdict
 
 from models.catalogue import Catalogue
-from models.encoder import ItemEncoder
 from models.interest import InterestModel
 from state.user_state import UserState, decode, encode
 from streams.settings import Settings
 from streams.updater import InterestUpdater
-
-
-def encoder_throughput(texts: list[str], path: str = "") -> dict:
-    """Items/s of the encoder (default: the packaged MiniLM) on CPU, after a warm-up batch."""
-    start = time.perf_counter()
-    encoder = ItemEncoder(path, "cpu")
-    load_s = time.perf_counter() - start
-    encoder.encode(texts[: encoder.batch_size])
-    return {"encoder": encoder.name, "dtype": str(next(encoder.model.parameters()).dtype), "items": len(texts),
-            "load_s": load_s, "items_per_s": encoder.throughput(texts)}
 
 
 def full_state(rng: np.random.Generator, hidden: int, dim: int, settings: Settings, n: int) -> UserState:

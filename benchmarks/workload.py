@@ -26,12 +26,13 @@ def user_id(n: int) -> str:
     return f"u{n}"
 
 
-def catalogue(n_items: int, seed: int = 0) -> list[dict]:
+def catalogue(n_items: int, seed: int = 0, first: int = 0) -> list[dict]:
+    """Items ``first`` .. ``first + n_items - 1``."""
     rng = random.Random(seed)
     return [
         {"item_id": item_id(n), "text": f"{rng.choice(BRANDS)} {rng.choice(ADJECTIVES)} {rng.choice(COLOURS)} "
                                          f"{rng.choice(NOUNS)} ({rng.choice(CATEGORIES)})"}
-        for n in range(n_items)
+        for n in range(first, first + n_items)
     ]
 
 

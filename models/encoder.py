@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,21 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Cosine between matching rows of two L2-normalised embeddings, and the overlap of each row's k
+    nearest neighbours (itself excluded) in the one and in the other."""
+    cosine = np.sum(a * b, axis=1)
+
+    def neighbours(x: np.ndarray) -> np.ndarray:
+        sim = x @ x.T
+        np.fill_diagonal(sim, -np.inf)
+        return np.argpartition(-sim, k, axis=1)[:, :k]
+
+    na, nb = neighbours(a), neighbours(b)
+    overlap = np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(na, nb)])
+    return {"cosine_min": float(cosine.min()), "cosine_mean": float(cosine.mean()), f"neighbours@{k}_overlap": float(overlap)}
 
 
 class ItemEncoder:
@@ -74,9 +88,3 @@ class ItemEncoder:
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out[idx] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
         return out
-
-    def throughput(self, texts: list[str]) -> float:
-        """Items per second embedding ``texts`` (for benchmarks and the encoder metric)."""
-        start = time.perf_counter()
-        self.encode(texts)
-        return len(texts) / (time.perf_counter() - start)

@@ -111,7 +111,6 @@ raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_s
 events_topic = app.topic(settings.clicks_topic, settings.purchases_topic, settings.ticks_topic, **raw)
 items_topic = app.topic(settings.items_topic, **raw)
 ticks_topic = app.topic(settings.ticks_topic, partitions=settings.partitions, **raw)
-item_vectors_topic = app.topic(settings.item_vectors_topic, partitions=settings.partitions, **raw)
 dead_letter_topic = app.topic(settings.dead_letter_topic, partitions=1, **raw)
 
 user_states = app.Table(
@@ -124,11 +123,13 @@ progress = PartitionProgress([*EVENT_TYPES, settings.items_topic])
 progress.limit_commits()
 # A batch's offsets become durable once the broker has what it produced, while the next batch runs.
 acks = AcksInOrder(progress.made_durable, lambda exc: stop_worker("a record of a batch was not delivered"))
+item_acks = AcksInOrder(progress.made_durable, lambda exc: stop_worker("an item vector was not delivered"))
 
 
 @app.on_partitions_revoked.connect
 async def forget_revoked(app, revoked, **kwargs) -> None:
-    await acks.drain()  # the next owner must find every state this worker wrote on the broker
+    await acks.drain()  # the next owner must find every state and item vector this worker wrote on the broker
+    await item_acks.drain()
     progress.forget(revoked)
 
 
@@ -161,7 +162,9 @@ class Runtime:
         catalogue = Catalogue(self.encoder.dim)
         catalogue.upsert(list(self.store))
         self.updater = InterestUpdater(model, catalogue, settings)
-        metrics.MODEL_INFO.labels(model.version, self.encoder.name).set(1)
+        metrics.MODEL_INFO.labels(model.version, self.encoder.name, self.encoder.device.type).set(1)
+        log.info("model %s; encoder %s on %s (%s, batches of %d)", model.version, self.encoder.name, self.encoder.device,
+                 self.encoder.model.dtype, self.encoder.batch_size)
         metrics.CATALOGUE_ITEMS.set(len(catalogue))
 
     async def in_model_thread(self, fn, *args):
@@ -257,24 +260,25 @@ async def embed_items(stream) -> None:
         await runtime.ready.wait()  # inside the loop, as in update_interests
         with fail_stop(batch):
             admitted, missing = await in_offset_order(batch)
-            await embed(admitted)
-            await app.producer.flush()  # the vectors are on the broker before these offsets may be committed
-            progress.made_durable(progress.position({e.message.tp for e in batch}))
+            sent = await embed(admitted)
+            await item_acks.add(sent, progress.position({e.message.tp for e in batch}))
             await re_read(missing)
 
 
-async def embed(batch: list[faust.types.EventT]) -> None:
+async def embed(batch: list[faust.types.EventT]) -> list[Awaitable]:
+    """Embed the new or changed items of ``batch`` and publish their vectors; returns the delivery futures."""
+    sent: list[Awaitable] = []
     latest: dict[str, CatalogueItem] = {}
     for event in batch:
         item = parse_item(event.message.value or b"")
         if isinstance(item, Rejection):
-            await dead_letter(event, item)
+            sent.append(await dead_letter(event, item))
             continue
         known = runtime.store.get(item.item_id)
         if known is None or known.text_hash != text_hash(item.text):
             latest[item.item_id] = item
     if not latest:
-        return
+        return sent
     items = list(latest.values())
     start = time.perf_counter()
     vectors = await asyncio.get_running_loop().run_in_executor(runtime.encoder_thread, runtime.encoder.encode, [i.text for i in items])
@@ -283,7 +287,9 @@ async def embed(batch: list[faust.types.EventT]) -> None:
     metrics.ENCODER_ITEMS.inc(len(items))
     metrics.ENCODER_ITEMS_PER_SECOND.set(len(items) / took)
     for item, vec in zip(items, vectors):
-        await item_vectors_topic.send(key=item.item_id.encode(), value=ItemVector(item.item_id, text_hash(item.text), vec).encode())
+        vector = ItemVector(item.item_id, text_hash(item.text), vec).encode()
+        sent.append(await app.producer.send(settings.item_vectors_topic, item.item_id.encode(), vector, None, None, None))
+    return sent
 
 
 @app.task

@@ -26,5 +26,5 @@ CONSUMER_LAG_SECONDS = Gauge(
 )
 TABLE_USERS = Gauge("interest_table_users", "User states held by this worker's active partitions")
 CATALOGUE_ITEMS = Gauge("interest_catalogue_items", "Embedded items available for scoring")
-MODEL_INFO = Gauge("interest_model_info", "Model and encoder in use (value 1)", ["version", "encoder"])
+MODEL_INFO = Gauge("interest_model_info", "Model and encoder in use, and where the encoder runs (value 1)", ["version", "encoder", "encoder_device"])
 READY = Gauge("interest_ready", "1 once the catalogue has caught up and events are processed")

@@ -48,7 +48,7 @@ class Settings:
     fetch_backoff_s: float = field(default=0.01, metadata={"help": "Wait after a fetch that returned nothing: brokers that answer at once instead of waiting (noida-db) would make idle consumers spin. 0: off."})
     encoder_path: str = field(default="", metadata={"help": "Hugging Face model directory. Empty: the packaged all-MiniLM-L6-v2."})
     encoder_device: str = field(default="auto", metadata={"help": "auto (cuda if present), cuda or cpu."})
-    encoder_batch: int = field(default=64, metadata={"help": "Item texts per encoder batch."})
+    encoder_batch: int = field(default=256, metadata={"help": "Item texts per encoder batch; a GPU wants 1024 (README, Performance)."})
     encoder_max_tokens: int = field(default=64, metadata={"help": "Item text truncation, tokens."})
     checkpoint: str = field(default="", metadata={"help": "Trained model checkpoint (`train` writes it). Empty: untrained defaults."})
     hidden_size: int = field(default=128, metadata={"help": "GRU hidden size when no checkpoint is given."})

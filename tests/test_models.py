@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from models import longterm
-from models.encoder import ItemEncoder
+from models.encoder import ItemEncoder, agreement
 from models.interest import InterestModel, ModelConfig
 from models.topk import top_k
 
@@ -82,6 +82,28 @@ def test_encoder_mean_pools_normalises_and_is_independent_of_batching(tiny_encod
     assert np.allclose(out, one_by_one, atol=tol)
     assert not np.allclose(out[0], out[1], atol=1e-3)  # different texts, different vectors
 
+
+
+def test_embedding_agreement_tells_equal_from_perturbed_embeddings():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((200, 16)).astype(np.float32)
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    assert agreement(a, a) == {"cosine_min": pytest.approx(1.0), "cosine_mean": pytest.approx(1.0), "neighbours@10_overlap": 1.0}
+    b = a + 0.5 * rng.standard_normal(a.shape).astype(np.float32)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    worse = agreement(a, b)
+    assert worse["cosine_min"] < 0.9 and worse["neighbours@10_overlap"] < 0.7
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path is checked where one is lent")
+def test_encoder_on_cuda_embeds_as_the_cpu_does(tiny_encoder, sample_catalogue):
+    texts = [i["text"] for i in sample_catalogue]
+    gpu = ItemEncoder(str(tiny_encoder), batch_size=16)  # "auto" picks the GPU
+    assert gpu.device.type == "cuda" and gpu.model.dtype == torch.bfloat16
+    on_gpu = gpu.encode(texts)
+    on_cpu = ItemEncoder(str(tiny_encoder), device="cpu", batch_size=16).encode(texts)
+    assert np.allclose(np.linalg.norm(on_gpu, axis=1), 1.0, atol=1e-5)
+    same = agreement(on_gpu, on_cpu)
+    assert same["cosine_min"] > 0.99 and same["neighbours@10_overlap"] > 0.9, same
 
 def test_top_k_with_bf16_candidates_matches_exact_scoring():
     torch.manual_seed(0)

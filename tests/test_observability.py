@@ -6,6 +6,7 @@ import threading
 import urllib.request
 
 import pytest
+import torch
 
 from streams.tools import publish_catalogue, replay
 from streams.worker import WorkerProcess
@@ -56,7 +57,8 @@ def test_metrics_move_during_a_replay(settings, sample_events, tmp_path):
     assert metric_sum(after, "interest_encoder_items_total") == 96 and metric_sum(after, "interest_encoder_items_per_second") > 0
     assert metric_sum(after, "interest_catalogue_items") == 96 and metric_sum(after, "interest_ready") == 1
     assert metric_sum(after, "interest_table_users") >= 20  # RocksDB's estimate of 24 users
-    assert metric_sum(after, "interest_model_info", version="untrained") == 1
+    where = "cuda" if torch.cuda.is_available() else "cpu"  # the encoder takes the GPU when there is one
+    assert metric_sum(after, "interest_model_info", version="untrained", encoder_device=where) == 1
     assert {dict(labels)["topic"] for (name, labels) in after if name == "interest_consumer_lag_seconds"} == {
         settings.clicks_topic, settings.purchases_topic}
     assert not any("user" in dict(labels) for (_, labels) in after)  # no per-user labels
