@@ -2,14 +2,17 @@
 
     python -m benchmarks.bench                         # 10k users, 10k items, tiny encoder (~3 min)
     python -m benchmarks.bench --users 100000 --items 100000
+    INTEREST_PARTITIONS=16 python -m benchmarks.bench --workers 4   # scale-out: workers over partitions
     make bench
 
 One run, one broker (noida-db, or INTEREST_BROKER). It measures
   (a) the reference: consume N events and produce one message per event, with aiokafka (faust's client)
       and kafka-python;
-  (b) the pipeline: a worker process (the catalogue embedded by the worker itself) drains a backlog
-      produced at the maximum rate (capacity), then takes events at sustained rates for the latency from
-      event produce time (carried in ``ts``) to recommendation receive time;
+  (b) the pipeline: worker processes in one consumer group (``--workers``, one by default; the catalogue
+      embedded by the workers themselves) drain a backlog produced at the maximum rate (capacity), then
+      take events at sustained rates for the latency from event produce time (carried in ``ts``) to
+      recommendation receive time; then a catalogue refresh of as many new items, timed until every
+      worker can recommend them;
   (c) the MiniLM encoder (or INTEREST_ENCODER_PATH), items/s on the CPU and on the GPU when torch sees one
       (``python -m benchmarks.encoder`` measures it alone, by batch size);
   (d) the decay timer per 100k users (RocksDB read, decode, decay, encode, write);
@@ -43,10 +46,9 @@ from kafka.admin import NewTopic
 from benchmarks import encoder, micro, pipeline, reference
 from benchmarks.workload import EventSource, catalogue
 from models.tiny_bert import build_tiny_bert
-from streams.broker import LocalBroker, free_port
+from streams.broker import LocalBroker
 from streams.settings import Settings
 from streams.topics import admin_client, bootstrap, ensure_topics
-from streams.worker import WorkerProcess
 
 MINILM_DIM = 384  # the decay cost is for production-sized states
 
@@ -54,6 +56,7 @@ MINILM_DIM = 384  # the decay cost is for production-sized states
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=10_000, help="distinct users (each gets state)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes in the consumer group (at most INTEREST_PARTITIONS)")
     p.add_argument("--items", type=int, default=10_000, help="catalogue size")
     p.add_argument("--events", type=int, default=0, help="capacity backlog; 0: max(100k, 2 x users)")
     p.add_argument("--reference-events", type=int, default=100_000, help="events through the reference loops")
@@ -68,12 +71,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def bench_settings(base: Settings, broker: str, work: Path, encoder_path: str) -> Settings:
+def bench_settings(base: Settings, broker: str, encoder_path: str) -> Settings:
     prefix = f"bench-{int(time.time())}"
     topics = {f: f"{prefix}-{getattr(base, f)}" for f in (
         "clicks_topic", "purchases_topic", "items_topic", "item_vectors_topic", "recommendations_topic", "dead_letter_topic", "ticks_topic")}
-    return replace(base, broker=broker, app_id=prefix, data_dir=work / "state", encoder_path=encoder_path,
-                   web_port=free_port(), metrics_port=free_port(), **topics)
+    return replace(base, broker=broker, app_id=prefix, encoder_path=encoder_path, **topics)  # each worker: own state, ports
 
 
 def run_reference(settings: Settings, n: int, broker_pid: int | None) -> dict:
@@ -89,28 +91,29 @@ def run_reference(settings: Settings, n: int, broker_pid: int | None) -> dict:
         "kafka_python": lambda: reference.kafka_python_loop(servers, names["in"], names["out-kafka-python"], n, f"{settings.app_id}-ref-kafka-python"),
     }
     for name, loop in loops.items():
-        broker_cpu = pipeline.cpu_seconds({"broker": broker_pid}) if broker_pid else {}
+        broker_cpu = pipeline.cpu_seconds({"broker": [broker_pid]}) if broker_pid else {}
         out[f"{name}_events_per_s"], cpu = loop()
         out[f"{name}_cpu_us_per_event"] = 1e6 * cpu / n
         if broker_pid:  # includes the group join: a slight overestimate
-            out[f"{name}_broker_cpu_us_per_event"] = 1e6 * (pipeline.cpu_seconds({"broker": broker_pid})["broker"] - broker_cpu["broker"]) / n
+            out[f"{name}_broker_cpu_us_per_event"] = 1e6 * (pipeline.cpu_seconds({"broker": [broker_pid]})["broker"] - broker_cpu["broker"]) / n
     return out
 
 
-async def publish_items(settings: Settings, worker: WorkerProcess, items: list[dict], catalogue_size: int) -> float:
-    """Seconds from publishing ``items`` until the worker's catalogue has ``catalogue_size`` items."""
+async def publish_items(settings: Settings, fleet: pipeline.Fleet, items: list[dict], catalogue_size: int) -> float:
+    """Seconds from publishing ``items`` until every worker's catalogue has ``catalogue_size`` items."""
     start = time.time()
     await reference.fill(bootstrap(settings), settings.items_topic, [(i["item_id"].encode(), json.dumps(i).encode()) for i in items])
-    worker.wait_ready(min_items=catalogue_size, timeout_s=3600)
+    fleet.wait_ready(min_items=catalogue_size, timeout_s=3600)
     return time.time() - start
 
 
-async def catalogue_refresh(settings: Settings, worker: WorkerProcess, new_items: list[dict]) -> dict:
-    """A refresh while the worker runs: new items published, embedded, sent as vectors, followed back into
-    the catalogue. Also the encoder's own rate inside the worker, from its metrics."""
-    before = pipeline.metrics(settings.metrics_port)
-    seconds = await publish_items(settings, worker, new_items, int(before["interest_catalogue_items"]) + len(new_items))
-    after = pipeline.metrics(settings.metrics_port)
+async def catalogue_refresh(settings: Settings, fleet: pipeline.Fleet, new_items: list[dict]) -> dict:
+    """A refresh while the workers run: new items published, embedded, sent as vectors, followed back into
+    every catalogue. Also the encoder's own rate inside the workers, from their metrics."""
+    before = fleet.metrics()
+    size = int(before["interest_catalogue_items"]) // len(fleet.workers) + len(new_items)
+    seconds = await publish_items(settings, fleet, new_items, size)
+    after = fleet.metrics()
     encoded = after["interest_encoder_items_total"] - before["interest_encoder_items_total"]
     encoder_s = after["interest_encoder_batch_duration_seconds_sum"] - before["interest_encoder_batch_duration_seconds_sum"]
     return {"items": len(new_items), "seconds": seconds, "items_per_s": len(new_items) / seconds, "encoder_items_per_s": encoded / encoder_s}
@@ -119,34 +122,34 @@ async def catalogue_refresh(settings: Settings, worker: WorkerProcess, new_items
 async def run_pipeline(settings: Settings, args: argparse.Namespace, items: list[dict], reference_rate: float, work: Path,
                        broker_pid: int | None) -> dict:
     ensure_topics(settings)
-    worker = WorkerProcess(settings, work / "worker.log").start()
+    fleet = pipeline.Fleet.start(settings, args.workers, work)
     try:
-        ready_s = await publish_items(settings, worker, items, len(items))
-        monitor = pipeline.Monitor(worker, settings.metrics_port)
+        ready_s = await publish_items(settings, fleet, items, len(items))
+        monitor = pipeline.Monitor(fleet)
         monitor.start()
         producer = pipeline.Producer(settings, EventSource(args.users, args.items))
         await producer.start()
         try:
             n_events = args.events or max(100_000, 2 * args.users)
-            pids = {"worker": worker.pid, **({"broker": broker_pid} if broker_pid else {})}
-            cap = await pipeline.capacity(settings, producer, n_events, 0.0, pids)
+            pids = {"worker": fleet.pids(), **({"broker": [broker_pid]} if broker_pid else {})}
+            cap = await pipeline.capacity(settings, fleet, producer, n_events, 0.0, pids)
             loads = [0.5 * reference_rate / cap["events_per_s"] if x == "goal" else float(x) for x in args.loads.split(",")]
             phases = []
             for load in sorted(loads):
                 if load > 1.0:
                     phases.append({"load": load, "skipped": "above the measured capacity"})
                     continue
-                consumed = pipeline.metric(settings.metrics_port, "interest_events_consumed_total")
-                phases.append({"load": load, **await pipeline.latency(settings, producer, load * cap["events_per_s"], args.duration, consumed)})
+                consumed = fleet.metric("interest_events_consumed_total")
+                phases.append({"load": load, **await pipeline.latency(settings, fleet, producer, load * cap["events_per_s"], args.duration, consumed)})
         finally:
             await producer.stop()
             monitor.stop()
-        refresh = await catalogue_refresh(settings, worker, catalogue(len(items), seed=3, first=len(items)))
-        dead = pipeline.metric(settings.metrics_port, "interest_events_dead_lettered_total")
+        refresh = await catalogue_refresh(settings, fleet, catalogue(len(items), seed=3, first=len(items)))
+        dead = fleet.metric("interest_events_dead_lettered_total")
         produced = producer.source.sent
     finally:
-        worker.stop()
-    table = pipeline.table_size(settings.data_dir)
+        fleet.stop()
+    table = pipeline.table_size(fleet.data_dirs())
     if table["applied_events"] != produced:
         print(f"WARNING: {produced} events produced, {table['applied_events']} applied", file=sys.stderr)
     return {"ready_s": ready_s, "refresh": refresh, "capacity": cap, "latency": phases,
@@ -162,11 +165,11 @@ def summary(r: dict) -> list[tuple[str, str]]:
         ("reference aiokafka loop CPU per event, us", f"{ref['aiokafka_cpu_us_per_event']:.0f}"),
         ("reference kafka-python consume+produce, events/s", f"{ref['kafka_python_events_per_s']:,.0f}"),
         ("aiokafka produce only, events/s", f"{ref['produce_only_events_per_s']:,.0f}"),
-        ("pipeline capacity (backlog drain), events/s", f"{cap['events_per_s']:,.0f}"),
+        (f"pipeline capacity (backlog drain, {r['args']['workers']} worker(s)), events/s", f"{cap['events_per_s']:,.0f}"),
         ("pipeline incl. producer contention, events/s", f"{cap['events_per_s_with_producer']:,.0f}"),
         ("ratio pipeline / aiokafka reference", f"{r['ratio']:.2f}"),
         ("  micro-batches in the drain: mean events, mean ms", f"{cap['mean_batch_events']:.0f}, {cap['mean_batch_ms']:.0f}"),
-        ("worker CPU per event during the drain, us", f"{cap['worker_cpu_us_per_event']:.0f}"),
+        ("workers' CPU per event during the drain, us", f"{cap['worker_cpu_us_per_event']:.0f}"),
     ]
     if "broker_cpu_us_per_event" in cap:
         rows.append(("broker CPU per event during the drain, us", f"{cap['broker_cpu_us_per_event']:.0f}"))
@@ -181,8 +184,8 @@ def summary(r: dict) -> list[tuple[str, str]]:
     table, mem = pipe["table"], pipe["memory"]
     rows += [
         ("events produced / applied (exactly once) / dead-lettered", f"{pipe['events_produced']:,} / {table['applied_events']:,} / {pipe['dead_lettered']:.0f}"),
-        (f"worker start to ready, {r['args']['items']:,} items embedded, s", f"{pipe['ready_s']:.1f}"),
-        (f"refresh in the running worker ({r['args']['encoder']}): {pipe['refresh']['items']:,} new items to catalogue, items/s",
+        (f"workers' start to ready, {r['args']['items']:,} items embedded, s", f"{pipe['ready_s']:.1f}"),
+        (f"refresh in the running workers ({r['args']['encoder']}): {pipe['refresh']['items']:,} new items to catalogue, items/s",
          f"{pipe['refresh']['items_per_s']:,.0f}"),
         ("  the encoder's own rate in that refresh, items/s", f"{pipe['refresh']['encoder_items_per_s']:,.0f}"),
     ]
@@ -196,8 +199,8 @@ def summary(r: dict) -> list[tuple[str, str]]:
     rows += [
         (f"bytes per user state in this run (encoded / RocksDB files), {table['users']:,} users",
          f"{table['value_bytes_per_user']:,.0f} / {table['disk_bytes_per_user']:,.0f}"),
-        ("worker RSS at ready -> with all users, MB", f"{mem['rss_at_ready_mb']:,.0f} -> {mem['rss_with_all_users_mb']:,.0f}"),
-        ("worker RSS growth per user, bytes", f"{mem['rss_growth_bytes_per_user']:,.0f}"),
+        ("workers' RSS at ready -> with all users, MB", f"{mem['rss_at_ready_mb']:,.0f} -> {mem['rss_with_all_users_mb']:,.0f}"),
+        ("workers' RSS growth per user, bytes", f"{mem['rss_growth_bytes_per_user']:,.0f}"),
     ]
     return rows
 
@@ -220,12 +223,14 @@ def main(argv: list[str] | None = None) -> dict:
         encoder_path = base.encoder_path
         if args.encoder == "tiny":  # MiniLM's width, so scoring and state sizes are production-sized
             encoder_path = str(build_tiny_bert(work / "tiny-bert", [i["text"] for i in items], hidden=MINILM_DIM, layers=1))
-        settings = bench_settings(base, broker, work, encoder_path)
+        settings = bench_settings(base, broker, encoder_path)
+        if not 1 <= args.workers <= settings.partitions:
+            raise SystemExit(f"--workers {args.workers}: between 1 and the partitions ({settings.partitions}, INTEREST_PARTITIONS)")
         results["settings"] = {k: str(v) for k, v in asdict(settings).items()}
 
         print(f"(a) reference loops, {args.reference_events:,} events ...", flush=True)
         results["reference"] = run_reference(settings, args.reference_events, broker_pid)
-        print(f"(b) pipeline: {args.users:,} users, {args.items:,} items ...", flush=True)
+        print(f"(b) pipeline: {args.workers} worker(s), {args.users:,} users, {args.items:,} items ...", flush=True)
         results["pipeline"] = asyncio.run(run_pipeline(settings, args, items, results["reference"]["aiokafka_events_per_s"], work, broker_pid))
         results["ratio"] = results["pipeline"]["capacity"]["events_per_s"] / results["reference"]["aiokafka_events_per_s"]
         if args.encoder_items:

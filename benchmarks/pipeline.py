@@ -1,6 +1,6 @@
-"""The full pipeline under load: a worker process, a catalogue, a backlog produced at the maximum rate
-(capacity), then sustained rates (latency). Latency is recommendation receive time minus the produce time
-the event carries in ``ts``: on one machine both clocks are the same."""
+"""The full pipeline under load: worker processes (one consumer group), a catalogue, a backlog produced at
+the maximum rate (capacity), then sustained rates (latency). Latency is recommendation receive time minus
+the produce time the event carries in ``ts``: on one machine both clocks are the same."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +21,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.workload import EventSource
 from state.user_state import decode
-from state.user_table import iter_raw, table_files
+from state.user_table import iter_raw, latest_copies, table_files
+from streams.broker import free_port
 from streams.settings import Settings
 from streams.topics import bootstrap
 from streams.worker import WorkerProcess
 
 
-def metrics(port: int) -> dict[str, float]:
-    """The worker's metrics, each summed over its labels."""
+def scrape(port: int) -> dict[str, float]:
+    """One worker's metrics, each summed over its labels."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
     out: dict[str, float] = {}
@@ -38,8 +39,43 @@ def metrics(port: int) -> dict[str, float]:
     return out
 
 
-def metric(port: int, name: str) -> float:
-    return metrics(port).get(name, 0.0)
+@dataclass
+class Fleet:
+    """The workers under test: one consumer group over the same topics, each with its own state and ports."""
+    workers: list[WorkerProcess]
+
+    @classmethod
+    def start(cls, settings: Settings, n: int, work: Path) -> "Fleet":
+        workers = []
+        for k in range(n):
+            own = replace(settings, data_dir=work / f"worker-{k}" / "state", web_port=free_port(), metrics_port=free_port())
+            workers.append(WorkerProcess(own, work / f"worker-{k}" / "worker.log").start())
+        return cls(workers)
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    def wait_ready(self, min_items: int, timeout_s: float) -> None:
+        for worker in self.workers:  # every worker follows the whole catalogue
+            worker.wait_ready(min_items=min_items, timeout_s=timeout_s)
+
+    def metrics(self) -> dict[str, float]:
+        """Every worker's metrics, summed."""
+        out: dict[str, float] = {}
+        for worker in self.workers:
+            for name, value in scrape(worker.settings.metrics_port).items():
+                out[name] = out.get(name, 0.0) + value
+        return out
+
+    def metric(self, name: str) -> float:
+        return self.metrics().get(name, 0.0)
+
+    def pids(self) -> list[int]:
+        return [w.pid for w in self.workers]
+
+    def data_dirs(self) -> list[Path]:
+        return [w.settings.data_dir for w in self.workers]
 
 
 def batches(before: dict[str, float], after: dict[str, float]) -> dict:
@@ -49,12 +85,14 @@ def batches(before: dict[str, float], after: dict[str, float]) -> dict:
             "mean_batch_ms": 1000 * (after["interest_batch_duration_seconds_sum"] - before.get("interest_batch_duration_seconds_sum", 0.0)) / max(n, 1)}
 
 
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """User + system CPU seconds used so far by each process."""
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """User + system CPU seconds used so far by each group of processes."""
     out = {}
-    for name, pid in pids.items():
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for name, group in pids.items():
+        out[name] = 0.0
+        for pid in group:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
 
 
@@ -66,18 +104,18 @@ def rss_bytes(pid: int) -> int:
 
 
 class Monitor(threading.Thread):
-    """Samples (seconds, events consumed, worker RSS bytes) every ``interval`` seconds."""
+    """Samples (seconds, events consumed, RSS bytes of all workers) every ``interval`` seconds."""
 
-    def __init__(self, worker: WorkerProcess, port: int, interval: float = 0.5) -> None:
+    def __init__(self, fleet: Fleet, interval: float = 0.5) -> None:
         super().__init__(daemon=True)
-        self.worker, self.port, self.interval = worker, port, interval
+        self.fleet, self.interval = fleet, interval
         self.samples: list[tuple[float, float, int]] = []
         self._done = threading.Event()
 
     def run(self) -> None:
         while not self._done.is_set():
             try:
-                self.samples.append((time.time(), metric(self.port, "interest_events_consumed_total"), rss_bytes(self.worker.pid)))
+                self.samples.append((time.time(), self.fleet.metric("interest_events_consumed_total"), sum(map(rss_bytes, self.fleet.pids()))))
             except OSError:
                 pass
             self._done.wait(self.interval)
@@ -112,15 +150,15 @@ class Producer:
         await self._producer.flush()
 
 
-def wait_consumed(settings: Settings, n: int, timeout_s: float) -> None:
-    """Until the worker has consumed ``n`` events and published its last recommendations."""
+def wait_consumed(fleet: Fleet, n: int, timeout_s: float) -> None:
+    """Until the workers have consumed ``n`` events and published their last recommendations."""
     deadline = time.monotonic() + timeout_s
-    while metric(settings.metrics_port, "interest_events_consumed_total") < n:
+    while fleet.metric("interest_events_consumed_total") < n:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the worker consumed fewer than {n} events in {timeout_s:.0f}s")
+            raise RuntimeError(f"the workers consumed fewer than {n} events in {timeout_s:.0f}s")
         time.sleep(0.25)
     published = -1.0
-    while (now := metric(settings.metrics_port, "interest_recommendations_published_total")) != published:
+    while (now := fleet.metric("interest_recommendations_published_total")) != published:
         published = now
         time.sleep(0.5)
 
@@ -142,19 +180,19 @@ def recommendation_times(settings: Settings) -> list[float]:
         consumer.close()
 
 
-async def capacity(settings: Settings, producer: Producer, n_events: int, consumed_before: float, pids: dict[str, int]) -> dict:
-    """Produce ``n_events`` as fast as possible; events/s = what the worker consumed after the producer
-    finished / time until its last recommendation (so the producer's CPU use is mostly excluded).
-    CPU microseconds per event of the worker (and the broker) over the same span: robust to other load."""
+async def capacity(settings: Settings, fleet: Fleet, producer: Producer, n_events: int, consumed_before: float, pids: dict[str, list[int]]) -> dict:
+    """Produce ``n_events`` as fast as possible; events/s = what the workers consumed after the producer
+    finished / time until the last recommendation (so the producer's CPU use is mostly excluded).
+    CPU microseconds per event of the workers (and the broker) over the same span: robust to other load."""
     t0 = time.time()
     await producer.send(n_events)
     await producer.flush()
     t_produced = time.time()
-    cpu_before, scrape = cpu_seconds(pids), metrics(settings.metrics_port)
-    during = scrape.get("interest_events_consumed_total", 0.0) - consumed_before
-    wait_consumed(settings, consumed_before + n_events, timeout_s=600)
+    cpu_before, before = cpu_seconds(pids), fleet.metrics()
+    during = before.get("interest_events_consumed_total", 0.0) - consumed_before
+    wait_consumed(fleet, consumed_before + n_events, timeout_s=600)
     cpu_after = cpu_seconds(pids)
-    drained = batches(scrape, metrics(settings.metrics_port))
+    drained = batches(before, fleet.metrics())
     t_last = max(recommendation_times(settings))
     after = n_events - during
     rate = after / (t_last - t_produced) if after > 0.1 * n_events else n_events / (t_last - t0)
@@ -163,7 +201,7 @@ async def capacity(settings: Settings, producer: Producer, n_events: int, consum
             **{f"{name}_cpu_us_per_event": 1e6 * (cpu_after[name] - cpu_before[name]) / max(after, 1) for name in pids}}
 
 
-async def latency(settings: Settings, producer: Producer, rate: float, duration_s: float, consumed_before: float) -> dict:
+async def latency(settings: Settings, fleet: Fleet, producer: Producer, rate: float, duration_s: float, consumed_before: float) -> dict:
     """Produce at ``rate`` events/s for ``duration_s``; latency of every recommendation of those events."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(settings), group_id=None, enable_auto_commit=False)
     await consumer.start()
@@ -173,7 +211,7 @@ async def latency(settings: Settings, producer: Producer, rate: float, duration_
     for tp in tps:
         await consumer.position(tp)  # resolve the end offsets now, not after the first recommendations
     latencies: list[float] = []
-    before = metrics(settings.metrics_port)
+    before = fleet.metrics()
     start = time.time()
 
     async def receive() -> None:
@@ -195,13 +233,13 @@ async def latency(settings: Settings, producer: Producer, rate: float, duration_
         await asyncio.sleep(0.005)
     await producer.flush()
     produced_s = time.time() - start
-    await asyncio.get_running_loop().run_in_executor(None, wait_consumed, settings, consumed_before + sent, 120.0)
+    await asyncio.get_running_loop().run_in_executor(None, wait_consumed, fleet, consumed_before + sent, 120.0)
     await asyncio.sleep(0.5)
     receiver.cancel()
     await consumer.stop()
     lat = np.array(latencies) * 1000
     return {"target_events_per_s": rate, "events": sent, "events_per_s": sent / produced_s, "recommendations": len(lat),
-            **batches(before, metrics(settings.metrics_port)),
+            **batches(before, fleet.metrics()),
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max())}
 
 
@@ -216,10 +254,11 @@ def rss_vs_users(samples: list[tuple[float, float, int]], consumed_at_ready: flo
             "series_users_rss_mb": [(u, round(r / 2**20, 1)) for u, r in series[::step]]}
 
 
-def table_size(data_dir: Path) -> dict:
-    """User table on disk after the worker stopped: files (SST, WAL, manifest), encoded values, and the
-    events applied (clicks + purchases over all users: must equal the events produced, exactly once)."""
-    paths = table_files(data_dir)
+def table_size(data_dirs: list[Path]) -> dict:
+    """User tables on disk after the workers stopped: files (SST, WAL, manifest), encoded values, and the
+    events applied (clicks + purchases over all users: must equal the events produced, exactly once).
+    A partition some worker held before a rebalance is read once, from the worker that held it last."""
+    paths = latest_copies([p for d in data_dirs for p in table_files(d)])
     users = value_bytes = applied = 0
     for path in paths:
         for _, value in iter_raw(path):

@@ -19,6 +19,27 @@ def table_files(data_dir: Path, table: str = "user-state") -> list[Path]:
     return sorted(p for p in data_dir.rglob(f"{table}-*.db") if p.is_dir())
 
 
+def changelog_offset(path: Path) -> int:
+    """How far into the changelog this copy of a partition is (faust's own record); -1 if it has none."""
+    db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+    try:
+        raw = db.get(FAUST_OFFSET_KEY)
+    finally:
+        db.close()
+    return -1 if raw is None else int(raw)
+
+
+def latest_copies(paths: list[Path]) -> list[Path]:
+    """One file per partition: where several workers hold it (the owner, standbys, a former owner),
+    the copy furthest along the changelog."""
+    best: dict[str, tuple[int, Path]] = {}
+    for path in paths:
+        offset = changelog_offset(path)
+        if path.name not in best or offset > best[path.name][0]:
+            best[path.name] = (offset, path)
+    return sorted(path for _, path in best.values())
+
+
 def iter_raw(path: Path) -> Iterator[tuple[bytes, bytes]]:
     db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
     try:

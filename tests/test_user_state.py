@@ -1,6 +1,8 @@
 import numpy as np
+from rocksdict import Options, Rdict
 
 from state.user_state import UserState, decode, encode
+from state.user_table import FAUST_OFFSET_KEY, latest_copies, table_files
 
 
 def test_encoding_round_trips_every_field():
@@ -25,3 +27,15 @@ def test_applied_offsets_and_recent_items():
     for i, item in enumerate(["a", "b", "a", "c"]):
         s.remember(f"e{i}", item, recent_items=2)
     assert s.recent_items == ["c", "a"] and s.recent_event_ids[0] == "e3"
+
+
+def test_latest_copies_keeps_each_partition_once_furthest_along_the_changelog(tmp_path):
+    # three workers' copies of partition 0 (standby, owner, one that never recorded an offset), one of partition 1
+    for worker, partition, offset in (("a", 0, b"7"), ("b", 0, b"12"), ("c", 0, None), ("a", 1, b"3")):
+        db = Rdict(str(tmp_path / worker / f"user-state-{partition}.db"), options=Options(raw_mode=True))
+        if offset is not None:
+            db[FAUST_OFFSET_KEY] = offset
+        db[b"u"] = worker.encode()
+        db.close()
+    copies = [p for worker in "abc" for p in table_files(tmp_path / worker)]
+    assert latest_copies(copies) == [tmp_path / "a" / "user-state-1.db", tmp_path / "b" / "user-state-0.db"]
