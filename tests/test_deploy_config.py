@@ -499,3 +499,9 @@ def test_promtool_parses_dashboard_queries(tmp_path):
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = run_promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_configuration_table_is_the_settings_table():
+    readme = (ROOT / "README.md").read_text()
+    rows = {line for line in readme.splitlines() if line.startswith(f"| `{PREFIX}")}
+    assert rows == {f"| `{name}` | `{default}` | {meaning} |" for name, default, meaning in describe()}
