@@ -83,7 +83,6 @@ def test_encoder_mean_pools_normalises_and_is_independent_of_batching(tiny_encod
     assert not np.allclose(out[0], out[1], atol=1e-3)  # different texts, different vectors
 
 
-
 def test_embedding_agreement_tells_equal_from_perturbed_embeddings():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((200, 16)).astype(np.float32)
@@ -93,6 +92,7 @@ def test_embedding_agreement_tells_equal_from_perturbed_embeddings():
     b /= np.linalg.norm(b, axis=1, keepdims=True)
     worse = agreement(a, b)
     assert worse["cosine_min"] < 0.9 and worse["neighbours@10_overlap"] < 0.7
+
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path is checked where one is lent")
 def test_encoder_on_cuda_embeds_as_the_cpu_does(tiny_encoder, sample_catalogue):
@@ -104,6 +104,7 @@ def test_encoder_on_cuda_embeds_as_the_cpu_does(tiny_encoder, sample_catalogue):
     assert np.allclose(np.linalg.norm(on_gpu, axis=1), 1.0, atol=1e-5)
     same = agreement(on_gpu, on_cpu)
     assert same["cosine_min"] > 0.99 and same["neighbours@10_overlap"] > 0.9, same
+
 
 def test_top_k_with_bf16_candidates_matches_exact_scoring():
     torch.manual_seed(0)
