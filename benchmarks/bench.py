@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
             print("(c) MiniLM encoder ...", flush=True)
             texts = [i["text"] for i in catalogue(args.encoder_items, seed=2)]
             devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-            results["encoder"] = [{k: v for k, v in encoder.throughput(texts, base.encoder_path, d).items() if k != "vectors"} for d in devices]
+            results["encoder"] = [encoder.throughput(texts, base.encoder_path, d)[0] for d in devices]
         if args.decay_users:
             print("(d) decay timer ...", flush=True)
             results["decay"] = micro.decay_cost(args.decay_users, MINILM_DIM, settings.hidden_size, settings)

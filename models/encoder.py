@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, BatchEncoding
 
 
 def packaged_minilm_path() -> str:
@@ -72,6 +72,10 @@ class ItemEncoder:
         self.dim: int = int(model.config.hidden_size)
         self.name = Path(self.path).name if path else "all-MiniLM-L6-v2"
 
+    def tokenize(self, texts: list[str]) -> BatchEncoding:
+        """One padded batch of token ids, on the CPU."""
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+
     @torch.inference_mode()
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         """float32 [len(texts), dim]; texts are sorted by length so each batch pads little."""
@@ -80,9 +84,7 @@ class ItemEncoder:
         starts = range(0, len(order), self.batch_size)
         for start in tqdm(starts, desc="embedding", unit="batch", disable=not progress):
             idx = order[start : start + self.batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
-            ).to(self.device)
+            batch = self.tokenize([texts[i] for i in idx]).to(self.device)
             hidden = self.model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
