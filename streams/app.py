@@ -28,7 +28,7 @@ from models.encoder import ItemEncoder
 from models.interest import InterestModel
 from state.item_store import ItemStore, ItemVector, text_hash
 from state.user_state import decode, encode
-from streams import metrics
+from streams import heap, metrics
 from streams.durability import AcksInOrder
 from streams.kafka_compat import back_off_empty_fetches
 from streams.offsets import PartitionProgress, Verdict
@@ -300,6 +300,7 @@ async def follow_item_vectors() -> None:
     what existed at start, so events never meet a half-loaded catalogue.
     """
     await asyncio.get_running_loop().run_in_executor(None, runtime.load)  # encoder load takes seconds
+    heap.settle()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(settings), enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:

@@ -1,0 +1,35 @@
+"""The worker's garbage-collector policy.
+
+Every micro-batch allocates hundreds of thousands of short-lived objects (events, states, recommendations),
+so CPython's collector runs often, and each full collection walks the whole heap: torch, transformers and
+faust leave several hundred thousand long-lived objects there. Freezing what exists once the worker is
+loaded takes those out of every collection, and a larger young generation makes collections rarer
+(README, Performance: ~10% more events/s).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+THRESHOLDS = (10_000, 10, 10)  # CPython's default is (700, 10, 10)
+
+
+def settle() -> None:
+    """Call once the long-lived objects are loaded (model, catalogue, services)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*THRESHOLDS)
+
+
+@contextmanager
+def settled() -> Iterator[None]:
+    """``settle()`` for a measurement inside another process, undone afterwards."""
+    before = gc.get_threshold()
+    settle()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
