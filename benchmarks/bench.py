@@ -78,17 +78,22 @@ def bench_settings(base: Settings, broker: str, encoder_path: str) -> Settings:
     return replace(base, broker=broker, app_id=prefix, encoder_path=encoder_path, **topics)  # each worker: own state, ports
 
 
-def run_reference(settings: Settings, n: int, broker_pid: int | None) -> dict:
+def run_reference(settings: Settings, n: int, broker_pid: int | None, value_sizes: tuple[int, int]) -> dict:
+    """The reference loops, and aiokafka's loop again writing ``value_sizes`` bytes per event (a user state
+    and a recommendation: the least the pipeline sends per event)."""
     servers = bootstrap(settings)
-    names = {k: f"{settings.app_id}-ref-{k}" for k in ("in", "out-aiokafka", "out-kafka-python")}
+    names = {k: f"{settings.app_id}-ref-{k}" for k in ("in", "out-aiokafka", "out-kafka-python", "out-pipeline-writes")}
     admin = admin_client(settings)
     admin.create_topics([NewTopic(t, settings.partitions, settings.replication_factor) for t in names.values()])
     admin.close()
     messages = [(key, value) for _, key, value in EventSource(10_000, 10_000, seed=1).take(n)]
-    out = {"events": n, "produce_only_events_per_s": asyncio.run(reference.fill(servers, names["in"], messages))}
+    out = {"events": n, "produce_only_events_per_s": asyncio.run(reference.fill(servers, names["in"], messages)),
+           "pipeline_writes_bytes": value_sizes}
     loops = {
         "aiokafka": lambda: asyncio.run(reference.aiokafka_loop(servers, names["in"], names["out-aiokafka"], n, f"{settings.app_id}-ref-aiokafka")),
         "kafka_python": lambda: reference.kafka_python_loop(servers, names["in"], names["out-kafka-python"], n, f"{settings.app_id}-ref-kafka-python"),
+        "pipeline_writes": lambda: asyncio.run(reference.aiokafka_loop(
+            servers, names["in"], names["out-pipeline-writes"], n, f"{settings.app_id}-ref-pipeline-writes", value_sizes)),
     }
     for name, loop in loops.items():
         broker_cpu = pipeline.cpu_seconds({"broker": [broker_pid]}) if broker_pid else {}
@@ -158,16 +163,25 @@ async def run_pipeline(settings: Settings, args: argparse.Namespace, items: list
 
 
 def summary(r: dict) -> list[tuple[str, str]]:
-    ref, pipe = r["reference"], r["pipeline"]
+    ref, pipe, model = r["reference"], r["pipeline"], r["model_work"]
     cap = pipe["capacity"]
     rows = [
         ("reference aiokafka consume+produce, events/s", f"{ref['aiokafka_events_per_s']:,.0f}"),
         ("reference aiokafka loop CPU per event, us", f"{ref['aiokafka_cpu_us_per_event']:.0f}"),
         ("reference kafka-python consume+produce, events/s", f"{ref['kafka_python_events_per_s']:,.0f}"),
         ("aiokafka produce only, events/s", f"{ref['produce_only_events_per_s']:,.0f}"),
+        (f"aiokafka loop writing the pipeline's bytes per event ({' + '.join(map(str, ref['pipeline_writes_bytes']))} B), events/s",
+         f"{ref['pipeline_writes_events_per_s']:,.0f} (ratio {ref['pipeline_writes_events_per_s'] / ref['aiokafka_events_per_s']:.2f})"),
+        ("model work alone, one thread, no Kafka (parse, RocksDB, GRU, top-k, encode), events/s",
+         f"{model['events_per_s']:,.0f} (ratio {model['events_per_s'] / ref['aiokafka_events_per_s']:.2f})"),
         (f"pipeline capacity (backlog drain, {r['args']['workers']} worker(s)), events/s", f"{cap['events_per_s']:,.0f}"),
         ("pipeline incl. producer contention, events/s", f"{cap['events_per_s_with_producer']:,.0f}"),
         ("ratio pipeline / aiokafka reference", f"{r['ratio']:.2f}"),
+        (f"the goal's CPU per event on {r['machine']['cpus']} cores, all processes (cores / half the reference), us",
+         f"{r['machine']['cpus'] * 1e6 / (0.5 * ref['aiokafka_events_per_s']):.0f}"),
+        ("  spent: pipeline's workers + broker / model work alone / writes loop + broker, us",
+         f"{cap['worker_cpu_us_per_event'] + cap.get('broker_cpu_us_per_event', 0):.0f} / {model['cpu_us_per_event']:.0f} / "
+         f"{ref['pipeline_writes_cpu_us_per_event'] + ref.get('pipeline_writes_broker_cpu_us_per_event', 0):.0f}"),
         ("  micro-batches in the drain: mean events, mean ms", f"{cap['mean_batch_events']:.0f}, {cap['mean_batch_ms']:.0f}"),
         ("workers' CPU per event during the drain, us", f"{cap['worker_cpu_us_per_event']:.0f}"),
     ]
@@ -228,8 +242,11 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"--workers {args.workers}: between 1 and the partitions ({settings.partitions}, INTEREST_PARTITIONS)")
         results["settings"] = {k: str(v) for k, v in asdict(settings).items()}
 
-        print(f"(a) reference loops, {args.reference_events:,} events ...", flush=True)
-        results["reference"] = run_reference(settings, args.reference_events, broker_pid)
+        print(f"(a) the model's work alone, in-process, {args.reference_events:,} events ...", flush=True)
+        model = results["model_work"] = micro.model_work(args.users, args.items, args.reference_events, MINILM_DIM, settings)
+        print(f"    reference loops, {args.reference_events:,} events ...", flush=True)
+        sizes = (round(model["state_bytes_per_event"]), round(model["recommendation_bytes_per_event"]))
+        results["reference"] = run_reference(settings, args.reference_events, broker_pid, sizes)
         print(f"(b) pipeline: {args.workers} worker(s), {args.users:,} users, {args.items:,} items ...", flush=True)
         results["pipeline"] = asyncio.run(run_pipeline(settings, args, items, results["reference"]["aiokafka_events_per_s"], work, broker_pid))
         results["ratio"] = results["pipeline"]["capacity"]["events_per_s"] / results["reference"]["aiokafka_events_per_s"]

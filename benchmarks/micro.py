@@ -1,4 +1,4 @@
-"""In-process measurements: the decay timer, the size of a user state."""
+"""In-process measurements: the decay timer, the size of a user state, the model's work per event."""
 
 from __future__ import annotations
 
@@ -7,13 +7,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rocksdict import Options, Rdict
+import torch
+from rocksdict import Options, Rdict, WriteBatch
 
+from benchmarks.workload import EventSource
 from models.catalogue import Catalogue
 from models.interest import InterestModel
+from state.item_store import ItemVector
 from state.user_state import UserState, decode, encode
+from streams import heap
+from streams.schemas import Rejection, parse_event
 from streams.settings import Settings
-from streams.updater import InterestUpdater
+from streams.updater import Delivered, InterestUpdater
 
 
 def full_state(rng: np.random.Generator, hidden: int, dim: int, settings: Settings, n: int) -> UserState:
@@ -58,3 +63,49 @@ def decay_cost(n_users: int, dim: int, hidden: int, settings: Settings) -> dict:
     steps = dict(zip(("read_s", "decode_s", "decay_s", "encode_s", "write_s"), np.diff(t) * per_100k))
     return {"users": n_users, **steps, "total_s_per_100k_users": (t[-1] - t[0]) * per_100k,
             "full_state_bytes": float(np.mean([len(b) for b in encoded]))}
+
+
+def model_work(n_users: int, n_items: int, n_events: int, dim: int, settings: Settings, seed: int = 0) -> dict:
+    """The worker's per-event work without Kafka and faust, on one thread as in the worker: parse the event,
+    read the users' states from RocksDB (one multi-get), decode, apply (GRU, long-term, top-k over the
+    whole catalogue), encode, write back (one WriteBatch), serialise the recommendations. Micro-batches
+    of ``settings.batch_max`` events; the first ``n_users`` events create the users, untimed."""
+    rng = np.random.default_rng(seed)
+    catalogue = Catalogue(dim)
+    vectors = rng.standard_normal((n_items, dim), np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    catalogue.upsert([ItemVector(f"i{n}", b"\0" * 16, v) for n, v in enumerate(vectors)])
+    updater = InterestUpdater(InterestModel.untrained(dim, settings.hidden_size, "bench"), catalogue, settings)
+    source = EventSource(n_users, n_items, seed)
+    messages = list(source.take(n_users + n_events))
+    threads = torch.get_num_threads()
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)  # as in the worker, and its heap below
+    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp, heap.settled():
+        db = Rdict(str(Path(tmp) / "db"), options=Options(raw_mode=True))
+        timed = state_bytes = rec_bytes = 0
+        start = cpu = 0.0
+        for first in range(0, len(messages), settings.batch_max):
+            if first >= n_users and not start:  # every user has state from here on
+                start, cpu = time.perf_counter(), time.process_time()
+            batch = []
+            for offset, (kind, _key, value) in enumerate(messages[first : first + settings.batch_max], first):
+                event = parse_event(value, kind, time.time(), settings.max_future_s)
+                assert not isinstance(event, Rejection), event
+                batch.append(Delivered(event, f"{kind}:0", offset))
+            timed += len(batch) if start else 0
+            users = list({d.event.user_id: None for d in batch})
+            stored = dict(zip(users, db.get([u.encode() for u in users])))
+            result = updater.apply(batch, {u: None if raw is None else decode(raw) for u, raw in stored.items()})
+            writes = WriteBatch(raw_mode=True)
+            for user, state in result.states.items():
+                blob = encode(state)
+                writes.put(user.encode(), blob)
+                state_bytes += len(blob) if start else 0
+            db.write(writes)
+            rec_bytes += sum(len(r.to_json()) for r in result.recommendations) if start else 0
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        db.close()
+    torch.set_num_threads(threads)
+    return {"events": timed, "events_per_s": timed / seconds, "cpu_us_per_event": 1e6 * cpu / timed,
+            "state_bytes_per_event": state_bytes / timed, "recommendation_bytes_per_event": rec_bytes / timed}

@@ -28,9 +28,12 @@ async def fill(bootstrap: list[str], topic: str, messages: list[tuple[bytes, byt
         await producer.stop()
 
 
-async def aiokafka_loop(bootstrap: list[str], src: str, dst: str, n: int, group: str) -> tuple[float, float]:
+async def aiokafka_loop(bootstrap: list[str], src: str, dst: str, n: int, group: str,
+                        value_sizes: tuple[int, ...] = ()) -> tuple[float, float]:
     """(events/s, CPU seconds of this process), timed from the first fetched batch (group join excluded)
-    to the last flush."""
+    to the last flush. Each event's value is passed through, or with ``value_sizes`` replaced by one
+    message of each size (what the pipeline writes per event: a user state, a recommendation)."""
+    payloads = [bytes(size) for size in value_sizes]
     consumer = AIOKafkaConsumer(src, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=256 * 1024, **PRODUCER)
@@ -45,7 +48,7 @@ async def aiokafka_loop(bootstrap: list[str], src: str, dst: str, n: int, group:
                 continue
             if not start:
                 start, cpu = time.perf_counter(), time.process_time()
-            futures = [await producer.send(dst, r.value, key=r.key) for r in records]
+            futures = [await producer.send(dst, value, key=r.key) for r in records for value in payloads or [r.value]]
             await asyncio.gather(*futures)
             await consumer.commit()
             seen += len(records)

@@ -1,0 +1,40 @@
+"""The benchmark's own measurements measure what they say (their numbers are not checked here: speed is
+for `python -m benchmarks.bench`, not the test suite)."""
+
+import asyncio
+import gc
+from collections import Counter
+
+from benchmarks import micro, reference
+from benchmarks.workload import EventSource
+from streams import heap
+from streams.settings import Settings
+from streams.topics import bootstrap
+from tests.helpers import consume_all
+
+
+def test_model_work_times_every_event_after_the_users_exist():
+    result = micro.model_work(n_users=64, n_items=300, n_events=256, dim=16, settings=Settings(batch_max=64, hidden_size=8))
+    assert result["events"] == 256  # the first 64 (one per user) are untimed
+    assert result["events_per_s"] > 0 and result["cpu_us_per_event"] > 0
+    # every event touches one user's state and publishes one recommendation, in bytes on the wire
+    assert result["state_bytes_per_event"] > 4 * (8 + 16) and result["recommendation_bytes_per_event"] > 100
+
+
+def test_writes_loop_sends_one_message_of_each_size_per_event(settings):
+    servers, source = bootstrap(settings), EventSource(10, 10)
+    messages = [(key, value) for _, key, value in source.take(40)]
+    asyncio.run(reference.fill(servers, settings.clicks_topic, messages))
+    rate, _ = asyncio.run(reference.aiokafka_loop(servers, settings.clicks_topic, settings.recommendations_topic, 40,
+                                                  settings.app_id, value_sizes=(300, 50)))
+    out = consume_all(settings, settings.recommendations_topic)
+    assert rate > 0
+    assert Counter(len(m.value) for m in out) == {300: 40, 50: 40}
+    assert Counter(m.key for m in out) == Counter(key for key, _ in messages for _ in range(2))
+
+
+def test_settled_heap_is_restored_after_a_measurement():
+    before = gc.get_threshold()
+    with heap.settled():
+        assert gc.get_threshold() == heap.THRESHOLDS and gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
