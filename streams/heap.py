@@ -4,7 +4,7 @@ Every micro-batch allocates hundreds of thousands of short-lived objects (events
 so CPython's collector runs often, and each full collection walks the whole heap: torch, transformers and
 faust leave several hundred thousand long-lived objects there. Freezing what exists once the worker is
 loaded takes those out of every collection, and a larger young generation makes collections rarer
-(README, Performance: ~10% more events/s).
+(README, Performance).
 """
 
 from __future__ import annotations
