@@ -7,7 +7,8 @@
 
 One run, one broker (noida-db, or INTEREST_BROKER). It measures
   (a) the reference: consume N events and produce one message per event, with aiokafka (faust's client)
-      and kafka-python;
+      and kafka-python; and two floors: the model's work alone in-process (no Kafka, no faust), and
+      aiokafka's loop producing per event the bytes the pipeline writes (a user state, a recommendation);
   (b) the pipeline: worker processes in one consumer group (``--workers``, one by default; the catalogue
       embedded by the workers themselves) drain a backlog produced at the maximum rate (capacity), then
       take events at sustained rates for the latency from event produce time (carried in ``ts``) to

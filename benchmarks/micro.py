@@ -42,7 +42,7 @@ def decay_cost(n_users: int, dim: int, hidden: int, settings: Settings) -> dict:
     encoded = [encode(s) for s in states]
     catalogue = Catalogue(dim)
     updater = InterestUpdater(InterestModel.untrained(dim, hidden, "bench"), catalogue, settings)
-    with tempfile.TemporaryDirectory(prefix="bench-decay-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-decay-") as tmp, heap.settled():  # the worker's heap policy
         db = Rdict(str(Path(tmp) / "db"), options=Options(raw_mode=True))
         for n, raw in enumerate(encoded):
             db[f"u{n}".encode()] = raw
@@ -80,8 +80,8 @@ def model_work(n_users: int, n_items: int, n_events: int, dim: int, settings: Se
     messages = list(source.take(n_users + n_events))
     threads = torch.get_num_threads()
     if settings.torch_threads > 0:
-        torch.set_num_threads(settings.torch_threads)  # as in the worker, and its heap below
-    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp, heap.settled():
+        torch.set_num_threads(settings.torch_threads)  # as in the worker
+    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp, heap.settled():  # the worker's heap policy
         db = Rdict(str(Path(tmp) / "db"), options=Options(raw_mode=True))
         timed = state_bytes = rec_bytes = 0
         start = cpu = 0.0
