@@ -15,13 +15,12 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from functools import partial
 from typing import NoReturn
 
 import faust
 import torch
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from faust.types import TP, RecordMetadata
+from faust.types import TP, FutureMessage
 from rocksdict import WriteBatch
 
 from models.catalogue import Catalogue
@@ -48,15 +47,14 @@ class UserTable(faust.Table):
 
     ``table[key]`` goes through several faust layers per key (~80 us per event here); a batch reads each
     partition's RocksDB with one multi-get and writes it with one WriteBatch, and sends the changelog
-    records ``table[key] = value`` would straight to the producer (faust's ``send_changelog`` adds its
-    producer buffer and a RocksDB write of the persisted offset per record; here that offset is written
-    once per partition and batch, when the batch's last record there is acknowledged). The delivery
-    futures are kept: offsets must not be committed before the state they produced reached the broker.
+    records ``table[key] = value`` would. Their delivery futures are kept: faust's producer-buffer
+    ``flush()`` gives up after 0.1 s without progress and misses a record in transit, so offsets could
+    otherwise be committed before the state they produced reached the broker.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._unconfirmed: list[Awaitable[RecordMetadata]] = []
+        self._unconfirmed: list[FutureMessage] = []
 
     def get_many(self, keys: dict[bytes, int]) -> dict[bytes, bytes | None]:
         """The stored value of each key (key -> its partition), None where there is none."""
@@ -68,25 +66,15 @@ class UserTable(faust.Table):
             found.update(zip(batch, self.data._db_for_partition(partition).get(batch)))  # type: ignore[attr-defined]
         return found
 
-    async def set_many(self, values: dict[bytes, tuple[int, bytes]]) -> None:
+    def set_many(self, values: dict[bytes, tuple[int, bytes]]) -> None:
         """Store each key's (partition, value) locally, then send it to the changelog."""
         batches: dict[int, WriteBatch] = defaultdict(lambda: WriteBatch(raw_mode=True))
         for key, (partition, value) in values.items():
             batches[partition].put(key, value)
         for partition, batch in batches.items():
             self.data._db_for_partition(partition).write(batch)  # type: ignore[attr-defined]
-        topic = self.changelog_topic.get_topic_name()
-        last: dict[int, asyncio.Future] = {}
         for key, (partition, value) in values.items():
-            last[partition] = await self.app.producer.send(topic, key, value, partition, None, None)
-            self._unconfirmed.append(last[partition])
-        for partition, future in last.items():  # a partition's records are acknowledged in order
-            future.add_done_callback(partial(self._persisted, TP(topic, partition)))
-
-    def _persisted(self, tp: TP, future: asyncio.Future) -> None:
-        """What faust's own changelog callback does: recovery replays the changelog after this offset."""
-        if not future.cancelled() and future.exception() is None:
-            self.data.set_persisted_offset(tp, future.result().offset)
+            self._unconfirmed.append(self.send_changelog(partition, key, value))
 
     def partition_items(self, partition: int) -> list[tuple[bytes, bytes]]:
         """Every (key, value) stored for ``partition`` on this worker."""
@@ -94,7 +82,7 @@ class UserTable(faust.Table):
         db = store._dbs.get(partition)  # type: ignore[attr-defined]
         return [] if db is None else [(k, v) for k, v in db.items() if k != store.offset_key]  # type: ignore[attr-defined]
 
-    def changelog_sent(self) -> list[Awaitable[RecordMetadata]]:
+    def changelog_sent(self) -> list[FutureMessage]:
         """Delivery futures of the changelog records sent since the last call."""
         sent, self._unconfirmed = self._unconfirmed, []
         return sent
@@ -400,7 +388,7 @@ async def apply_events(batch: list[faust.types.EventT]) -> list[Awaitable]:
 
     result = await runtime.in_model_thread(runtime.updater.apply, delivered, states)
 
-    await user_states.set_many({user.encode(): (origin[user].message.partition, encode(state)) for user, state in result.states.items()})
+    user_states.set_many({user.encode(): (origin[user].message.partition, encode(state)) for user, state in result.states.items()})
     message_of = {(d.source, d.offset): event for d, event in zip(delivered, accepted_events)}
     for d, rejection in result.rejected:
         sent.append(await dead_letter(message_of[(d.source, d.offset)], rejection))  # the rejected message itself
@@ -440,7 +428,7 @@ async def decay_partition(partition: int) -> None:
         if state.lt_weight > 0 and state.lt_time < now - min_elapsed:
             states[key.decode()] = state
     changed = await runtime.in_model_thread(runtime.updater.decay, states, now)
-    await user_states.set_many({user.encode(): (partition, encode(state)) for user, state in changed.items()})
+    user_states.set_many({user.encode(): (partition, encode(state)) for user, state in changed.items()})
     metrics.DECAY_DURATION.observe(time.perf_counter() - start)
 
 
