@@ -90,6 +90,11 @@ class WorkerProcess:
         return self._proc.pid
 
     @property
+    def exit_code(self) -> int | None:
+        """None while running; negative: killed by that signal (``stop()`` kills a worker that hangs)."""
+        return None if self._proc is None else self._proc.poll()
+
+    @property
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

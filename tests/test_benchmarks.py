@@ -36,5 +36,5 @@ def test_writes_loop_sends_one_message_of_each_size_per_event(settings):
 def test_settled_heap_is_restored_after_a_measurement():
     before = gc.get_threshold()
     with heap.settled():
-        assert gc.get_threshold() == heap.THRESHOLDS and gc.get_freeze_count() > 0
-    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+        assert gc.get_threshold() == heap.THRESHOLDS != before
+    assert gc.get_threshold() == before

@@ -52,6 +52,7 @@ def test_replay_produces_recommendations_consistent_with_table_state(settings, s
         assert worker.alive, worker.log_tail()
     finally:
         worker.stop()
+    assert worker.exit_code == 0, f"the worker did not stop cleanly on SIGTERM:\n{worker.log_tail()}"
 
     reasons = Counter(d["reason"] for d in letters)
     assert reasons == {"bad_json": 1, "missing_field": 1, "unknown_item": 1, "duplicate": 1}, letters
