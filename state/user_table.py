@@ -6,6 +6,7 @@ For tools and tests that inspect state after a run: the worker itself goes throu
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict
@@ -19,13 +20,19 @@ def table_files(data_dir: Path, table: str = "user-state") -> list[Path]:
     return sorted(p for p in data_dir.rglob(f"{table}-*.db") if p.is_dir())
 
 
-def changelog_offset(path: Path) -> int:
-    """How far into the changelog this copy of a partition is (faust's own record); -1 if it has none."""
+@contextmanager
+def _read_only(path: Path) -> Iterator[Rdict]:
     db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
     try:
-        raw = db.get(FAUST_OFFSET_KEY)
+        yield db
     finally:
         db.close()
+
+
+def changelog_offset(path: Path) -> int:
+    """How far into the changelog this copy of a partition is (faust's own record); -1 if it has none."""
+    with _read_only(path) as db:
+        raw = db.get(FAUST_OFFSET_KEY)
     return -1 if raw is None else int(raw)
 
 
@@ -41,13 +48,10 @@ def latest_copies(paths: list[Path]) -> list[Path]:
 
 
 def iter_raw(path: Path) -> Iterator[tuple[bytes, bytes]]:
-    db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
-    try:
+    with _read_only(path) as db:
         for key, value in db.items():
             if key != FAUST_OFFSET_KEY:
                 yield key, value
-    finally:
-        db.close()
 
 
 def load_user_states(data_dir: Path) -> dict[str, UserState]:

@@ -17,7 +17,7 @@ THRESHOLDS = (10_000, 10, 10)  # CPython's default is (700, 10, 10)
 
 
 def settle() -> None:
-    """Call once the long-lived objects are loaded (model, catalogue, services)."""
+    """The worker's collector thresholds, set once at start."""
     gc.set_threshold(*THRESHOLDS)
 
 
