@@ -90,7 +90,7 @@ def model_work(n_users: int, n_items: int, n_events: int, dim: int, settings: Se
                 start, cpu = time.perf_counter(), time.process_time()
             batch = []
             for offset, (kind, _key, value) in enumerate(messages[first : first + settings.batch_max], first):
-                event = parse_event(value, kind, time.time(), settings.max_future_s)
+                event = parse_event(value, kind, time.time(), settings.limits())
                 assert not isinstance(event, Rejection), event
                 batch.append(Delivered(event, f"{kind}:0", offset))
             timed += len(batch) if start else 0

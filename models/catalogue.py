@@ -9,7 +9,7 @@ from state.item_store import ItemVector
 
 
 class Catalogue:
-    """Grows by doubling so adding items is amortised O(1) per row; ``version`` changes on every upsert."""
+    """Grows by doubling so adding items is amortised O(1) per row; ``version`` changes on every change."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
@@ -39,6 +39,23 @@ class Catalogue:
                     self._rows = grown
             self._rows[row] = torch.from_numpy(v.vector)
         if vectors:
+            self.version += 1
+
+    def remove(self, item_ids: list[str]) -> None:
+        """Retire items: each one's row takes the last row's item, so rows stay dense. Unknown ids are ignored."""
+        removed = False
+        for item_id in item_ids:
+            row = self.index.pop(item_id, None)
+            if row is None:
+                continue
+            last = len(self.ids) - 1
+            if row != last:
+                moved = self.ids[last]
+                self.ids[row], self.index[moved] = moved, row
+                self._rows[row] = self._rows[last]
+            self.ids.pop()
+            removed = True
+        if removed:
             self.version += 1
 
     def vectors(self, item_ids: list[str]) -> np.ndarray:

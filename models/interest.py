@@ -81,5 +81,7 @@ class InterestModel(nn.Module):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         model = cls(ModelConfig(**ckpt["config"]))
         model.load_state_dict(ckpt["state"])
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise RuntimeError(f"checkpoint {path} has non-finite weights: every state and score would be NaN")
         model.version = ckpt["version"]
         return model.eval()

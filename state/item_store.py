@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from rocksdict import Rdict
+from rocksdict import Rdict, WriteBatch
+
+from state.faults import require_finite, store_errors
 
 _HEADER = struct.Struct("<16sI")  # text hash, vector length
 _OFFSET_PREFIX = b"\x00offset:"  # never a valid item key: item keys are UTF-8 ids without NUL
@@ -31,27 +33,45 @@ class ItemVector:
     vector: np.ndarray  # float32 [D], L2-normalised
 
     def encode(self) -> bytes:
+        """Raises ``NonFinite`` rather than publish a vector with a NaN or an infinity."""
         vec = np.ascontiguousarray(self.vector, np.float32)
+        require_finite(f"the vector of item {self.item_id!r}", vec)
         return _HEADER.pack(self.text_hash, vec.size) + vec.tobytes()
 
     @classmethod
-    def decode(cls, item_id: str, raw: bytes) -> "ItemVector":
+    def decode(cls, item_id: str, raw: bytes, dim: int | None = None) -> "ItemVector":
+        """Raises ``ValueError`` (``NonFinite`` among them) for a record that is not a finite vector of
+        ``dim`` numbers (any size if None): the item-vectors topic is open to any producer."""
+        if len(raw) < _HEADER.size:
+            raise ValueError(f"item {item_id!r}: {len(raw)} bytes are not a vector record")
         digest, n = _HEADER.unpack_from(raw)
-        return cls(item_id, digest, np.frombuffer(raw, np.float32, n, _HEADER.size).copy())
+        if (dim is not None and n != dim) or len(raw) != _HEADER.size + 4 * n:
+            raise ValueError(f"item {item_id!r}: {len(raw)} bytes are not a {dim or n}-d vector record")
+        vector = np.frombuffer(raw, np.float32, n, _HEADER.size).copy()
+        require_finite(f"the vector of item {item_id!r}", vector)
+        return cls(item_id, digest, vector)
 
 
 class ItemStore:
-    """RocksDB (rocksdict) map item id -> ItemVector, plus the item-vectors topic offsets read so far."""
+    """RocksDB (rocksdict) map item id -> ItemVector, plus the item-vectors topic offsets read so far.
+    Its writes raise ``StoreFailure`` when RocksDB fails."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(path))
 
-    def put_many(self, vectors: list[ItemVector], offsets: dict[int, int]) -> None:
+    def apply(self, vectors: list[ItemVector], retired: list[str], offsets: dict[int, int]) -> None:
+        """Store ``vectors``, delete the ``retired`` item ids, and remember how far the topic was read,
+        in one atomic write."""
+        batch = WriteBatch()
         for v in vectors:
-            self._db[v.item_id.encode()] = v.encode()
+            batch.put(v.item_id.encode(), v.encode())
+        for item_id in retired:
+            batch.delete(item_id.encode())
         for partition, offset in offsets.items():
-            self._db[_OFFSET_PREFIX + str(partition).encode()] = str(offset).encode()
+            batch.put(_OFFSET_PREFIX + str(partition).encode(), str(offset).encode())
+        with store_errors("item store"):
+            self._db.write(batch)
 
     def get(self, item_id: str) -> ItemVector | None:
         raw = self._db.get(item_id.encode())

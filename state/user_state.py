@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from state.faults import require_finite
+
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<BIII")  # format version, json length, hidden size, long-term size
 
@@ -49,6 +51,8 @@ class UserState:
 
 
 def encode(state: UserState) -> bytes:
+    """The state as bytes; raises ``NonFinite`` rather than store a NaN or an infinity (the last guard)."""
+    require_finite("the user state", state.hidden, state.lt_sum, state.lt_weight, state.lt_time, state.last_event_time)
     meta = {
         "lw": state.lt_weight, "lt": state.lt_time, "c": state.clicks, "p": state.purchases,
         "le": state.last_event_id, "let": state.last_event_time, "mv": state.model_version,

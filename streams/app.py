@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from typing import NoReturn
@@ -26,16 +26,20 @@ from rocksdict import WriteBatch
 from models.catalogue import Catalogue
 from models.encoder import ItemEncoder
 from models.interest import InterestModel
-from state.item_store import ItemStore, ItemVector, text_hash
-from state.user_state import decode, encode
+from state.faults import store_errors
+from state.item_store import ItemStore, ItemVector
 from streams import heap, metrics
+from streams.boundary import contain
+from streams.dead_letters import dead_letter
+from streams.decay import decay_step
 from streams.durability import AcksInOrder
+from streams.ingest import EventStep, Message, item_step
 from streams.kafka_compat import back_off_empty_fetches
 from streams.offsets import PartitionProgress, Verdict
-from streams.schemas import CatalogueItem, Rejection, parse_event, parse_item
+from streams.schemas import Rejection, check_id
 from streams.settings import Settings
 from streams.topics import bootstrap
-from streams.updater import Delivered, InterestUpdater
+from streams.updater import InterestUpdater
 
 settings = Settings.from_env()
 back_off_empty_fetches(settings.fetch_backoff_s)
@@ -62,8 +66,9 @@ class UserTable(faust.Table):
         for key, partition in keys.items():
             by_partition[partition].append(key)
         found: dict[bytes, bytes | None] = {}
-        for partition, batch in by_partition.items():
-            found.update(zip(batch, self.data._db_for_partition(partition).get(batch)))  # type: ignore[attr-defined]
+        with store_errors("user table"):
+            for partition, batch in by_partition.items():
+                found.update(zip(batch, self.data._db_for_partition(partition).get(batch)))  # type: ignore[attr-defined]
         return found
 
     def set_many(self, values: dict[bytes, tuple[int, bytes]]) -> None:
@@ -71,8 +76,9 @@ class UserTable(faust.Table):
         batches: dict[int, WriteBatch] = defaultdict(lambda: WriteBatch(raw_mode=True))
         for key, (partition, value) in values.items():
             batches[partition].put(key, value)
-        for partition, batch in batches.items():
-            self.data._db_for_partition(partition).write(batch)  # type: ignore[attr-defined]
+        with store_errors("user table"):
+            for partition, batch in batches.items():
+                self.data._db_for_partition(partition).write(batch)  # type: ignore[attr-defined]
         for key, (partition, value) in values.items():
             self._unconfirmed.append(self.send_changelog(partition, key, value))
 
@@ -80,7 +86,8 @@ class UserTable(faust.Table):
         """Every (key, value) stored for ``partition`` on this worker."""
         store = self.data
         db = store._dbs.get(partition)  # type: ignore[attr-defined]
-        return [] if db is None else [(k, v) for k, v in db.items() if k != store.offset_key]  # type: ignore[attr-defined]
+        with store_errors("user table"):
+            return [] if db is None else [(k, v) for k, v in db.items() if k != store.offset_key]  # type: ignore[attr-defined]
 
     def changelog_sent(self) -> list[FutureMessage]:
         """Delivery futures of the changelog records sent since the last call."""
@@ -103,6 +110,11 @@ app = faust.App(
     consumer_group_instance_id=settings.instance_id or None,
     web_port=settings.web_port,
     web_host="0.0.0.0",
+    # /health and /ready only: faust's own views would serve any user's raw state to anyone on the port.
+    web_router_enabled=False,
+    web_tables_enabled=False,
+    web_graph_enabled=False,
+    web_stats_enabled=False,
     autodiscover=False,
     Table=UserTable,
 )
@@ -111,7 +123,6 @@ raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_s
 events_topic = app.topic(settings.clicks_topic, settings.purchases_topic, settings.ticks_topic, **raw)
 items_topic = app.topic(settings.items_topic, **raw)
 ticks_topic = app.topic(settings.ticks_topic, partitions=settings.partitions, **raw)
-dead_letter_topic = app.topic(settings.dead_letter_topic, partitions=1, **raw)
 
 user_states = app.Table(
     "user-state", partitions=settings.partitions, key_type=bytes, value_type=bytes, options={"driver": "rocksdict"},
@@ -145,6 +156,7 @@ class Runtime:
         self.encoder: ItemEncoder
         self.store: ItemStore
         self.updater: InterestUpdater
+        self.events: EventStep
 
     def load(self) -> None:
         if settings.torch_threads > 0:
@@ -162,6 +174,7 @@ class Runtime:
         catalogue = Catalogue(self.encoder.dim)
         catalogue.upsert(list(self.store))
         self.updater = InterestUpdater(model, catalogue, settings)
+        self.events = EventStep(self.updater, EVENT_TYPES, settings.limits(), settings.max_message_bytes)
         metrics.MODEL_INFO.labels(model.version, self.encoder.name, self.encoder.device.type).set(1)
         log.info("model %s; encoder %s on %s (%s, batches of %d)", model.version, self.encoder.name, self.encoder.device,
                  self.encoder.model.dtype, self.encoder.batch_size)
@@ -170,20 +183,26 @@ class Runtime:
     async def in_model_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
 
+    async def in_encoder_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.encoder_thread, fn, *args)
+
 
 runtime = Runtime()
 
 
-async def dead_letter(event: faust.types.EventT, rejection: Rejection) -> Awaitable:
-    """Send ``event`` to the dead-letter topic; returns its delivery future."""
-    msg = event.message
-    sent = await dead_letter_topic.send(
-        key=msg.key, value=msg.value or b"",
-        headers=[("reason", rejection.reason.encode()), ("detail", rejection.detail.encode()),
-                 ("source", f"{msg.topic}:{msg.partition}:{msg.offset}".encode())],
-    )
+async def send_dead_letter(msg: Message, rejection: Rejection) -> Awaitable:
+    """Send ``msg``'s dead letter (truncated to fit if it must be); returns its delivery future."""
+    letter = dead_letter(f"{msg.topic}:{msg.partition}:{msg.offset}", msg.key, msg.value, rejection, settings.max_message_bytes)
+    sent = await app.producer.send(settings.dead_letter_topic, letter.key, letter.value, None, None, letter.headers)
     metrics.EVENTS_DEAD_LETTERED.labels(rejection.reason).inc()
     return sent
+
+
+def dead_letters_into(sent: list[Awaitable]):
+    """The boundary's poison handler for a topic whose bad messages become dead letters."""
+    async def poison(msg: Message, rejection: Rejection) -> None:
+        sent.append(await send_dead_letter(msg, rejection))
+    return poison
 
 
 async def committed_offset(tp: TP) -> int | None:
@@ -193,12 +212,17 @@ async def committed_offset(tp: TP) -> int | None:
     return await thread.call_thread(thread._ensure_consumer().committed, tp)
 
 
+async def start_partition(tp: TP) -> None:
+    """Newly assigned: processing starts where the group committed (or where the log begins)."""
+    earliest = (await app.consumer.earliest_offsets(tp))[tp]
+    progress.start(tp, max(await committed_offset(tp) or 0, earliest))
+
+
 async def in_offset_order(batch: list[faust.types.EventT]) -> tuple[list[faust.types.EventT], set[TP]]:
     """The events of ``batch`` to apply, and the partitions where offsets before some of them were lost."""
     for tp in {e.message.tp for e in batch}:
-        if not progress.knows(tp):  # newly assigned: start where the group committed (or the log begins)
-            earliest = (await app.consumer.earliest_offsets(tp))[tp]
-            progress.start(tp, max(await committed_offset(tp) or 0, earliest))
+        if not progress.knows(tp):
+            await start_partition(tp)
     admitted, missing = [], set()
     for event in batch:
         verdict = progress.admit(event.message.tp, event.message.offset)
@@ -229,7 +253,13 @@ async def seek_back(tp: TP, offset: int, why: str) -> None:
 async def re_read_stalled_partitions() -> None:
     if not runtime.ready.is_set():
         return
-    ends = {tp: app.consumer.highwater(tp) for tp in app.consumer.assignment() if tp.topic in progress.topics}
+    assigned = [tp for tp in app.consumer.assignment() if tp.topic in progress.topics]
+    for tp in assigned:
+        # A partition whose first messages faust dropped (around a recovery) and that receives nothing
+        # new would never be started by an event; start it here so that it is seen stalled below.
+        if not progress.knows(tp):
+            await start_partition(tp)
+    ends = {tp: app.consumer.highwater(tp) for tp in assigned}
     for tp, offset in progress.stalled({tp: end for tp, end in ends.items() if end is not None}).items():
         await seek_back(tp, offset, "is behind the end and nothing arrived for 5 s")
 
@@ -244,6 +274,7 @@ def stop_worker(what: str) -> NoReturn:
 
 @contextmanager
 def fail_stop(batch: list[faust.types.EventT]) -> Iterator[None]:
+    """Whatever escapes the ingestion boundary is the infrastructure's failure (broker, disk)."""
     try:
         yield
     except Exception:
@@ -260,36 +291,74 @@ async def embed_items(stream) -> None:
         await runtime.ready.wait()  # inside the loop, as in update_interests
         with fail_stop(batch):
             admitted, missing = await in_offset_order(batch)
-            sent = await embed(admitted)
+            sent: list[Awaitable] = []
+            await contain(settings.items_topic, [e.message for e in admitted], lambda part: embed(part, sent), dead_letters_into(sent))
             await item_acks.add(sent, progress.position({e.message.tp for e in batch}))
             await re_read(missing)
 
 
-async def embed(batch: list[faust.types.EventT]) -> list[Awaitable]:
-    """Embed the new or changed items of ``batch`` and publish their vectors; returns the delivery futures."""
-    sent: list[Awaitable] = []
-    latest: dict[str, CatalogueItem] = {}
-    for event in batch:
-        item = parse_item(event.message.value or b"")
-        if isinstance(item, Rejection):
-            sent.append(await dead_letter(event, item))
-            continue
-        known = runtime.store.get(item.item_id)
-        if known is None or known.text_hash != text_hash(item.text):
-            latest[item.item_id] = item
-    if not latest:
-        return sent
-    items = list(latest.values())
+def known_hash(item_id: str) -> bytes | None:
+    known = runtime.store.get(item_id)
+    return None if known is None else known.text_hash
+
+
+def encode_texts(texts: list[str]):
     start = time.perf_counter()
-    vectors = await asyncio.get_running_loop().run_in_executor(runtime.encoder_thread, runtime.encoder.encode, [i.text for i in items])
+    vectors = runtime.encoder.encode(texts)
     took = time.perf_counter() - start
     metrics.ENCODER_BATCH_DURATION.observe(took)
-    metrics.ENCODER_ITEMS.inc(len(items))
-    metrics.ENCODER_ITEMS_PER_SECOND.set(len(items) / took)
-    for item, vec in zip(items, vectors):
-        vector = ItemVector(item.item_id, text_hash(item.text), vec).encode()
-        sent.append(await app.producer.send(settings.item_vectors_topic, item.item_id.encode(), vector, None, None, None))
-    return sent
+    metrics.ENCODER_ITEMS.inc(len(texts))
+    metrics.ENCODER_ITEMS_PER_SECOND.set(len(texts) / took)
+    return vectors
+
+
+async def embed(messages: Sequence[Message], sent: list[Awaitable]) -> None:
+    """Embed the new or changed items of ``messages`` and publish their vectors (tombstones for the
+    retired ones), adding the delivery futures to ``sent``."""
+    out = await runtime.in_encoder_thread(item_step, messages, known_hash, encode_texts)
+    for rejected in out.rejected:
+        sent.append(await send_dead_letter(rejected.message, rejected.rejection))
+    for key, value in out.vectors:
+        sent.append(await app.producer.send(settings.item_vectors_topic, key, value, None, None, None))
+    for key in out.retired:
+        sent.append(await app.producer.send(settings.item_vectors_topic, key, None, None, None, None))
+
+
+def read_vectors(records: Sequence, dim: int) -> tuple[list[ItemVector], list[str], dict[int, int]]:
+    """item-vectors records -> (vectors, retired item ids, next offset per partition); raises for a record
+    that is not a finite ``dim``-d vector under a valid item id."""
+    vectors, retired, offsets = [], [], {}
+    for r in records:
+        item_id = check_id(r.key.decode(), "item id")
+        if isinstance(item_id, Rejection):
+            raise ValueError(item_id.detail)
+        if r.value is None:
+            retired.append(item_id)
+        else:
+            vectors.append(ItemVector.decode(item_id, r.value, dim))
+        offsets[r.partition] = r.offset + 1
+    return vectors, retired, offsets
+
+
+async def catalogue_update(records: Sequence) -> None:
+    vectors, retired, offsets = read_vectors(records, runtime.encoder.dim)
+
+    def update() -> None:
+        runtime.store.apply(vectors, retired, offsets)
+        runtime.updater.catalogue.upsert(vectors)
+        runtime.updater.catalogue.remove(retired)
+
+    await runtime.in_model_thread(update)
+    metrics.ITEMS_RETIRED.inc(len(retired))
+    metrics.CATALOGUE_ITEMS.set(len(runtime.updater.catalogue))
+
+
+async def ignore_vector(record, rejection: Rejection) -> None:
+    """Every worker reads the whole item-vectors topic, so a bad record is skipped and counted here
+    rather than dead-lettered once per worker."""
+    log.warning("item-vectors %s:%s: %s; skipped", record.partition, record.offset, rejection.detail)
+    metrics.ITEM_VECTORS_IGNORED.inc()
+    await runtime.in_model_thread(runtime.store.apply, [], [], {record.partition: record.offset + 1})
 
 
 @app.task
@@ -297,7 +366,7 @@ async def follow_item_vectors() -> None:
     """Load the runtime, then keep following item vectors. Every worker reads the whole item-vectors topic into its RocksDB item store and in-memory catalogue.
 
     Resumes from the offsets saved with the vectors; marks the worker ready once it has caught up with
-    what existed at start, so events never meet a half-loaded catalogue.
+    what existed at start, so events never meet a half-loaded catalogue. A null value retires its item.
     """
     await asyncio.get_running_loop().run_in_executor(None, runtime.load)  # encoder load takes seconds
     heap.settle()
@@ -319,17 +388,12 @@ async def follow_item_vectors() -> None:
                 runtime.ready.set()
                 metrics.READY.set(1)
             records = await consumer.getmany(timeout_ms=500, max_records=2000)
-            vectors = [ItemVector.decode(r.key.decode(), r.value) for batch in records.values() for r in batch]
-            if not vectors:
-                continue
-            offsets = {tp.partition: batch[-1].offset + 1 for tp, batch in records.items()}
-
-            def upsert() -> None:
-                runtime.updater.catalogue.upsert(vectors)
-                runtime.store.put_many(vectors, offsets)
-
-            await runtime.in_model_thread(upsert)
-            metrics.CATALOGUE_ITEMS.set(len(runtime.updater.catalogue))
+            batch = [r for part in records.values() for r in part]
+            if batch:
+                try:
+                    await contain(settings.item_vectors_topic, batch, catalogue_update, ignore_vector)
+                except Exception:
+                    stop_worker("the item store could not be written")
     finally:
         await consumer.stop()
 
@@ -344,65 +408,52 @@ async def update_interests(stream) -> None:
         # iterated and expects agents to do that at start.
         await runtime.ready.wait()
         start = time.perf_counter()
-        ticks = [e for e in batch if e.message.topic == settings.ticks_topic]
+        ticks = [e.message for e in batch if e.message.topic == settings.ticks_topic]
         with fail_stop(batch):
             events, missing = await in_offset_order([e for e in batch if e.message.topic != settings.ticks_topic])
-            sent = await apply_events(events) if events else []
+            sent: list[Awaitable] = []
+            messages = [e.message for e in events]
+            consumed(messages)
+            await contain("events", messages, lambda part: apply_events(part, sent), dead_letters_into(sent))
             for tick in ticks:
-                await decay_partition(tick.message.partition)
+                await contain(settings.ticks_topic, [tick], lambda part: decay_partition(part[0].partition), dead_letters_into(sent))
             await acks.add(sent + user_states.changelog_sent(), progress.position({e.message.tp for e in batch}))
             await re_read(missing)
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.BATCH_DURATION.observe(time.perf_counter() - start)
 
 
-async def apply_events(batch: list[faust.types.EventT]) -> list[Awaitable]:
-    """Apply ``batch`` to the user table and publish each touched user's top-k; returns the delivery
-    futures of the recommendations and dead letters (the table keeps its changelog's)."""
-    now = time.time()
-    sent: list[Awaitable] = []
-    delivered: list[Delivered] = []
-    accepted_events: list[faust.types.EventT] = []  # the message behind each delivered event
-    origin: dict[str, faust.types.EventT] = {}  # user -> an event of theirs: its partition is the user's
-    consumed: Counter[str] = Counter()
-    for event in batch:
-        msg = event.message
-        kind = EVENT_TYPES[msg.topic]
-        consumed[msg.topic] += 1
+def consumed(messages: list[Message]) -> None:
+    counts: Counter[str] = Counter()
+    for msg in messages:
+        counts[msg.topic] += 1
         runtime.positions[(msg.topic, msg.partition)] = (msg.offset, msg.timestamp)
-        parsed = parse_event(msg.value or b"", kind, now, settings.max_future_s)
-        if isinstance(parsed, Rejection):
-            sent.append(await dead_letter(event, parsed))
-            continue
-        if msg.key != parsed.user_id.encode():
-            sent.append(await dead_letter(event, Rejection("bad_key", "message key must be the user id (it picks the partition)")))
-            continue
-        delivered.append(Delivered(parsed, f"{msg.topic}:{msg.partition}", msg.offset))
-        accepted_events.append(event)
-        origin[parsed.user_id] = event
-    for topic, n in consumed.items():  # metrics once per batch: a labelled inc costs ~2 us
+    for topic, n in counts.items():  # metrics once per batch: a labelled inc costs ~2 us
         metrics.EVENTS_CONSUMED.labels(topic, EVENT_TYPES[topic]).inc(n)
 
-    stored = user_states.get_many({user.encode(): event.message.partition for user, event in origin.items()})
-    states = {user: None if (value := stored[user.encode()]) is None else decode(value) for user in origin}
 
-    result = await runtime.in_model_thread(runtime.updater.apply, delivered, states)
-
-    user_states.set_many({user.encode(): (origin[user].message.partition, encode(state)) for user, state in result.states.items()})
-    message_of = {(d.source, d.offset): event for d, event in zip(delivered, accepted_events)}
-    for d, rejection in result.rejected:
-        sent.append(await dead_letter(message_of[(d.source, d.offset)], rejection))  # the rejected message itself
-    metrics.EVENTS_REDELIVERED.inc(result.redelivered)
-    for d in delivered:
-        p = origin[d.event.user_id].message.partition
-        runtime.watermarks[p] = max(runtime.watermarks.get(p, 0.0), d.event.ts)
+async def apply_events(messages: Sequence[Message], sent: list[Awaitable]) -> None:
+    """Apply ``messages`` to the user table and publish each touched user's top-k, adding the delivery
+    futures of the recommendations and dead letters to ``sent`` (the table keeps its changelog's)."""
+    admitted = runtime.events.admit(messages, time.time())
+    stored = user_states.get_many(admitted.users)
+    out = await runtime.in_model_thread(runtime.events.apply, admitted, stored)
+    letters = [await send_dead_letter(r.message, r.rejection) for r in out.rejected]
+    if letters and out.states:
+        # A rejected event counts as applied in its user's state: its dead letter must be on the broker
+        # before that state is, or a crash in between would lose it (the restarted worker skips the event).
+        await asyncio.gather(*letters)
+    user_states.set_many(out.states)
+    sent += letters
+    metrics.EVENTS_REDELIVERED.inc(out.redelivered)
+    for p, ts in out.watermarks.items():
+        runtime.watermarks[p] = max(runtime.watermarks.get(p, 0.0), ts)
     sent_at = time.time()
-    for rec in result.recommendations:
+    for key, value, msg in out.recommendations:
         # Straight to the producer: faust's Topic.send adds ~30 us of wrapping per message.
-        sent.append(await app.producer.send(settings.recommendations_topic, rec.user_id.encode(), rec.to_json(), None, None, None))
-        metrics.LATENCY.observe(sent_at - origin[rec.user_id].message.timestamp)
-    metrics.RECOMMENDATIONS.inc(len(result.recommendations))
-    return sent
+        sent.append(await app.producer.send(settings.recommendations_topic, key, value, None, None, None))
+        metrics.LATENCY.observe(sent_at - msg.timestamp)
+    metrics.RECOMMENDATIONS.inc(len(out.recommendations))
 
 
 # -- decay: a leader timer ticks every partition; whoever owns it decays its users --------------------------
@@ -415,20 +466,18 @@ async def tick_all_partitions() -> None:
 
 
 async def decay_partition(partition: int) -> None:
-    """Decay every user of ``partition`` to the newest event time applied there (event time, so replays
-    of old logs decay as they happened). Users are rewritten only when their weight drops >= 5%."""
+    """Decay every user of ``partition`` to the newest event time applied there (``streams.decay``)."""
     now = runtime.watermarks.get(partition)
     if now is None:
         return
     start = time.perf_counter()
-    min_elapsed = settings.half_life_s * 0.074  # 2^-0.074 = 0.95
-    states = {}
-    for key, value in user_states.partition_items(partition):
-        state = decode(value)
-        if state.lt_weight > 0 and state.lt_time < now - min_elapsed:
-            states[key.decode()] = state
-    changed = await runtime.in_model_thread(runtime.updater.decay, states, now)
-    user_states.set_many({user.encode(): (partition, encode(state)) for user, state in changed.items()})
+    rows = user_states.partition_items(partition)
+    decayed = await runtime.in_model_thread(decay_step, rows, now, runtime.updater, settings.half_life_s)
+    if decayed.unreadable:
+        log.warning("partition %d: %d stored user states do not decode (e.g. %r); not decayed",
+                    partition, len(decayed.unreadable), decayed.unreadable[0][:64])
+        metrics.STATES_UNREADABLE.inc(len(decayed.unreadable))
+    user_states.set_many({key: (partition, value) for key, value in decayed.rows.items()})
     metrics.DECAY_DURATION.observe(time.perf_counter() - start)
 
 

@@ -9,6 +9,7 @@ the broker should do, at the cost of at most that wait in latency for an event a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiokafka.consumer.fetcher import Fetcher
 
@@ -23,7 +24,10 @@ def back_off_empty_fetches(delay_s: float) -> None:
     async def fetch_then_back_off(self, assignment, node_id, request) -> bool:
         added = await fetch(self, assignment, node_id, request)
         if not added:
-            await asyncio.sleep(delay_s)
+            # Cancelled by close() or an unassignment: return as aiokafka's own fetch does. A CancelledError
+            # escaping here fails Fetcher.close(), kills faust's consumer thread, and stop hangs 60 s.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(delay_s)
         return added
 
     fetch_then_back_off.backs_off = True  # type: ignore[attr-defined]

@@ -2,6 +2,9 @@
 
 Events are parsed and validated here, by hand, from raw bytes: a malformed message must become a
 ``Rejection`` with a reason, never an exception inside faust's deserializer (which would kill the agent).
+Validation closes the value domain, so that what passes can be stored, computed on and written out:
+ids are printable text (no control characters, no lone surrogates) of bounded length, JSON nesting is
+bounded (orjson refuses more than 1,024 levels), and every number is finite and within the bounds below.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ from typing import Literal, Union
 
 import orjson
 
+from state.faults import require_finite
+
 EventType = Literal["click", "purchase"]
 EVENT_TYPES: tuple[EventType, ...] = ("click", "purchase")
-MAX_ID_LEN = 128
-MAX_TEXT_LEN = 4096
+MAX_ID_LEN = 128  # characters of an event, user or item id
+MAX_TEXT_LEN = 4096  # characters kept of an item's text (the encoder reads its first 64 tokens)
+# 1990-01-01T00:00:00Z. Earlier is a unit mistake (days, not seconds), not an event (MovieLens-100K is 1997-98).
+MIN_EVENT_TIME = 631_152_000.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,15 @@ class Event:
 class Rejection:
     reason: str  # a short machine-readable code, used as a metric label
     detail: str
+
+
+@dataclass(frozen=True)
+class EventLimits:
+    """The bounds an event's numbers must keep (``Settings`` holds the configurable ones)."""
+
+    max_future_s: float = 300.0  # ts may be at most this far ahead of the wall clock
+    max_quantity: int = 1000  # a purchase's quantity scales its long-term weight
+    max_price: float = 1e9
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,8 @@ class Recommendation:
     produced_at: float = field(default_factory=time.time)
 
     def to_json(self) -> bytes:
+        """Raises ``NonFinite`` for a NaN or infinite score: orjson would write it as null."""
+        require_finite("a recommendation score", *(i.score for i in self.items))
         # What asdict() gives, built by hand: asdict deep-copies recursively, 5x the cost on the hot path.
         return orjson.dumps({
             "user_id": self.user_id, "items": [{"item_id": i.item_id, "score": i.score} for i in self.items],
@@ -77,19 +95,40 @@ class Recommendation:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "Recommendation":
-        d = json.loads(raw)
-        d["items"] = [ScoredItem(**i) for i in d["items"]]
-        return cls(**d)
+        """Raises ``ValueError`` for a record that is not a recommendation with finite scores."""
+        try:
+            d = json.loads(raw)
+            d["items"] = [ScoredItem(str(i["item_id"]), float(i["score"])) for i in d["items"]]
+            rec = cls(**d)
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"not a recommendation: {exc!r}") from exc
+        require_finite("a recommendation score", *(i.score for i in rec.items))
+        return rec
 
 
-def _load_object(raw: bytes) -> dict | Rejection:
+def _load_object(raw: bytes | None) -> dict | Rejection:
+    """The JSON object in ``raw``. Its size needs no bound of its own: the broker's record limit bounds
+    it, orjson parses in linear time, and every field the product keeps is bounded below."""
+    if raw is None:
+        return Rejection("bad_json", "no value (null)")
     try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return Rejection("bad_json", str(exc)[:200])
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return _not_json(raw, exc)
     if not isinstance(obj, dict):
         return Rejection("bad_schema", f"expected a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def _not_json(raw: bytes, exc: orjson.JSONDecodeError) -> Rejection:
+    """Why orjson refused ``raw``: JSON that the standard library accepts holds a value outside the
+    domain (a lone surrogate, NaN or Infinity, a number beyond a double) and is ``bad_value``; anything
+    else (syntax, bad UTF-8, nesting deeper than 1,024) is ``bad_json``."""
+    try:
+        json.loads(raw)
+    except Exception:  # noqa: BLE001 - ValueError, UnicodeDecodeError, RecursionError: not JSON at all
+        return Rejection("bad_json", str(exc)[:200])
+    return Rejection("bad_value", str(exc)[:200])
 
 
 def _identifier(obj: dict, name: str) -> str | Rejection:
@@ -98,13 +137,33 @@ def _identifier(obj: dict, name: str) -> str | Rejection:
         return Rejection("missing_field", name)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return Rejection("bad_type", f"{name} must be a string or integer")
-    value = str(value)
+    return check_id(str(value), name)
+
+
+def check_id(value: str, name: str) -> str | Rejection:
+    """``value`` if it can be an id: 1..MAX_ID_LEN printable characters, so that it is valid UTF-8
+    (a lone surrogate is not printable) and holds no control character (NUL would collide with the item
+    store's internal keys)."""
     if not value or len(value) > MAX_ID_LEN:
         return Rejection("bad_value", f"{name} must have 1..{MAX_ID_LEN} characters")
+    if not value.isprintable():
+        return Rejection("bad_value", f"{name} must be printable text (no control characters or lone surrogates)")
     return value
 
 
-def parse_event(raw: bytes, event_type: EventType, now: float, max_future_s: float) -> Union[Event, Rejection]:
+def _number(obj: dict, name: str) -> float | None | Rejection:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return Rejection("bad_type", f"{name} must be a number")
+    value = float(value)  # orjson gives at most 64-bit integers: never an OverflowError
+    if not math.isfinite(value):
+        return Rejection("bad_value", f"{name} must be finite")
+    return value
+
+
+def parse_event(raw: bytes | None, event_type: EventType, now: float, limits: EventLimits) -> Union[Event, Rejection]:
     """Validate one event from the ``event_type`` topic; ``now`` is the wall clock for the future check."""
     obj = _load_object(raw)
     if isinstance(obj, Rejection):
@@ -115,29 +174,32 @@ def parse_event(raw: bytes, event_type: EventType, now: float, max_future_s: flo
             return value
     declared = obj.get("type", event_type)
     if declared != event_type:
-        return Rejection("bad_value", f"type {declared!r} on the {event_type} topic")
-    ts = obj.get("ts")
+        return Rejection("bad_value", f"type {str(declared)[:40]!r} on the {event_type} topic")
+    ts = _number(obj, "ts")
     if ts is None:
         return Rejection("missing_field", "ts")
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
-        return Rejection("bad_type", "ts must be a finite number of unix seconds")
-    if ts <= 0:
-        return Rejection("bad_timestamp", f"ts {ts} is not after the epoch")
-    if ts > now + max_future_s:
+    if isinstance(ts, Rejection):
+        return ts
+    if ts < MIN_EVENT_TIME:
+        return Rejection("bad_timestamp", f"ts {ts} is before 1990 (unix seconds expected)")
+    if ts > now + limits.max_future_s:
         return Rejection("future_timestamp", f"ts {ts} is {ts - now:.0f}s ahead of the clock")
     quantity = obj.get("quantity", 1)
-    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
-        return Rejection("bad_value", "quantity must be a positive integer")
-    price = obj.get("price")
-    if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) or price < 0):
-        return Rejection("bad_value", "price must be a non-negative number")
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= limits.max_quantity:
+        return Rejection("bad_value", f"quantity must be an integer in 1..{limits.max_quantity}")
+    price = _number(obj, "price")
+    if isinstance(price, Rejection):
+        return price
+    if price is not None and not 0 <= price <= limits.max_price:
+        return Rejection("bad_value", f"price must be in 0..{limits.max_price:g}")
     return Event(
         event_id=ids["event_id"], user_id=ids["user_id"], item_id=ids["item_id"],  # type: ignore[arg-type]
-        type=event_type, ts=float(ts), quantity=quantity, price=None if price is None else float(price),
+        type=event_type, ts=ts, quantity=quantity, price=price,
     )
 
 
-def parse_item(raw: bytes) -> Union[CatalogueItem, Rejection]:
+def parse_item(raw: bytes | None) -> Union[CatalogueItem, Rejection]:
+    """Validate one catalogue item; its text is kept up to MAX_TEXT_LEN characters."""
     obj = _load_object(raw)
     if isinstance(obj, Rejection):
         return obj

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from streams.schemas import EventLimits
+
 PREFIX = "INTEREST_"
 
 
@@ -40,6 +42,9 @@ class Settings:
     purchase_weight: float = field(default=3.0, metadata={"help": "Long-term weight of a purchase."})
     max_future_s: float = field(default=300.0, metadata={"help": "Events stamped further ahead of the wall clock are rejected."})
     max_lateness_s: float = field(default=86400.0, metadata={"help": "Events older than the user's last event by more are rejected."})
+    max_quantity: int = field(default=1000, metadata={"help": "Purchases of a larger quantity are rejected (bad_value): quantity scales the long-term weight."})
+    max_price: float = field(default=1e9, metadata={"help": "Events with a larger price are rejected (bad_value)."})
+    max_message_bytes: int = field(default=1_000_000, metadata={"help": "Largest record the worker writes, headers included; a dead letter above it carries a truncated copy. At most the broker's message.max.bytes (Kafka: 1,048,588)."})
     batch_max: int = field(default=512, metadata={"help": "Largest micro-batch of events."})
     batch_wait_s: float = field(default=0.02, metadata={"help": "Longest wait to fill a micro-batch."})
     decay_interval_s: float = field(default=60.0, metadata={"help": "Timer period for decaying every user's long-term vector."})
@@ -52,6 +57,7 @@ class Settings:
     encoder_max_tokens: int = field(default=64, metadata={"help": "Item text truncation, tokens."})
     checkpoint: str = field(default="", metadata={"help": "Trained model checkpoint (`train` writes it). Empty: untrained defaults."})
     hidden_size: int = field(default=128, metadata={"help": "GRU hidden size when no checkpoint is given."})
+    stop_timeout_s: float = field(default=20.0, metadata={"help": "After SIGTERM, a worker still running this long exits with status 1 (e.g. the broker is gone): keep it below Kubernetes' grace period (30 s)."})
     web_port: int = field(default=6066, metadata={"help": "faust web port: /health, /ready."})
     metrics_port: int = field(default=9100, metadata={"help": "Prometheus metrics port (0: off)."})
     log_level: str = field(default="info", metadata={"help": "Worker log level."})
@@ -70,6 +76,9 @@ class Settings:
                 values[f.name] = type(default)(raw)
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+    def limits(self) -> EventLimits:
+        return EventLimits(self.max_future_s, self.max_quantity, self.max_price)
 
     @property
     def event_topics(self) -> tuple[str, str]:

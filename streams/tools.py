@@ -74,7 +74,8 @@ def publish_catalogue(settings: Settings, path: str | Path, progress: bool = Tru
 
 
 def recommendations(settings: Settings, from_beginning: bool = False, timeout_s: float | None = None) -> Iterator[Recommendation]:
-    """Recommendations as they arrive; stops after ``timeout_s`` without one (never, if None)."""
+    """Recommendations as they arrive; stops after ``timeout_s`` without one (never, if None). A record
+    that is not a recommendation (another producer's) is skipped with a line on stderr."""
     ensure_topics(settings)
     consumer = KafkaConsumer(
         settings.recommendations_topic, bootstrap_servers=bootstrap(settings), group_id=None,
@@ -83,7 +84,12 @@ def recommendations(settings: Settings, from_beginning: bool = False, timeout_s:
     )
     try:
         for message in consumer:
-            yield Recommendation.from_json(message.value)
+            try:
+                rec = Recommendation.from_json(message.value)
+            except ValueError as exc:
+                print(f"skipped {message.topic}:{message.partition}:{message.offset}: {str(exc)[:200]}", file=sys.stderr)
+                continue
+            yield rec
     finally:
         consumer.close()
 

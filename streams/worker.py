@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,22 +12,43 @@ import time
 import urllib.request
 from pathlib import Path
 
+from state.local_dir import damaged, lock, set_aside
+from state.user_table import table_files
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
+log = logging.getLogger(__name__)
+
 
 def run_worker(settings: Settings) -> None:
-    """Create the topics, serve metrics, and hand over to faust (blocks until stopped)."""
-    ensure_topics(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    """Lock the data directory, set damaged local stores aside, create the topics, serve metrics, and
+    hand over to faust (blocks until stopped). Raises ``DataDirInUse`` if another worker has the
+    directory: checked before joining the consumer group, where it would take partitions."""
+    held = lock(settings.data_dir)  # noqa: F841 - held open for the life of the process
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port)
+    set_aside_damaged_stores(settings.data_dir)
+    ensure_topics(settings)
     from streams.app import app  # reads the same settings from the environment
+    from streams.stopping import BoundedStopWorker
 
-    sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level, "--web-port", str(settings.web_port)]
-    app.main()
+    BoundedStopWorker(app, settings.stop_timeout_s, loglevel=settings.log_level).execute_from_commandline()
+
+
+def set_aside_damaged_stores(data_dir: Path) -> None:
+    """Move every local store RocksDB cannot open aside: faust recovers a missing user-table partition
+    from its changelog, and the item store is read again from the item-vectors topic."""
+    from streams import metrics
+
+    stores = [(path, "user-table") for path in table_files(data_dir)] + [(data_dir / "items", "items")]
+    for path, store in stores:
+        why = damaged(path) if path.exists() else None
+        if why is not None:
+            moved = set_aside(path, data_dir)
+            log.error("local %s store %s is damaged (%s): moved to %s, rebuilt from the broker", store, path, why, moved)
+            metrics.STORE_REBUILDS.labels(store).inc()
 
 
 class WorkerProcess:

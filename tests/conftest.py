@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from models.tiny_bert import build_tiny_bert
-from streams.broker import LocalBroker, free_port
+from streams.broker import free_port
 from streams.settings import Settings
+from tests.brokers import BROKER_BUGS, BROKERS, new_broker
 
 SAMPLE = Path(__file__).resolve().parents[1] / "streams" / "sample"
 
@@ -31,23 +32,51 @@ def tiny_encoder(tmp_path_factory, sample_catalogue) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), [i["text"] for i in sample_catalogue])
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption("--broker", choices=BROKERS, default="noida-db",
+                     help="the Kafka-protocol broker the end-to-end tests run against (default: noida-db)")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "broker_bug(name): impossible on a broker with this known fault (tests/brokers.py)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    kind = config.getoption("--broker")
+    for item in items:
+        for mark in item.iter_markers("broker_bug"):
+            on, why = BROKER_BUGS[mark.args[0]]
+            if on == kind:
+                item.add_marker(pytest.mark.skip(reason=f"{mark.args[0]}: {why}"))
+
+
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory):
-    with LocalBroker(tmp_path_factory.mktemp("broker")) as b:
+def broker_kind(request) -> str:
+    return request.config.getoption("--broker")
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory, broker_kind):
+    with new_broker(broker_kind, tmp_path_factory.mktemp("broker")) as b:
         yield b
+
+
+def settings_for(broker_address: str, encoder: Path, state_dir: Path, test_name: str) -> Settings:
+    """Settings of their own for one test: app id (consumer group, changelog), topic names, state
+    directory and ports, on the shared broker."""
+    # Truncated for readability, hashed for uniqueness: parametrized variants share a long prefix.
+    digest = hashlib.sha1(test_name.encode()).hexdigest()[:6]
+    name = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:40] + "-" + digest
+    return Settings(
+        broker=broker_address, app_id=f"t-{name}", data_dir=state_dir, partitions=4,
+        clicks_topic=f"{name}-clicks", purchases_topic=f"{name}-purchases", items_topic=f"{name}-items",
+        item_vectors_topic=f"{name}-item-vectors", recommendations_topic=f"{name}-recs",
+        dead_letter_topic=f"{name}-dlq", ticks_topic=f"{name}-ticks",
+        encoder_path=str(encoder), web_port=free_port(), metrics_port=free_port(),
+        batch_wait_s=0.05, session_timeout_s=6.0, decay_interval_s=2.0, max_lateness_s=10 * 86400.0,
+    )
 
 
 @pytest.fixture
 def settings(broker, tiny_encoder, tmp_path, request) -> Settings:
-    """Settings for one test: its own app id (consumer group, changelog) and topic names on the shared broker."""
-    # Truncated for readability, hashed for uniqueness: parametrized variants share a long prefix.
-    digest = hashlib.sha1(request.node.name.encode()).hexdigest()[:6]
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40] + "-" + digest
-    return Settings(
-        broker=broker.address, app_id=f"t-{name}", data_dir=tmp_path / "state", partitions=4,
-        clicks_topic=f"{name}-clicks", purchases_topic=f"{name}-purchases", items_topic=f"{name}-items",
-        item_vectors_topic=f"{name}-item-vectors", recommendations_topic=f"{name}-recs",
-        dead_letter_topic=f"{name}-dlq", ticks_topic=f"{name}-ticks",
-        encoder_path=str(tiny_encoder), web_port=free_port(), metrics_port=free_port(),
-        batch_wait_s=0.05, session_timeout_s=6.0, decay_interval_s=2.0, max_lateness_s=10 * 86400.0,
-    )
+    return settings_for(broker.address, tiny_encoder, tmp_path / "state", request.node.name)

@@ -58,8 +58,9 @@ def latest_recommendations(settings: Settings) -> dict[str, Recommendation]:
 
 
 def dead_letters(settings: Settings) -> list[dict]:
+    """Each dead letter as {"key": bytes, "value": bytes, header name: header text}."""
     return [
-        {"value": m.value, **{k: v.decode() for k, v in m.headers}}
+        {"key": m.key, "value": m.value, **{k: v.decode() for k, v in m.headers}}
         for m in consume_all(settings, settings.dead_letter_topic)
     ]
 

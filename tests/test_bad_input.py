@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 from models.catalogue import Catalogue
 from models.interest import InterestModel
 from state.item_store import ItemVector
-from streams.schemas import Event, Rejection, parse_event
+from streams.schemas import Event, EventLimits, Rejection, parse_event
 from streams.settings import Settings
 from streams.tools import publish_catalogue
 from streams.topics import bootstrap
@@ -24,6 +24,7 @@ from tests.conftest import SAMPLE
 from tests.helpers import dead_letters, metric_sum, scrape, wait_until
 
 NOW = 1_800_000_000.0
+LIMITS = EventLimits()
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
@@ -37,7 +38,7 @@ event_like = st.fixed_dictionaries(
 @hsettings(deadline=None)
 @given(st.binary(max_size=300))
 def test_parse_never_raises_on_arbitrary_bytes(raw):
-    assert isinstance(parse_event(raw, "click", NOW, 300), (Event, Rejection))
+    assert isinstance(parse_event(raw, "click", NOW, LIMITS), (Event, Rejection))
 
 
 @hsettings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -47,7 +48,7 @@ def test_parse_never_raises_on_arbitrary_json_and_accepts_only_valid_events(obj)
         raw = json.dumps(obj).encode()
     except ValueError:
         return
-    result = parse_event(raw, "purchase", NOW, 300)
+    result = parse_event(raw, "purchase", NOW, LIMITS)
     if isinstance(result, Event):
         assert result.ts > 0 and result.ts <= NOW + 300 and result.user_id and result.item_id and result.quantity >= 1
     else:
@@ -106,6 +107,7 @@ def test_a_corpus_of_bad_events_goes_to_the_dead_letter_topic_and_good_ones_arou
         (b"user-0", json.dumps({"event_id": "b2", "user_id": "user-0", "item_id": {"x": 1}, "ts": now}).encode(), "bad_type"),
         (b"user-0", json.dumps({"event_id": "b3", "user_id": "user-0", "item_id": "run-000", "ts": "now"}).encode(), "bad_type"),
         (b"user-0", json.dumps({"event_id": "b4", "user_id": "u" * 200_000, "item_id": "run-000", "ts": now}).encode(), "bad_value"),
+        (b"user-0", json.dumps({"event_id": "b4b", "user_id": "u" * 200, "item_id": "run-000", "ts": now}).encode(), "bad_value"),
         (b"user-0", json.dumps({"event_id": "b5", "user_id": "user-0", "item_id": "run-000", "ts": -5}).encode(), "bad_timestamp"),
         (b"user-0", json.dumps({"event_id": "b6", "user_id": "user-0", "item_id": "run-000", "ts": now + 86400}).encode(), "future_timestamp"),
         (b"user-1", json.dumps({"event_id": "b7", "user_id": "user-1", "item_id": "nope", "ts": now}).encode(), "unknown_item"),

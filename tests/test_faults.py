@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from state.user_table import load_user_states
-from streams.broker import LocalBroker
 from streams.tools import publish_catalogue, send_events
 from streams.worker import WorkerProcess
+from tests.brokers import new_broker
 from tests.conftest import SAMPLE
 from tests.helpers import group_caught_up, latest_recommendations, metric_sum, scrape, stuck_report, variant, wait_until
 
@@ -151,8 +151,9 @@ def test_two_workers_split_partitions_and_one_takes_over_the_others_users(settin
     assert set(after) == set(per_user) and set(before) <= set(after)
 
 
-def test_broker_outage_worker_waits_and_resumes_without_losing_events(settings, sample_catalogue, tmp_path):
-    broker = LocalBroker(tmp_path / "own-broker").start()
+@pytest.mark.broker_bug("tansu-memory-only")
+def test_broker_outage_worker_waits_and_resumes_without_losing_events(settings, sample_catalogue, tmp_path, broker_kind):
+    broker = new_broker(broker_kind, tmp_path / "own-broker").start()
     s = replace(variant(settings, "o", tmp_path / "state"), broker=broker.address)
     events = click_log(sample_catalogue, users=10, per_user=20, seed=3)
     publish_catalogue(s, SAMPLE / "catalogue.jsonl", progress=False)
@@ -163,7 +164,7 @@ def test_broker_outage_worker_waits_and_resumes_without_losing_events(settings, 
         broker.stop()
         time.sleep(10)
         assert worker.alive, worker.log_tail()
-        broker = LocalBroker(broker.data_dir, port=broker.port).start()
+        broker = new_broker(broker_kind, broker.data_dir, port=broker.port).start()
         send_events(s, events[100:], progress=False)
         wait_caught_up(s, worker, "after the outage", timeout_s=180)
         assert worker.alive

@@ -2,9 +2,10 @@ import json
 
 import pytest
 
-from streams.schemas import Event, Recommendation, Rejection, ScoredItem, parse_event, parse_item
+from streams.schemas import Event, EventLimits, Recommendation, Rejection, ScoredItem, parse_event, parse_item
 
 NOW = 1_800_000_000.0
+LIMITS = EventLimits()
 
 
 def ev(**kw) -> bytes:
@@ -14,11 +15,11 @@ def ev(**kw) -> bytes:
 
 
 def test_valid_click_and_purchase():
-    e = parse_event(ev(), "click", NOW, 300)
+    e = parse_event(ev(), "click", NOW, LIMITS)
     assert e == Event("e1", "u1", "i1", "click", NOW - 10)
-    p = parse_event(ev(quantity=2, price=9.5, type="purchase"), "purchase", NOW, 300)
+    p = parse_event(ev(quantity=2, price=9.5, type="purchase"), "purchase", NOW, LIMITS)
     assert isinstance(p, Event) and p.quantity == 2 and p.price == 9.5 and p.type == "purchase"
-    assert parse_event(ev(user_id=42), "click", NOW, 300).user_id == "42"  # integer ids are accepted as strings
+    assert parse_event(ev(user_id=42), "click", NOW, LIMITS).user_id == "42"  # integer ids are accepted as strings
 
 
 @pytest.mark.parametrize(
@@ -42,7 +43,7 @@ def test_valid_click_and_purchase():
     ],
 )
 def test_malformed_events_are_rejected_with_a_reason(raw, reason):
-    result = parse_event(raw, "click", NOW, 300)
+    result = parse_event(raw, "click", NOW, LIMITS)
     assert isinstance(result, Rejection) and result.reason == reason and result.detail
 
 

@@ -1,0 +1,49 @@
+"""Dead letters: a rejected message's copy with why and where it came from, that always fits the broker.
+
+Headers: ``reason`` (a short code, also the metric label), ``detail`` (at most ``MAX_DETAIL_CHARS``
+characters of explanation) and ``source`` (``topic:partition:offset`` of the original). A copy that
+would exceed the largest record the broker takes keeps the start of the key and value, and says so:
+``truncated: true`` with ``original-key-bytes`` and ``original-value-bytes``; the whole message is
+still at its ``source`` for as long as that topic keeps it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.schemas import Rejection
+
+MAX_DETAIL_CHARS = 500
+# Upper bound of what a record costs beyond its key, value and header bytes: the record batch header
+# (61 bytes) and the record's varint lengths (Kafka's record format v2).
+RECORD_OVERHEAD = 256
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+    @property
+    def size(self) -> int:
+        """An upper bound of the record's size on the wire, in bytes."""
+        return record_size(self.key, self.value, self.headers)
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+    return len(key or b"") + len(value or b"") + sum(len(n) + len(v) for n, v in headers) + RECORD_OVERHEAD
+
+
+def dead_letter(source: str, key: bytes | None, value: bytes | None, rejection: Rejection, max_bytes: int) -> DeadLetter:
+    """The dead letter of the message at ``source`` ("topic:partition:offset"), at most ``max_bytes``."""
+    detail = rejection.detail[:MAX_DETAIL_CHARS].encode("utf-8", "backslashreplace")  # lone surrogates too
+    headers = [("reason", rejection.reason.encode()), ("detail", detail), ("source", source.encode())]
+    if record_size(key, value, headers) <= max_bytes:
+        return DeadLetter(key, value, headers)
+    k, v = key or b"", value or b""
+    headers += [("truncated", b"true"), ("original-key-bytes", str(len(k)).encode()), ("original-value-bytes", str(len(v)).encode())]
+    room = max_bytes - record_size(b"", b"", headers)
+    keep_key = min(len(k), max(room - len(v), room // 2))  # the value keeps at least half the room
+    kept_key, kept_value = k[:keep_key], v[: room - keep_key]
+    return DeadLetter(kept_key if key is not None else None, kept_value if value is not None else None, headers)

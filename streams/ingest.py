@@ -1,0 +1,169 @@
+"""A micro-batch of raw messages -> the records it writes, without Kafka or faust.
+
+The agents run these steps inside the ingestion boundary (``streams.boundary``), so whatever one message
+makes them raise stays with that message. They compute everything before anything is written; the
+agents then write what they return: dead letters, then user states, then recommendations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from state.faults import OutputTooLarge
+from state.item_store import ItemVector, text_hash
+from state.user_state import decode, encode
+from streams.dead_letters import RECORD_OVERHEAD
+from streams.schemas import CatalogueItem, EventLimits, EventType, Rejection, check_id, parse_event, parse_item
+from streams.updater import Delivered, InterestUpdater
+
+
+class Message(Protocol):
+    """What the steps read of a consumed message (faust's ``Message`` has these)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float  # when it was produced, unix seconds
+
+
+@dataclass(frozen=True)
+class Rejected:
+    message: Message
+    rejection: Rejection
+
+
+@dataclass
+class Admitted:
+    """Events that passed validation, in arrival order, and the messages rejected on the way."""
+
+    delivered: list[Delivered] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    message_of: dict[tuple[str, int], Message] = field(default_factory=dict)  # (source, offset) -> its message
+    origin: dict[str, Message] = field(default_factory=dict)  # user -> their last message: its partition is theirs
+
+    @property
+    def users(self) -> dict[bytes, int]:
+        """Each user's key and partition: what to read from the user table."""
+        return {user.encode(): msg.partition for user, msg in self.origin.items()}
+
+
+@dataclass
+class EventsOutput:
+    states: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # user key -> (partition, encoded state)
+    recommendations: list[tuple[bytes, bytes, Message]] = field(default_factory=list)  # key, value, the event's message
+    rejected: list[Rejected] = field(default_factory=list)
+    redelivered: int = 0  # already applied before a crash or rebalance: skipped
+    watermarks: dict[int, float] = field(default_factory=dict)  # partition -> newest event time applied
+
+
+def fits(record: bytes, max_bytes: int) -> bytes:
+    """``record`` if a broker that takes ``max_bytes`` per record takes it, else ``OutputTooLarge``."""
+    if len(record) + RECORD_OVERHEAD > max_bytes:
+        raise OutputTooLarge(f"an output of {len(record):,} bytes exceeds the {max_bytes:,}-byte record limit")
+    return record
+
+
+class EventStep:
+    """Events -> user states and recommendations (``InterestUpdater``), from raw message bytes."""
+
+    def __init__(self, updater: InterestUpdater, event_types: dict[str, EventType], limits: EventLimits, max_record_bytes: int) -> None:
+        self.updater = updater
+        self.event_types = event_types  # topic -> the event type it carries
+        self.limits = limits
+        self.max_record_bytes = max_record_bytes
+
+    def __call__(self, messages: Sequence[Message], read: Callable[[dict[bytes, int]], dict[bytes, bytes | None]],
+                 now: float) -> EventsOutput:
+        """The whole step: ``read`` gives the stored state of each user key (key -> its partition)."""
+        admitted = self.admit(messages, now)
+        return self.apply(admitted, read(admitted.users))
+
+    def admit(self, messages: Sequence[Message], now: float) -> Admitted:
+        """Parse and validate each message (``now``: the wall clock, for the future check)."""
+        admitted = Admitted()
+        for msg in messages:
+            event = parse_event(msg.value, self.event_types[msg.topic], now, self.limits)
+            if isinstance(event, Rejection):
+                admitted.rejected.append(Rejected(msg, event))
+            elif msg.key != event.user_id.encode():
+                admitted.rejected.append(Rejected(msg, Rejection("bad_key", "message key must be the user id (it picks the partition)")))
+            else:
+                d = Delivered(event, f"{msg.topic}:{msg.partition}", msg.offset)
+                admitted.delivered.append(d)
+                admitted.message_of[(d.source, d.offset)] = admitted.origin[event.user_id] = msg
+        return admitted
+
+    def apply(self, admitted: Admitted, stored: dict[bytes, bytes | None]) -> EventsOutput:
+        """Apply the admitted events to the users' ``stored`` states (user key -> encoded state or None)."""
+        out = EventsOutput(rejected=list(admitted.rejected))
+        if not admitted.delivered:
+            return out
+        origin = admitted.origin
+        states = {user: None if (raw := stored[user.encode()]) is None else decode(raw) for user in origin}
+        result = self.updater.apply(admitted.delivered, states)
+        out.redelivered = result.redelivered
+        out.rejected += [Rejected(admitted.message_of[(d.source, d.offset)], rejection) for d, rejection in result.rejected]
+        for user, state in result.states.items():
+            out.states[user.encode()] = (origin[user].partition, fits(encode(state), self.max_record_bytes))
+        for rec in result.recommendations:
+            out.recommendations.append((rec.user_id.encode(), fits(rec.to_json(), self.max_record_bytes), origin[rec.user_id]))
+        for d in admitted.delivered:
+            p = origin[d.event.user_id].partition
+            out.watermarks[p] = max(out.watermarks.get(p, 0.0), d.event.ts)
+        return out
+
+
+@dataclass
+class ItemsOutput:
+    vectors: list[tuple[bytes, bytes]] = field(default_factory=list)  # item key -> encoded ItemVector
+    retired: list[bytes] = field(default_factory=list)  # item keys to tombstone on item-vectors
+    rejected: list[Rejected] = field(default_factory=list)
+    embedded: int = 0  # texts the encoder embedded
+
+
+def item_step(messages: Sequence[Message], known_hash: Callable[[str], bytes | None],
+              encode_texts: Callable[[list[str]], np.ndarray]) -> ItemsOutput:
+    """Catalogue messages -> item vectors to publish. A null value retires the item of its key (Kafka's
+    delete on a compacted topic); an item whose text is unchanged (``known_hash``) is not embedded again."""
+    out = ItemsOutput()
+    latest: dict[str, CatalogueItem] = {}
+    for msg in messages:
+        if msg.value is None:
+            item_id = _deleted_item(msg.key)
+            if isinstance(item_id, Rejection):
+                out.rejected.append(Rejected(msg, item_id))
+            else:
+                latest.pop(item_id, None)
+                out.retired.append(item_id.encode())
+            continue
+        item = parse_item(msg.value)
+        if isinstance(item, Rejection):
+            out.rejected.append(Rejected(msg, item))
+        elif msg.key != item.item_id.encode():
+            out.rejected.append(Rejected(msg, Rejection("bad_key", "message key must be the item id (compaction keeps the last value per key)")))
+        else:
+            if item.item_id.encode() in out.retired:
+                out.retired.remove(item.item_id.encode())
+            latest[item.item_id] = item
+    changed = [item for item in latest.values() if known_hash(item.item_id) != text_hash(item.text)]
+    if changed:
+        vectors = encode_texts([item.text for item in changed])
+        out.vectors = [(item.item_id.encode(), ItemVector(item.item_id, text_hash(item.text), vec).encode())
+                       for item, vec in zip(changed, vectors)]
+        out.embedded = len(changed)
+    return out
+
+
+def _deleted_item(key: bytes | None) -> str | Rejection:
+    """The item id a null value deletes: its message key."""
+    try:
+        checked = check_id((key or b"").decode(), "the key of a deleted item")
+    except UnicodeDecodeError:
+        return Rejection("bad_key", "the key of a deleted item must be UTF-8")
+    return Rejection("bad_key", checked.detail) if isinstance(checked, Rejection) else checked
