@@ -472,7 +472,7 @@ async def decay_partition(partition: int) -> None:
         return
     start = time.perf_counter()
     rows = user_states.partition_items(partition)
-    decayed = await runtime.in_model_thread(decay_step, rows, now, runtime.updater, settings.half_life_s)
+    decayed = await runtime.in_model_thread(decay_step, rows, now, runtime.updater)
     if decayed.unreadable:
         log.warning("partition %d: %d stored user states do not decode (e.g. %r); not decayed",
                     partition, len(decayed.unreadable), decayed.unreadable[0][:64])

@@ -29,11 +29,11 @@ class Decayed:
     unreadable: list[bytes] = field(default_factory=list)  # user keys whose stored state does not decode
 
 
-def decay_step(rows: Iterable[tuple[bytes, bytes]], now: float, updater: InterestUpdater, half_life_s: float) -> Decayed:
+def decay_step(rows: Iterable[tuple[bytes, bytes]], now: float, updater: InterestUpdater) -> Decayed:
     """Stored (user key, state) rows -> the rows to rewrite, decayed to event time ``now``. A state that
     does not decode is left as it is and named: it is that user's fault, not the partition's (their
     events are dead-lettered by the event path)."""
-    due = now - min_elapsed_s(half_life_s)
+    due = now - min_elapsed_s(updater.settings.half_life_s)
     out = Decayed()
     states = {}
     for key, value in rows:

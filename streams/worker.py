@@ -32,9 +32,9 @@ def run_worker(settings: Settings) -> None:
     set_aside_damaged_stores(settings.data_dir)
     ensure_topics(settings)
     from streams.app import app  # reads the same settings from the environment
-    from streams.stopping import BoundedStopWorker
+    from streams.faust_worker import Worker
 
-    BoundedStopWorker(app, settings.stop_timeout_s, loglevel=settings.log_level).execute_from_commandline()
+    Worker(app, settings.stop_timeout_s, loglevel=settings.log_level).execute_from_commandline()
 
 
 def set_aside_damaged_stores(data_dir: Path) -> None:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, event, given, settings as hsettings, strategies as st
 from kafka import KafkaProducer
 
 from models.catalogue import Catalogue
 from models.interest import InterestModel
 from state.item_store import ItemVector
-from streams.schemas import Event, EventLimits, Rejection, parse_event
+from state.user_state import decode
+from streams.ingest import EventStep
+from streams.schemas import Event, EventLimits, Recommendation, Rejection, parse_event
 from streams.settings import Settings
 from streams.tools import publish_catalogue
 from streams.topics import bootstrap
@@ -55,12 +58,62 @@ def test_parse_never_raises_on_arbitrary_json_and_accepts_only_valid_events(obj)
         assert result.reason and result.detail
 
 
-def make_updater(n_items: int = 5, dim: int = 8) -> InterestUpdater:
+# Raw JSON text for one field: valid values, and what producers send that json.dumps would not write.
+VALID = {"event_id": ['"e1"', '"e2"', "7"], "user_id": ['"u1"', '"u2"'], "item_id": ['"i0"', '"i1"', '"missing"'],
+         "ts": [str(NOW - 5), str(int(NOW - 3600))], "type": ['"click"', '"purchase"'], "quantity": ["1", "3"],
+         "price": ["9.5", "0"]}
+ADVERSARIAL = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1" + "0" * 400, "18446744073709551616", '"\\ud800"',
+               '"u\\udfff"', '"\\u0000"', '"\\n"', "[" * 3000 + "]" * 3000, '"' + "x" * 70_000 + '"', "null", "true",
+               "[]", "{}", '{"a": [1]}', "-1", "0", "1e308", "4.9e-324", '""', '"' + "é" * 129 + '"']
+field_text = st.sampled_from(ADVERSARIAL) | st.builds(json.dumps, json_values)
+adversarial_event = st.dictionaries(
+    st.sampled_from([*VALID, "extra"]),
+    st.one_of(*(st.sampled_from(v) for v in VALID.values()), field_text), max_size=8,
+).map(lambda fields: ("{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}").encode())
+message_values = st.none() | st.binary(max_size=300) | adversarial_event | st.sampled_from(
+    [b"[" * 50_000 + b"]" * 50_000, b"{" + b"x" * 999_900])
+
+
+@dataclass
+class Msg:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float = NOW
+
+
+@hsettings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], deadline=None, max_examples=300)
+@given(st.lists(st.tuples(st.sampled_from(["clicks", "purchases"]), st.sampled_from([b"u1", b"u2", b"", None]), message_values),
+                min_size=1, max_size=6))
+def test_any_message_is_rejected_with_a_reason_or_gives_a_finite_encodable_state_and_recommendation(messages):
+    """The whole per-message path of the event agent (parse, admit, advance, encode the state, encode
+    the recommendation), in process: it never raises, whatever the bytes."""
+    step = EventStep(make_updater(), {"clicks": "click", "purchases": "purchase"}, LIMITS, 1_000_000)
+    store: dict[bytes, bytes] = {}
+    batch = [Msg(topic, 0, offset, key, value) for offset, (topic, key, value) in enumerate(messages)]
+    out = step(batch, lambda keys: {k: store.get(k) for k in keys}, NOW)
+    applied = sum(decode(v).clicks + decode(v).purchases for _, v in out.states.values())
+    event("some applied" if applied else "all rejected")
+    assert applied + len(out.rejected) == len(batch)
+    for r in out.rejected:
+        assert r.rejection.reason and 0 < len(r.rejection.detail) <= 500
+        r.rejection.detail.encode()  # a dead letter's detail header must encode
+    for key, (_, value) in out.states.items():
+        state = decode(value)
+        assert key.decode().isprintable() and np.isfinite(state.hidden).all() and np.isfinite(state.lt_sum).all()
+        assert all(i.isprintable() for i in state.recent_items + state.recent_event_ids)
+    for key, value, _ in out.recommendations:
+        assert Recommendation.from_json(value).user_id == key.decode()
+
+
+def make_updater(n_items: int = 5, dim: int = 8, **settings) -> InterestUpdater:
     catalogue = Catalogue(dim)
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(n_items, dim)).astype(np.float32)
     catalogue.upsert([ItemVector(f"i{i}", b"\0" * 16, v / np.linalg.norm(v)) for i, v in enumerate(vectors)])
-    return InterestUpdater(InterestModel.untrained(dim, 6, "t"), catalogue, Settings(max_lateness_s=100.0, top_k=3))
+    return InterestUpdater(InterestModel.untrained(dim, 6, "t"), catalogue, Settings(**{"max_lateness_s": 100.0, "top_k": 3, **settings}))
 
 
 deliveries = st.lists(

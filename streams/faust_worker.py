@@ -1,4 +1,5 @@
-"""A faust worker whose stop is bounded in time.
+"""The faust worker the `worker` command runs: its stop is bounded in time, and repeated log lines are
+folded (``streams.logs``).
 
 faust's stop waits on the broker (a last commit, the producer's flush, leaving the group). With the
 broker gone that wait has no end, and an orchestrator would kill the worker at the end of its grace
@@ -15,13 +16,21 @@ import threading
 
 import faust
 
+from streams.logs import RepeatFilter
+
 log = logging.getLogger(__name__)
 
 
-class BoundedStopWorker(faust.Worker):
+class Worker(faust.Worker):
     def __init__(self, app: faust.App, stop_timeout_s: float, **kwargs) -> None:
         super().__init__(app, **kwargs)
         self.stop_timeout_s = stop_timeout_s
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """mode's hook once the root logger has its handlers."""
+        super().on_setup_root_logger(logger, level)
+        for handler in logger.handlers:
+            handler.addFilter(RepeatFilter())
 
     async def on_stop(self) -> None:
         """mode's hook at the start of a stop, before the app and its consumer are stopped."""

@@ -1,0 +1,162 @@
+"""What operators do to a worker, through real worker processes and a real broker: stop it (idle, idle
+for a minute, mid-replay), stop it with the broker gone, start a second one on the same data directory,
+start it on a damaged local store."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+
+import pytest
+from rocksdict import Options, Rdict
+
+from state.item_store import ItemStore
+from state.user_table import load_user_states, table_files
+from streams.broker import free_port
+from streams.tools import publish_catalogue, send_events
+from streams.worker import WorkerProcess
+from tests.brokers import new_broker
+from tests.conftest import SAMPLE
+from tests.helpers import metric_sum, scrape, variant, wait_until
+from tests.test_faults import click_log, run_to_end, start_ready, wait_caught_up
+
+pytestmark = pytest.mark.e2e
+
+STOP_WITHIN_S = 10.0
+
+
+def timed_stop(worker: WorkerProcess) -> float:
+    started = time.monotonic()
+    worker.stop(timeout_s=60)
+    return time.monotonic() - started
+
+
+def test_sigterm_stops_a_worker_cleanly_within_seconds_every_time(settings, sample_catalogue, tmp_path):
+    """20 stops: one after a minute idle (beside the others, on its own data), 9 idle, 10 in the middle
+    of a replay; then every event of the replays is applied exactly once across those stops."""
+    events = click_log(sample_catalogue, users=30, per_user=40, seed=7)
+    idle = variant(settings, "idle", tmp_path / "idle")
+    for s in (settings, idle):
+        publish_catalogue(s, SAMPLE / "catalogue.jsonl", progress=False)
+    long_idle = start_ready(idle, tmp_path, "idle-a-minute")
+    idle_since = time.monotonic()
+    stops = []
+
+    def stop(n: int, worker: WorkerProcess) -> None:
+        took = timed_stop(worker)
+        stops.append((n, round(took, 1), worker.exit_code))
+        assert worker.exit_code == 0 and took < STOP_WITHIN_S, (stops, worker.log_tail())
+
+    for n in range(1, 20):
+        worker = start_ready(settings, tmp_path, f"stop-{n}")
+        player = None
+        if n >= 10:  # a tenth of the log each, throttled so that the stop lands mid-stream
+            part = events[(n - 10) * len(events) // 10 : (n - 9) * len(events) // 10]
+            player = threading.Thread(target=send_events, args=(settings, part), kwargs={"speed": 1200.0, "progress": False})
+            player.start()
+            wait_until(lambda: metric_sum(scrape(settings.metrics_port), "interest_events_consumed_total") >= 20,
+                       what="the replay under way", interval=0.05)
+        else:
+            time.sleep(1)
+        stop(n, worker)
+        if player is not None:
+            player.join()
+    time.sleep(max(0.0, 60 - (time.monotonic() - idle_since)))
+    stop(0, long_idle)
+    print("stops (n, seconds, exit code):", sorted(stops))
+    worker = start_ready(settings, tmp_path, "final")
+    try:
+        wait_caught_up(settings, worker, "every replayed event applied")
+    finally:
+        worker.stop()
+    states = load_user_states(settings.data_dir)
+    assert sum(s.clicks for s in states.values()) == len(events)  # none lost, none applied twice
+
+
+def test_with_the_broker_gone_sigterm_ends_the_worker_non_zero_within_30_s(settings, tmp_path, broker_kind):
+    broker = new_broker(broker_kind, tmp_path / "own-broker").start()
+    s = replace(variant(settings, "gone", tmp_path / "state"), broker=broker.address)
+    try:
+        publish_catalogue(s, SAMPLE / "catalogue.jsonl", progress=False)
+        worker = start_ready(s, tmp_path, "orphan")
+    finally:
+        broker.stop()
+    time.sleep(5)
+    lines = len(worker.log_path.read_text().splitlines())
+    time.sleep(10)
+    assert len(worker.log_path.read_text().splitlines()) - lines < 50, worker.log_tail()  # repeated errors folded
+    took = timed_stop(worker)
+    assert took < 30 and worker.exit_code not in (0, None), (took, worker.exit_code, worker.log_tail())
+    assert "did not stop within" in worker.log_tail()
+
+
+def test_a_second_worker_on_the_same_data_directory_exits_1_before_joining_the_group(settings, sample_catalogue, tmp_path):
+    publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
+    first = start_ready(settings, tmp_path, "first")
+    try:
+        second = WorkerProcess(replace(settings, web_port=free_port(), metrics_port=free_port()), tmp_path / "second.log").start()
+        wait_until(lambda: second.exit_code is not None, timeout_s=60, what="the second worker to exit")
+        assert second.exit_code == 1 and "in use by another worker" in second.log_tail(), second.log_tail()
+        assert "joined" not in second.log_tail(200).lower() and "Assigned" not in second.log_tail(200)
+        events = click_log(sample_catalogue, users=5, per_user=4, seed=8)  # the first keeps every partition
+        send_events(settings, events, progress=False)
+        wait_caught_up(settings, first, "the first worker applied everything", timeout_s=60)
+    finally:
+        first.stop()
+    assert sum(s.clicks for s in load_user_states(settings.data_dir).values()) == len(events)
+
+
+@pytest.mark.broker_bug("tansu-list-offsets")
+def test_a_damaged_local_store_is_set_aside_and_rebuilt_from_the_broker(settings, sample_catalogue, tmp_path):
+    s = replace(settings, decay_interval_s=3600.0)
+    events = click_log(sample_catalogue, users=20, per_user=10, seed=9)
+    publish_catalogue(s, SAMPLE / "catalogue.jsonl", progress=False)
+    want = run_to_end(s, events, tmp_path)
+    # A user-table partition loses its .sst files (flushed first, so there are some); the item store's CURRENT is garbage.
+    victim = max(table_files(s.data_dir), key=lambda p: len(list(p.iterdir())))
+    db = Rdict(str(victim), options=Options(raw_mode=True))
+    db.flush()
+    db.close()
+    ssts = list(victim.glob("*.sst"))
+    assert ssts
+    for sst in ssts:
+        sst.unlink()
+    (s.data_dir / "items" / "CURRENT").write_bytes(b"garbage\x00\xff")
+    worker = start_ready(s, tmp_path, "restarted")
+    try:
+        metrics = scrape(s.metrics_port)
+        send_events(s, events[:20], progress=False)  # sent again: the rebuilt states know them (duplicates)
+        wait_caught_up(s, worker, "caught up after the rebuild")
+    finally:
+        worker.stop()
+    assert metric_sum(metrics, "interest_local_store_rebuilds_total", store="user-table") == 1
+    assert metric_sum(metrics, "interest_local_store_rebuilds_total", store="items") == 1
+    assert metric_sum(metrics, "interest_catalogue_items") == 96  # the item store read again from item-vectors
+    assert sorted(p.name.split(".")[0] for p in (s.data_dir / "damaged").iterdir()) == ["items", victim.name.split(".")[0]]
+    got = load_user_states(s.data_dir)
+    assert {u: x.clicks for u, x in got.items()} == {u: x.clicks for u, x in want.items()}
+    store = ItemStore(s.data_dir / "items")
+    try:
+        assert len(list(store)) == 96
+    finally:
+        store.close()
+
+
+def test_the_web_port_serves_health_and_readiness_but_no_table_or_router_view(settings, tmp_path):
+    publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
+    worker = start_ready(settings, tmp_path, "web")
+    try:
+        def get(path: str) -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}{path}", timeout=5) as r:
+                    return r.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert get("/health") == 200 and get("/ready") == 200
+        assert [get(p) for p in ("/table/user-state/", "/table/user-state/u1/", "/router/", "/graph/", "/stats/")] == [404] * 5
+    finally:
+        worker.stop()
