@@ -215,7 +215,9 @@ async def committed_offset(tp: TP) -> int | None:
 async def start_partition(tp: TP) -> None:
     """Newly assigned: processing starts where the group committed (or where the log begins)."""
     earliest = (await app.consumer.earliest_offsets(tp))[tp]
-    progress.start(tp, max(await committed_offset(tp) or 0, earliest))
+    committed = await committed_offset(tp)
+    if not progress.knows(tp):  # the agent or the re-read timer may have started it while this one asked
+        progress.start(tp, max(committed or 0, earliest))
 
 
 async def in_offset_order(batch: list[faust.types.EventT]) -> tuple[list[faust.types.EventT], set[TP]]:

@@ -78,7 +78,8 @@ def with_rejects(events: list[dict], every: int = 40) -> list[dict]:
     return [{**e, "event_id": f"reject-{n}", "item_id": "no-such-item"} if n % every == every - 1 else e for n, e in enumerate(events)]
 
 
-@pytest.mark.parametrize("local_state", ["kept", pytest.param("deleted", marks=pytest.mark.broker_bug("tansu-list-offsets"))])
+@pytest.mark.broker_bug("tansu-list-offsets")  # the restart recovers the table from its changelog
+@pytest.mark.parametrize("local_state", ["kept", "deleted"])
 def test_kill_9_mid_replay_then_restart_ends_in_the_clean_run_state(settings, sample_catalogue, tmp_path, local_state):
     # Decay ticks would land at different times in each run. A static member id lets the restarted worker
     # replace the killed one at once (noida-db never expires a dead member; Apache Kafka does after the session timeout).

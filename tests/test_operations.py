@@ -34,6 +34,7 @@ def timed_stop(worker: WorkerProcess) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.broker_bug("tansu-list-offsets")  # each restart recovers the table from its changelog
 def test_sigterm_stops_a_worker_cleanly_within_seconds_every_time(settings, sample_catalogue, tmp_path):
     """20 stops: one after a minute idle (beside the others, on its own data), 9 idle, 10 in the middle
     of a replay; then every event of the replays is applied exactly once across those stops."""
