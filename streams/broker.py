@@ -35,8 +35,9 @@ def wait_for_port(port: int, timeout_s: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:.0f}s")
 
 
-class LocalBroker:
-    """``with LocalBroker(dir) as b: b.address`` -> "127.0.0.1:PORT"; the data dir survives a restart."""
+class BrokerProcess:
+    """A broker in a child process on ``port`` (a free one if None): ``with X(dir) as b: b.address`` ->
+    "127.0.0.1:PORT". Subclasses give the command; its output goes to ``data_dir/broker.log``."""
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.data_dir = data_dir
@@ -44,13 +45,14 @@ class LocalBroker:
         self.address = f"127.0.0.1:{self.port}"
         self._proc: subprocess.Popen | None = None
 
-    def start(self) -> "LocalBroker":
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> "BrokerProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "broker.log", "ab")
-        self._proc = subprocess.Popen(
-            [str(_binary()), "start", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--only", "kafka", "--kafka-port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+        self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      start_new_session=True)
         wait_for_port(self.port)
         return self
 
@@ -69,8 +71,16 @@ class LocalBroker:
             os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
 
-    def __enter__(self) -> "LocalBroker":
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class LocalBroker(BrokerProcess):
+    """noida-db; its data directory survives a restart."""
+
+    def command(self) -> list[str]:
+        return [str(_binary()), "start", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--only", "kafka",
+                "--kafka-port", str(self.port)]

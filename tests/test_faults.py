@@ -52,6 +52,7 @@ def wait_caught_up(settings, worker: WorkerProcess, what: str, timeout_s: float 
 
 
 def run_to_end(settings, events, log_dir, name: str = "clean") -> dict:
+    """Start a worker, send ``events``, wait until the group has committed everything, stop: the states."""
     worker = start_ready(settings, log_dir, name)
     try:
         send_events(settings, events, progress=False)
@@ -123,12 +124,7 @@ def test_restart_with_a_backlog_applies_all_of_it(settings, sample_catalogue, tm
     publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
     run_to_end(settings, events[:100], tmp_path, "first")
     send_events(settings, events[100:], progress=False)
-    worker = start_ready(settings, tmp_path, "restarted")
-    try:
-        wait_caught_up(settings, worker, "backlog applied")
-    finally:
-        worker.stop()
-    states = load_user_states(settings.data_dir)
+    states = run_to_end(settings, [], tmp_path, "restarted")  # the backlog, waiting before its model is loaded
     assert sum(x.clicks for x in states.values()) == len(events)
 
 
