@@ -16,9 +16,10 @@ from models.interest import InterestModel
 from state.item_store import ItemVector
 from state.user_state import UserState, decode, encode
 from streams import heap
-from streams.schemas import Rejection, parse_event
+from models.records import Rejection
+from streams.schemas import parse_event
 from streams.settings import Settings
-from streams.updater import Delivered, InterestUpdater
+from models.updater import Delivered, InterestUpdater
 
 
 def full_state(rng: np.random.Generator, hidden: int, dim: int, settings: Settings, n: int) -> UserState:
@@ -41,7 +42,7 @@ def decay_cost(n_users: int, dim: int, hidden: int, settings: Settings) -> dict:
     states = [full_state(rng, hidden, dim, settings, n) for n in range(n_users)]
     encoded = [encode(s) for s in states]
     catalogue = Catalogue(dim)
-    updater = InterestUpdater(InterestModel.untrained(dim, hidden, "bench"), catalogue, settings)
+    updater = InterestUpdater(InterestModel.untrained(dim, hidden, "bench"), catalogue, settings.updater_config())
     with tempfile.TemporaryDirectory(prefix="bench-decay-") as tmp, heap.settled():  # the worker's heap policy
         db = Rdict(str(Path(tmp) / "db"), options=Options(raw_mode=True))
         for n, raw in enumerate(encoded):
@@ -75,7 +76,7 @@ def model_work(n_users: int, n_items: int, n_events: int, dim: int, settings: Se
     vectors = rng.standard_normal((n_items, dim), np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     catalogue.upsert([ItemVector(f"i{n}", b"\0" * 16, v) for n, v in enumerate(vectors)])
-    updater = InterestUpdater(InterestModel.untrained(dim, settings.hidden_size, "bench"), catalogue, settings)
+    updater = InterestUpdater(InterestModel.untrained(dim, settings.hidden_size, "bench"), catalogue, settings.updater_config())
     source = EventSource(n_users, n_items, seed)
     messages = list(source.take(n_users + n_events))
     threads = torch.get_num_threads()

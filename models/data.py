@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.schemas import CatalogueItem, Event
+from models.records import CatalogueItem, Event
 
 PURCHASE_RATING = 4.0  # ratings >= 4 are purchases (strong positive), the rest clicks
 

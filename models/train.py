@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from models import longterm
 from models.interest import InterestModel, ModelConfig
-from streams.schemas import Event
-from streams.settings import Settings
+from models.records import Event
+from models.updater import UpdaterConfig
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Sequences:
     first_seen: torch.Tensor  # [U, N] position of each item's first event per user (E where never)
 
 
-def build_sequences(events: list[Event], index: dict[str, int], embeddings: np.ndarray, settings: Settings) -> Sequences:
+def build_sequences(events: list[Event], index: dict[str, int], embeddings: np.ndarray, settings: UpdaterConfig) -> Sequences:
     """Group time-ordered events by user; long-term inputs via ``longterm.add``, batched by position like the stream."""
     by_user: dict[str, list[Event]] = defaultdict(list)
     for e in events:
@@ -169,7 +169,7 @@ def _pass(model: InterestModel, emb: torch.Tensor, seqs: Sequences, grid: torch.
 
 
 def train(
-    events: list[Event], index: dict[str, int], embeddings: np.ndarray, encoder: str, settings: Settings,
+    events: list[Event], index: dict[str, int], embeddings: np.ndarray, encoder: str, settings: UpdaterConfig,
     config: TrainConfig = TrainConfig(), progress: bool = False,
 ) -> tuple[InterestModel, TrainReport]:
     """Train on time-ordered ``events`` (items by ``index`` into ``embeddings``); returns the model, unsaved."""

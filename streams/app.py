@@ -36,10 +36,11 @@ from streams.durability import AcksInOrder
 from streams.ingest import EventStep, Message, item_step
 from streams.kafka_compat import back_off_empty_fetches
 from streams.offsets import PartitionProgress, Verdict
-from streams.schemas import Rejection, check_id
+from models.records import Rejection
+from streams.schemas import check_id
 from streams.settings import Settings
 from streams.topics import bootstrap
-from streams.updater import InterestUpdater
+from models.updater import InterestUpdater
 
 settings = Settings.from_env()
 back_off_empty_fetches(settings.fetch_backoff_s)
@@ -173,7 +174,7 @@ class Runtime:
         self.store = ItemStore(settings.data_dir / "items")
         catalogue = Catalogue(self.encoder.dim)
         catalogue.upsert(list(self.store))
-        self.updater = InterestUpdater(model, catalogue, settings)
+        self.updater = InterestUpdater(model, catalogue, settings.updater_config())
         self.events = EventStep(self.updater, EVENT_TYPES, settings.limits(), settings.max_message_bytes)
         metrics.MODEL_INFO.labels(model.version, self.encoder.name, self.encoder.device.type).set(1)
         log.info("model %s; encoder %s on %s (%s, batches of %d)", model.version, self.encoder.name, self.encoder.device,

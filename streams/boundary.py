@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLarge
 from state.faults import MessageFault, StoreFailure
 from streams import metrics
 from streams.dead_letters import MAX_DETAIL_CHARS
-from streams.schemas import Rejection
+from models.records import Rejection
 
 log = logging.getLogger(__name__)
 

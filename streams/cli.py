@@ -91,7 +91,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> None:
     config = TrainConfig(dim=args.dim, hidden=args.hidden, epochs=args.epochs, patience=args.patience, lr=args.lr, dropout=args.dropout,
                          lanes=args.lanes, window=args.window, refit=not args.no_refit, seed=args.seed)
     index = {item.item_id: n for n, item in enumerate(log.items)}
-    model, report = train(train_events, index, embeddings, encoder.name, settings, config, progress=True)
+    model, report = train(train_events, index, embeddings, encoder.name, settings.updater_config(), config, progress=True)
     out = Path(args.out)
     version = model.save(out)
     summary = {"version": version, "checkpoint": str(out), "encoder": encoder.name, "events": len(train_events),
@@ -125,7 +125,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> None:
         models = {"fused": fused, "long-term only": ablate(fused, "long"), "GRU only": ablate(fused, "short")}
     models["untrained default"] = InterestModel.untrained(encoder.dim, settings.hidden_size, encoder.name)
     config = EvalConfig(exclude_seen=not args.keep_seen)
-    results = evaluate(train_events, test_events, log.items, embeddings, models, settings, config, progress=True)
+    results = evaluate(train_events, test_events, log.items, embeddings, models, settings.updater_config(), config, progress=True)
     print(format_table(results))
     report = {"dataset": "MovieLens-100K (recbole)", "test_from": cutoff, "train_events": len(train_events),
               "test_events": len(test_events), "checkpoint": args.checkpoint or None,

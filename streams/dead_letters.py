@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streams.schemas import Rejection
+from models.records import Rejection
 
 MAX_DETAIL_CHARS = 500
 # Upper bound of what a record costs beyond its key, value and header bytes: the record batch header

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from state.user_state import decode, encode
-from streams.updater import InterestUpdater
+from models.updater import InterestUpdater
 
 REWRITE_FRACTION = 0.05
 
@@ -33,7 +33,7 @@ def decay_step(rows: Iterable[tuple[bytes, bytes]], now: float, updater: Interes
     """Stored (user key, state) rows -> the rows to rewrite, decayed to event time ``now``. A state that
     does not decode is left as it is and named: it is that user's fault, not the partition's (their
     events are dead-lettered by the event path)."""
-    due = now - min_elapsed_s(updater.settings.half_life_s)
+    due = now - min_elapsed_s(updater.config.half_life_s)
     out = Decayed()
     states = {}
     for key, value in rows:

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from streams.broker import LocalBroker, free_port
-from streams.schemas import Recommendation
+from models.records import Recommendation
 from streams.settings import Settings
 from streams.tools import format_recommendation, publish_catalogue, read_jsonl, recommendations, replay
 from streams.worker import WorkerProcess

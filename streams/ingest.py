@@ -17,8 +17,9 @@ from state.faults import OutputTooLarge
 from state.item_store import ItemVector, text_hash
 from state.user_state import decode, encode
 from streams.dead_letters import RECORD_OVERHEAD
-from streams.schemas import CatalogueItem, EventLimits, EventType, Rejection, check_id, parse_event, parse_item
-from streams.updater import Delivered, InterestUpdater
+from models.records import CatalogueItem, EventType, Rejection
+from streams.schemas import EventLimits, check_id, parse_event, parse_item
+from models.updater import Delivered, InterestUpdater
 
 
 class Message(Protocol):

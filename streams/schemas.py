@@ -1,4 +1,4 @@
-"""Wire formats: events in, catalogue items, recommendations and dead letters out.
+"""Untrusted bytes -> records (``models.records``): events and catalogue items, validated.
 
 Events are parsed and validated here, by hand, from raw bytes: a malformed message must become a
 ``Rejection`` with a reason, never an exception inside faust's deserializer (which would kill the agent).
@@ -11,43 +11,16 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Literal, Union
+from dataclasses import dataclass
+from typing import Union
 
 import orjson
 
-from state.faults import require_finite
-
-EventType = Literal["click", "purchase"]
-EVENT_TYPES: tuple[EventType, ...] = ("click", "purchase")
+from models.records import CatalogueItem, Event, EventType, Rejection
 MAX_ID_LEN = 128  # characters of an event, user or item id
 MAX_TEXT_LEN = 4096  # characters kept of an item's text (the encoder reads its first 64 tokens)
 # 1990-01-01T00:00:00Z. Earlier is a unit mistake (days, not seconds), not an event (MovieLens-100K is 1997-98).
 MIN_EVENT_TIME = 631_152_000.0
-
-
-@dataclass(frozen=True)
-class Event:
-    event_id: str
-    user_id: str
-    item_id: str
-    type: EventType
-    ts: float  # event time, unix seconds
-    quantity: int = 1
-    price: float | None = None
-
-    def to_json(self) -> bytes:
-        d = asdict(self)
-        if self.price is None:
-            del d["price"]
-        return json.dumps(d, separators=(",", ":")).encode()
-
-
-@dataclass(frozen=True)
-class Rejection:
-    reason: str  # a short machine-readable code, used as a metric label
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -57,53 +30,6 @@ class EventLimits:
     max_future_s: float = 300.0  # ts may be at most this far ahead of the wall clock
     max_quantity: int = 1000  # a purchase's quantity scales its long-term weight
     max_price: float = 1e9
-
-
-@dataclass(frozen=True)
-class CatalogueItem:
-    item_id: str
-    text: str
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
-
-
-@dataclass(frozen=True)
-class ScoredItem:
-    item_id: str
-    score: float
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    user_id: str
-    items: list[ScoredItem]
-    event_id: str  # the event that triggered this recommendation
-    event_time: float
-    model_version: str
-    produced_at: float = field(default_factory=time.time)
-
-    def to_json(self) -> bytes:
-        """Raises ``NonFinite`` for a NaN or infinite score: orjson would write it as null."""
-        require_finite("a recommendation score", *(i.score for i in self.items))
-        # What asdict() gives, built by hand: asdict deep-copies recursively, 5x the cost on the hot path.
-        return orjson.dumps({
-            "user_id": self.user_id, "items": [{"item_id": i.item_id, "score": i.score} for i in self.items],
-            "event_id": self.event_id, "event_time": self.event_time, "model_version": self.model_version,
-            "produced_at": self.produced_at,
-        })
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> "Recommendation":
-        """Raises ``ValueError`` for a record that is not a recommendation with finite scores."""
-        try:
-            d = json.loads(raw)
-            d["items"] = [ScoredItem(str(i["item_id"]), float(i["score"])) for i in d["items"]]
-            rec = cls(**d)
-        except (TypeError, KeyError, AttributeError) as exc:
-            raise ValueError(f"not a recommendation: {exc!r}") from exc
-        require_finite("a recommendation score", *(i.score for i in rec.items))
-        return rec
 
 
 def _load_object(raw: bytes | None) -> dict | Rejection:

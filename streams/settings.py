@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from models.updater import UpdaterConfig
 from streams.schemas import EventLimits
 
 PREFIX = "INTEREST_"
@@ -76,6 +77,9 @@ class Settings:
                 values[f.name] = type(default)(raw)
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+    def updater_config(self) -> UpdaterConfig:
+        return UpdaterConfig(**{f.name: getattr(self, f.name) for f in fields(UpdaterConfig)})
 
     def limits(self) -> EventLimits:
         return EventLimits(self.max_future_s, self.max_quantity, self.max_price)

@@ -11,7 +11,7 @@ from pathlib import Path
 from kafka import KafkaConsumer, KafkaProducer
 from tqdm import tqdm
 
-from streams.schemas import Recommendation
+from models.records import Recommendation
 from streams.settings import Settings
 from streams.topics import bootstrap, ensure_topics
 

@@ -9,7 +9,7 @@ import urllib.request
 from kafka import KafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.schemas import Recommendation
+from models.records import Recommendation
 from streams.settings import Settings
 from streams.topics import bootstrap
 

@@ -17,11 +17,11 @@ from models.interest import InterestModel
 from state.item_store import ItemVector
 from state.user_state import decode
 from streams.ingest import EventStep
-from streams.schemas import Event, EventLimits, Recommendation, Rejection, parse_event
-from streams.settings import Settings
+from models.records import Event, Recommendation, Rejection
+from streams.schemas import EventLimits, parse_event
 from streams.tools import publish_catalogue
 from streams.topics import bootstrap
-from streams.updater import Delivered, InterestUpdater
+from models.updater import Delivered, InterestUpdater, UpdaterConfig
 from streams.worker import WorkerProcess
 from tests.conftest import SAMPLE
 from tests.helpers import dead_letters, metric_sum, scrape, wait_until
@@ -113,7 +113,7 @@ def make_updater(n_items: int = 5, dim: int = 8, **settings) -> InterestUpdater:
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(n_items, dim)).astype(np.float32)
     catalogue.upsert([ItemVector(f"i{i}", b"\0" * 16, v / np.linalg.norm(v)) for i, v in enumerate(vectors)])
-    return InterestUpdater(InterestModel.untrained(dim, 6, "t"), catalogue, Settings(**{"max_lateness_s": 100.0, "top_k": 3, **settings}))
+    return InterestUpdater(InterestModel.untrained(dim, 6, "t"), catalogue, UpdaterConfig(**{"max_lateness_s": 100.0, "top_k": 3, **settings}))
 
 
 deliveries = st.lists(

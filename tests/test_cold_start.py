@@ -11,11 +11,10 @@ from models.encoder import ItemEncoder
 from models.evaluate import build_catalogue
 from models.interest import InterestModel, ModelConfig
 from state.item_store import ItemVector, text_hash
-from streams.schemas import CatalogueItem, Event
-from streams.settings import Settings
+from models.records import CatalogueItem, Event
 from streams.topics import bootstrap
 from streams.tools import publish_catalogue, send_events
-from streams.updater import Delivered, InterestUpdater
+from models.updater import Delivered, InterestUpdater, UpdaterConfig
 from streams.worker import WorkerProcess
 from tests.conftest import SAMPLE
 from tests.helpers import latest_recommendations, wait_until
@@ -36,7 +35,7 @@ def _warm_user(updater: InterestUpdater, sample_events: list[dict]):
 def test_new_item_along_the_users_interest_is_recommended_first_right_after_upsert(embedded, sample_events):
     items, emb = embedded
     model = InterestModel.untrained(32, 16, "tiny")  # the served default: identity item tower
-    updater = InterestUpdater(model, build_catalogue(items, emb), Settings())
+    updater = InterestUpdater(model, build_catalogue(items, emb), UpdaterConfig())
     state = _warm_user(updater, sample_events)
     with torch.no_grad():
         q = model.query(torch.from_numpy(state.hidden[None]), torch.from_numpy(state.long_term[None]), torch.tensor([state.lt_weight]))[0]
@@ -52,7 +51,7 @@ def test_new_item_scores_like_its_twin_in_any_trained_tower(embedded, sample_eve
     items, emb = embedded
     torch.manual_seed(3)
     model = InterestModel(ModelConfig(32, 8, 16, "tiny")).eval()  # a projected item tower, not the identity
-    updater = InterestUpdater(model, build_catalogue(items, emb), Settings())
+    updater = InterestUpdater(model, build_catalogue(items, emb), UpdaterConfig())
     state = _warm_user(updater, sample_events)
     best = updater.recommend([state])[0][0]
     updater.catalogue.upsert([ItemVector("relisted", text_hash("relisted"), emb[updater.catalogue.index[best.item_id]])])

@@ -3,7 +3,7 @@
 import pytest
 
 from streams.dead_letters import dead_letter, record_size
-from streams.schemas import Rejection
+from models.records import Rejection
 
 LIMIT = 1_000_000
 

@@ -17,7 +17,7 @@ from state.item_store import ItemStore
 from state.user_table import load_user_states
 from streams.topics import bootstrap
 from streams.tools import publish_catalogue, replay
-from streams.updater import InterestUpdater
+from models.updater import InterestUpdater
 from streams.worker import WorkerProcess
 from tests.conftest import SAMPLE
 from tests.helpers import dead_letters, latest_recommendations, metric_sum, scrape, to_jsonl, wait_until
@@ -73,7 +73,7 @@ def test_replay_produces_recommendations_consistent_with_table_state(settings, s
     catalogue = Catalogue(encoder.dim)
     catalogue.upsert(list(store))
     store.close()
-    updater = InterestUpdater(InterestModel.untrained(encoder.dim, settings.hidden_size, encoder.name), catalogue, settings)
+    updater = InterestUpdater(InterestModel.untrained(encoder.dim, settings.hidden_size, encoder.name), catalogue, settings.updater_config())
     assert set(recs) == set(states)
     users = sorted(states)
     for user, expected in zip(users, updater.recommend([states[u] for u in users])):

@@ -11,9 +11,8 @@ from models.evaluate import (
     replay, rounds,
 )
 from models.interest import InterestModel, ModelConfig
-from streams.schemas import CatalogueItem, Event
-from streams.settings import Settings
-from streams.updater import Delivered, InterestUpdater
+from models.records import CatalogueItem, Event
+from models.updater import Delivered, InterestUpdater, UpdaterConfig
 
 
 def ev(n: int, user: str, item: str, ts: float | None = None) -> Event:
@@ -76,7 +75,7 @@ def test_evaluation_scores_exactly_what_the_stream_recommends(sample):
     torch.manual_seed(0)
     model = InterestModel(ModelConfig(32, 16, 16, "tiny")).eval()
     catalogue = build_catalogue(items, emb)
-    settings = replace(Settings(), top_k=K, exclude_seen=True, recent_items=len(items))
+    settings = replace(UpdaterConfig(), top_k=K, exclude_seen=True, recent_items=len(items))
     warm, test = events[:500], events[500:]
     shown = replay(StreamRecommender("m", model, catalogue, settings), warm, test)
 
@@ -97,7 +96,7 @@ def test_evaluate_reports_every_recommender_on_the_same_events(sample):
     items, emb, events = sample
     untrained = InterestModel.untrained(32, 16, "tiny")
     results = evaluate(events[:500], events[500:], items, emb, {"untrained": untrained, "long": ablate(untrained, "long")},
-                       Settings(), EvalConfig(popular_window_s=3600.0))
+                       UpdaterConfig(), EvalConfig(popular_window_s=3600.0))
     assert list(results) == ["untrained", "long", "popular-1h", "popular-all", "item-knn"]
     for r in results.values():
         assert r["all"]["events"] == len(events) - 500 == r["users_with_history"]["events"] + r["new_users"]["events"]

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from streams.schemas import Event, EventLimits, Recommendation, Rejection, ScoredItem, parse_event, parse_item
+from models.records import Event, Recommendation, Rejection, ScoredItem
+from streams.schemas import EventLimits, parse_event, parse_item
 
 NOW = 1_800_000_000.0
 LIMITS = EventLimits()

@@ -12,11 +12,10 @@ from models.encoder import ItemEncoder
 from models.evaluate import build_catalogue
 from models.interest import InterestModel, ModelConfig
 from models.train import TrainConfig, build_sequences, lanes, train, window_logits
-from streams.schemas import CatalogueItem, Event
-from streams.settings import Settings
-from streams.updater import Delivered, InterestUpdater
+from models.records import CatalogueItem, Event
+from models.updater import Delivered, InterestUpdater, UpdaterConfig
 
-SETTINGS = Settings(half_life_s=3600.0)  # the sample log spans hours: the decay must matter
+SETTINGS = UpdaterConfig(half_life_s=3600.0)  # the sample log spans hours: the decay must matter
 
 
 def events_of(rows: list[dict]) -> list[Event]:

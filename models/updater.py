@@ -1,7 +1,7 @@
 """The data path for one micro-batch: events -> user states -> recommendations.
 
-Pure computation, no Kafka: the faust agent calls ``apply`` in its model thread, and ``evaluate`` calls
-the same ``recommend``/``apply`` in-process, so what is measured is what is served.
+Pure computation, no Kafka: the worker's event step calls ``apply`` in its model thread, and
+``models.evaluate`` calls the same ``recommend``/``apply`` in-process, so what is measured is what is served.
 """
 
 from __future__ import annotations
@@ -15,14 +15,27 @@ import torch
 
 from models import longterm
 from models.catalogue import Catalogue
-from models.encoder import cpu_has_bf16
+from models.hardware import cpu_has_bf16
 from models.interest import InterestModel
+from models.records import Event, Recommendation, Rejection, ScoredItem
 from models.topk import top_k
 from state.user_state import UserState
-from streams.schemas import Event, Recommendation, Rejection, ScoredItem
-from streams.settings import Settings
 
 MIN_BF16_ITEMS = 2048  # below this the fp32 product is cheap already
+
+
+@dataclass(frozen=True)
+class UpdaterConfig:
+    """What the updater needs of the settings (``Settings.updater_config()`` gives the configured one)."""
+
+    top_k: int = 10  # recommendations per user
+    exclude_seen: bool = True  # drop the user's recent items from their recommendations
+    recent_items: int = 50  # recent items remembered per user
+    half_life_s: float = 7 * 86400.0  # of the long-term interest, seconds of event time
+    click_weight: float = 1.0  # long-term weight of a click
+    purchase_weight: float = 3.0  # of a purchase (times its quantity)
+    max_lateness_s: float = 86400.0  # events older than the user's last by more are rejected
+    bf16_scoring: bool = True  # score large catalogues in bf16 where the CPU has it natively
 
 
 @dataclass(frozen=True)
@@ -43,14 +56,14 @@ class BatchResult:
 
 
 class InterestUpdater:
-    def __init__(self, model: InterestModel, catalogue: Catalogue, settings: Settings) -> None:
+    def __init__(self, model: InterestModel, catalogue: Catalogue, config: UpdaterConfig) -> None:
         self.model = model.eval()
         self.catalogue = catalogue
-        self.settings = settings
+        self.config = config
         self._item_space: torch.Tensor | None = None
         self._coarse_items: torch.Tensor | None = None  # bf16 copy for scoring, when it pays off
         self._item_space_version = -1
-        self._bf16 = settings.bf16_scoring and cpu_has_bf16()
+        self._bf16 = config.bf16_scoring and cpu_has_bf16()
 
     def new_state(self) -> UserState:
         return UserState.new(self.model.config.hidden, self.catalogue.dim, self.model.version)
@@ -90,7 +103,7 @@ class InterestUpdater:
             if state.model_version != self.model.version:  # another GRU wrote this hidden vector
                 state.hidden = np.zeros(self.model.config.hidden, np.float32)
                 state.model_version = self.model.version
-            state.remember(ev.event_id, ev.item_id, self.settings.recent_items)
+            state.remember(ev.event_id, ev.item_id, self.config.recent_items)
             state.last_event_time = max(state.last_event_time, ev.ts)
             state.last_event_id = ev.event_id
             accepted[ev.user_id].append(ev)
@@ -101,14 +114,14 @@ class InterestUpdater:
             return Rejection("unknown_item", f"item {ev.item_id!r} is not in the embedded catalogue")
         if ev.event_id in state.recent_event_ids:
             return Rejection("duplicate", f"event {ev.event_id!r} was already applied to user {ev.user_id!r}")
-        if state.last_event_time and ev.ts < state.last_event_time - self.settings.max_lateness_s:
+        if state.last_event_time and ev.ts < state.last_event_time - self.config.max_lateness_s:
             return Rejection("too_late", f"ts {ev.ts} is {state.last_event_time - ev.ts:.0f}s behind the user's last event")
         return None
 
     # -- step 2: advance short- and long-term state, one round per event position ---------------------------
 
     def _advance(self, accepted: dict[str, list[Event]], states: dict[str, UserState]) -> None:
-        s = self.settings
+        s = self.config
         rounds = max((len(evs) for evs in accepted.values()), default=0)
         for r in range(rounds):
             users = [u for u, evs in accepted.items() if len(evs) > r]
@@ -136,7 +149,7 @@ class InterestUpdater:
 
     def recommend(self, states: list[UserState], k: int | None = None) -> list[list[ScoredItem]]:
         """Top-k over the full catalogue for each state, the user's recent items excluded if configured."""
-        k = k or self.settings.top_k
+        k = k or self.config.top_k
         if not states or not len(self.catalogue):
             return [[] for _ in states]
         with torch.inference_mode():
@@ -146,7 +159,7 @@ class InterestUpdater:
                 torch.tensor([x.lt_weight for x in states], dtype=torch.float32),
             )
             exclude = None
-            if self.settings.exclude_seen:
+            if self.config.exclude_seen:
                 row = self.catalogue.index.get
                 exclude = [[j for j in map(row, x.recent_items) if j is not None] for x in states]
             items = self.item_space()
@@ -177,7 +190,7 @@ class InterestUpdater:
             st = list(stale.values())
             lt_sum, lt_weight, lt_time = longterm.decay_to(
                 np.stack([x.lt_sum for x in st]), np.array([x.lt_weight for x in st]), np.array([x.lt_time for x in st]),
-                np.full(len(st), now), self.settings.half_life_s,
+                np.full(len(st), now), self.config.half_life_s,
             )
             for i, x in enumerate(st):
                 x.lt_sum, x.lt_weight, x.lt_time = lt_sum[i], float(lt_weight[i]), float(lt_time[i])
