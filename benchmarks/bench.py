@@ -46,8 +46,8 @@ from kafka.admin import NewTopic
 
 from benchmarks import encoder, micro, pipeline, reference
 from benchmarks.workload import EventSource, catalogue
+from cli.local_broker import LocalBroker
 from models.tiny_bert import build_tiny_bert
-from streams.broker import LocalBroker
 from streams.settings import Settings
 from streams.topics import admin_client, bootstrap, ensure_topics
 

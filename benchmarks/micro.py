@@ -13,13 +13,13 @@ from rocksdict import Options, Rdict, WriteBatch
 from benchmarks.workload import EventSource
 from models.catalogue import Catalogue
 from models.interest import InterestModel
+from models.records import Rejection
+from models.updater import Delivered, InterestUpdater
 from state.item_store import ItemVector
 from state.user_state import UserState, decode, encode
 from streams import heap
-from models.records import Rejection
 from streams.schemas import parse_event
 from streams.settings import Settings
-from models.updater import Delivered, InterestUpdater
 
 
 def full_state(rng: np.random.Generator, hidden: int, dim: int, settings: Settings, n: int) -> UserState:

@@ -20,12 +20,12 @@ from kafka import TopicPartition as KafkaTopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.workload import EventSource
+from cli.local_broker import free_port
+from cli.worker_process import WorkerProcess
 from state.user_state import decode
 from state.user_table import iter_raw, latest_copies, table_files
-from streams.broker import free_port
 from streams.settings import Settings
 from streams.topics import bootstrap
-from streams.worker import WorkerProcess
 
 
 def scrape(port: int) -> dict[str, float]:

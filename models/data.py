@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from models.records import CatalogueItem, Event
+from state.faults import InterestStreamError
 
 PURCHASE_RATING = 4.0  # ratings >= 4 are purchases (strong positive), the rest clicks
 
@@ -39,7 +40,7 @@ def movielens_dir() -> Path:
     """The ml-100k folder of the installed recbole package, found without importing recbole (heavy)."""
     spec = importlib.util.find_spec("recbole")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("MovieLens-100K comes with the package recbole: pip install --no-deps recbole==1.2.1")
+        raise InterestStreamError("MovieLens-100K comes with the package recbole: pip install --no-deps recbole==1.2.1")
     return Path(spec.submodule_search_locations[0]) / "dataset_example" / "ml-100k"
 
 

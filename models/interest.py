@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from state.faults import InterestStreamError
+
 N_EVENT_TYPES = 2  # click, purchase
 
 
@@ -82,6 +84,6 @@ class InterestModel(nn.Module):
         model = cls(ModelConfig(**ckpt["config"]))
         model.load_state_dict(ckpt["state"])
         if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise RuntimeError(f"checkpoint {path} has non-finite weights: every state and score would be NaN")
+            raise InterestStreamError(f"checkpoint {path} has non-finite weights: every state and score would be NaN")
         model.version = ckpt["version"]
         return model.eval()

@@ -1,4 +1,10 @@
-"""Whose fault a failure is: one message's, or the infrastructure's.
+"""The project's errors: what a user can act on, and whose fault a failure is.
+
+``InterestStreamError`` is an error a user can act on (a setting, a missing file or package, a broker
+that does not answer): the CLI prints its message, without a traceback. Any other exception is a bug
+or the environment's and keeps its traceback.
+
+Whose fault a failure is: one message's, or the infrastructure's.
 
 The worker contains every failure caused by one message (it becomes a dead letter and the worker goes
 on) and stops only for the infrastructure (broker, disk). Exceptions raised on purpose say which:
@@ -13,6 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+
+
+class InterestStreamError(Exception):
+    """An error the user can act on; its message says what to do."""
 
 
 class MessageFault(ValueError):

@@ -15,11 +15,13 @@ from typing import IO
 
 from rocksdict import AccessType, Rdict
 
+from state.faults import InterestStreamError
+
 LOCK_FILE = ".lock"
 DAMAGED_DIR = "damaged"
 
 
-class DataDirInUse(RuntimeError):
+class DataDirInUse(InterestStreamError):
     pass
 
 

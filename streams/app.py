@@ -26,7 +26,9 @@ from rocksdict import WriteBatch
 from models.catalogue import Catalogue
 from models.encoder import ItemEncoder
 from models.interest import InterestModel
-from state.faults import store_errors
+from models.records import Rejection
+from models.updater import InterestUpdater
+from state.faults import InterestStreamError, store_errors
 from state.item_store import ItemStore, ItemVector
 from streams import heap, metrics
 from streams.boundary import contain
@@ -36,11 +38,9 @@ from streams.durability import AcksInOrder
 from streams.ingest import EventStep, Message, item_step
 from streams.kafka_compat import back_off_empty_fetches
 from streams.offsets import PartitionProgress, Verdict
-from models.records import Rejection
 from streams.schemas import check_id
 from streams.settings import Settings
 from streams.topics import bootstrap
-from models.updater import InterestUpdater
 
 settings = Settings.from_env()
 back_off_empty_fetches(settings.fetch_backoff_s)
@@ -167,7 +167,7 @@ class Runtime:
             model = InterestModel.load(settings.checkpoint)
             if (model.config.encoder, model.config.embed_dim) != (self.encoder.name, self.encoder.dim):
                 # another encoder's vectors would be silently meaningless to this GRU and item tower
-                raise RuntimeError(f"checkpoint was trained on {model.config.encoder} ({model.config.embed_dim}-d); "
+                raise InterestStreamError(f"checkpoint was trained on {model.config.encoder} ({model.config.embed_dim}-d); "
                                    f"this worker's encoder is {self.encoder.name} ({self.encoder.dim}-d)")
         else:
             model = InterestModel.untrained(self.encoder.dim, settings.hidden_size, self.encoder.name)

@@ -15,10 +15,10 @@ from typing import TypeVar
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 
+from models.records import Rejection
 from state.faults import MessageFault, StoreFailure
 from streams import metrics
 from streams.dead_letters import MAX_DETAIL_CHARS
-from models.records import Rejection
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from state.user_state import decode, encode
 from models.updater import InterestUpdater
+from state.user_state import decode, encode
 
 REWRITE_FRACTION = 0.05
 

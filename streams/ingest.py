@@ -13,13 +13,13 @@ from typing import Protocol
 
 import numpy as np
 
+from models.records import CatalogueItem, EventType, Rejection
+from models.updater import Delivered, InterestUpdater
 from state.faults import OutputTooLarge
 from state.item_store import ItemVector, text_hash
 from state.user_state import decode, encode
 from streams.dead_letters import RECORD_OVERHEAD
-from models.records import CatalogueItem, EventType, Rejection
 from streams.schemas import EventLimits, check_id, parse_event, parse_item
-from models.updater import Delivered, InterestUpdater
 
 
 class Message(Protocol):

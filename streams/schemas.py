@@ -17,6 +17,7 @@ from typing import Union
 import orjson
 
 from models.records import CatalogueItem, Event, EventType, Rejection
+
 MAX_ID_LEN = 128  # characters of an event, user or item id
 MAX_TEXT_LEN = 4096  # characters kept of an item's text (the encoder reads its first 64 tokens)
 # 1990-01-01T00:00:00Z. Earlier is a unit mistake (days, not seconds), not an event (MovieLens-100K is 1997-98).

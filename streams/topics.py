@@ -9,14 +9,19 @@ from __future__ import annotations
 import time
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
 
+from state.faults import InterestStreamError
 from streams.settings import Settings
 
 
 def bootstrap(settings: Settings) -> list[str]:
     if not settings.broker:
-        raise RuntimeError("no broker configured: set INTEREST_BROKER=host:port (or run `interest-stream demo`)")
+        raise InterestStreamError("no broker configured: set INTEREST_BROKER=host:port (or run `interest-stream demo`)")
     return [b.removeprefix("kafka://") for b in settings.broker.split(",")]
 
 
@@ -42,7 +47,7 @@ def admin_client(settings: Settings, wait_s: float = 30.0) -> KafkaAdminClient:
             return KafkaAdminClient(bootstrap_servers=bootstrap(settings), client_id=f"{settings.app_id}-admin")
         except (KafkaConnectionError, KafkaTimeoutError):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no Kafka broker answers at {settings.broker} after {wait_s:.0f}s") from None
+                raise InterestStreamError(f"no Kafka broker answers at {settings.broker} after {wait_s:.0f}s") from None
             time.sleep(0.5)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streams.broker import BrokerProcess, LocalBroker
+from cli.local_broker import BrokerProcess, LocalBroker
 
 BROKERS = ("noida-db", "tansu")
 

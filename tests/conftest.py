@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from cli.local_broker import free_port
 from models.tiny_bert import build_tiny_bert
-from streams.broker import free_port
 from streams.settings import Settings
 from tests.brokers import BROKER_BUGS, BROKERS, new_broker
 
-SAMPLE = Path(__file__).resolve().parents[1] / "streams" / "sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "cli" / "sample"
 
 
 @pytest.fixture(scope="session")

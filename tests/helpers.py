@@ -73,7 +73,7 @@ def variant(settings: Settings, tag: str, data_dir) -> Settings:
     """The same test settings with their own app id, topics, state directory and ports."""
     from dataclasses import replace
 
-    from streams.broker import free_port
+    from cli.local_broker import free_port
 
     topics = {f: f"{getattr(settings, f)}-{tag}" for f in (
         "clicks_topic", "purchases_topic", "items_topic", "item_vectors_topic", "recommendations_topic", "dead_letter_topic", "ticks_topic")}

@@ -9,20 +9,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, event, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from kafka import KafkaProducer
 
+from cli.client import publish_catalogue
+from cli.worker_process import WorkerProcess
 from models.catalogue import Catalogue
 from models.interest import InterestModel
+from models.records import Event, Recommendation, Rejection
+from models.updater import Delivered, InterestUpdater, UpdaterConfig
 from state.item_store import ItemVector
 from state.user_state import decode
 from streams.ingest import EventStep
-from models.records import Event, Recommendation, Rejection
 from streams.schemas import EventLimits, parse_event
-from streams.tools import publish_catalogue
 from streams.topics import bootstrap
-from models.updater import Delivered, InterestUpdater, UpdaterConfig
-from streams.worker import WorkerProcess
 from tests.conftest import SAMPLE
 from tests.helpers import dead_letters, metric_sum, scrape, wait_until
 

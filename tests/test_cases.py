@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
+from cli.client import publish_catalogue
+from cli.worker_process import WorkerProcess
 from state.item_store import ItemStore
 from state.user_state import decode
 from state.user_table import iter_raw, load_user_states, table_files
-from streams.tools import publish_catalogue
 from streams.topics import bootstrap, ensure_topics
-from streams.worker import WorkerProcess
 from tests.conftest import SAMPLE, settings_for
 from tests.helpers import consume_all, dead_letters, metric_sum, scrape, wait_until
 
@@ -195,7 +195,7 @@ def test_subscribe_shows_good_recommendations_and_skips_records_it_cannot_read(s
         out.send(settings.recommendations_topic, key=b"u1", value=value)
     out.close()
     env = {**settings.env(), "PATH": str(Path(sys.executable).parent)}
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "subscribe", "--from-beginning", "--timeout", "5"],
+    done = subprocess.run([sys.executable, "-m", "cli.main", "subscribe", "--from-beginning", "--timeout", "5"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("user u1") == 1 and "run-001 (0.500)" in done.stdout

@@ -7,15 +7,15 @@ import pytest
 import torch
 from kafka import KafkaProducer
 
+from cli.client import publish_catalogue, send_events
+from cli.worker_process import WorkerProcess
 from models.encoder import ItemEncoder
 from models.evaluate import build_catalogue
 from models.interest import InterestModel, ModelConfig
-from state.item_store import ItemVector, text_hash
 from models.records import CatalogueItem, Event
-from streams.topics import bootstrap
-from streams.tools import publish_catalogue, send_events
 from models.updater import Delivered, InterestUpdater, UpdaterConfig
-from streams.worker import WorkerProcess
+from state.item_store import ItemVector, text_hash
+from streams.topics import bootstrap
 from tests.conftest import SAMPLE
 from tests.helpers import latest_recommendations, wait_until
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from streams.dead_letters import dead_letter, record_size
 from models.records import Rejection
+from streams.dead_letters import dead_letter, record_size
 
 LIMIT = 1_000_000
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.demo import run_demo
+from cli.demo import run_demo
 
 pytestmark = pytest.mark.e2e
 

@@ -114,8 +114,9 @@ def app_routes() -> set[str]:
 
 def exposed_metric_names() -> dict[str, set[str]]:
     """Family -> the sample names Prometheus sees, for every ``interest_*`` metric in streams.metrics."""
-    import streams.metrics  # noqa: F401  (registers the metrics)
     from prometheus_client import REGISTRY
+
+    import streams.metrics  # noqa: F401  (registers the metrics)
 
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
                 "gauge": ("",), "summary": ("", "_sum", "_count", "_created"), "info": ("_info",)}
@@ -315,7 +316,7 @@ def test_prometheus_and_grafana_files_are_mounted():
 def test_dockerfile_installs_the_package_and_runs_the_worker():
     import tomllib
 
-    from streams.cli import build_parser
+    from cli.main import build_parser
 
     instructions = dockerfile_instructions()
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())

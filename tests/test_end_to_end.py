@@ -10,17 +10,24 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
+from cli.client import publish_catalogue, replay
+from cli.worker_process import WorkerProcess
 from models.catalogue import Catalogue
 from models.encoder import ItemEncoder
 from models.interest import InterestModel
+from models.updater import InterestUpdater
 from state.item_store import ItemStore
 from state.user_table import load_user_states
 from streams.topics import bootstrap
-from streams.tools import publish_catalogue, replay
-from models.updater import InterestUpdater
-from streams.worker import WorkerProcess
 from tests.conftest import SAMPLE
-from tests.helpers import dead_letters, latest_recommendations, metric_sum, scrape, to_jsonl, wait_until
+from tests.helpers import (
+    dead_letters,
+    latest_recommendations,
+    metric_sum,
+    scrape,
+    to_jsonl,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 

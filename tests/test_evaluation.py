@@ -7,8 +7,19 @@ import torch
 
 from models.encoder import ItemEncoder
 from models.evaluate import (
-    K, EvalConfig, ItemKNN, Popular, StreamRecommender, ablate, build_catalogue, evaluate, format_table, rank_metrics, ranks_of,
-    replay, rounds,
+    EvalConfig,
+    ItemKNN,
+    K,
+    Popular,
+    StreamRecommender,
+    ablate,
+    build_catalogue,
+    evaluate,
+    format_table,
+    rank_metrics,
+    ranks_of,
+    replay,
+    rounds,
 )
 from models.interest import InterestModel, ModelConfig
 from models.records import CatalogueItem, Event

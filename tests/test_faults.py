@@ -17,12 +17,21 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from cli.client import publish_catalogue, send_events
+from cli.worker_process import WorkerProcess
 from state.user_table import load_user_states
-from streams.tools import publish_catalogue, send_events
-from streams.worker import WorkerProcess
 from tests.brokers import new_broker
 from tests.conftest import SAMPLE
-from tests.helpers import dead_letters, group_caught_up, latest_recommendations, metric_sum, scrape, stuck_report, variant, wait_until
+from tests.helpers import (
+    dead_letters,
+    group_caught_up,
+    latest_recommendations,
+    metric_sum,
+    scrape,
+    stuck_report,
+    variant,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 

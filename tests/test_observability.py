@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 import torch
 
-from streams.tools import publish_catalogue, replay
-from streams.worker import WorkerProcess
+from cli.client import publish_catalogue, replay
+from cli.worker_process import WorkerProcess
 from tests.conftest import SAMPLE
 from tests.helpers import metric_sum, scrape, wait_until
 

@@ -11,8 +11,8 @@ from models.data import embed_items, load_movielens, write_log
 from models.encoder import ItemEncoder
 from models.evaluate import build_catalogue
 from models.interest import InterestModel, ModelConfig
-from models.train import TrainConfig, build_sequences, lanes, train, window_logits
 from models.records import CatalogueItem, Event
+from models.train import TrainConfig, build_sequences, lanes, train, window_logits
 from models.updater import Delivered, InterestUpdater, UpdaterConfig
 
 SETTINGS = UpdaterConfig(half_life_s=3600.0)  # the sample log spans hours: the decay must matter
@@ -145,7 +145,7 @@ def test_movielens_becomes_an_event_log_split_by_global_time(tmp_path):
 
 
 def test_train_command_defaults_are_the_train_config_defaults():
-    from streams.cli import build_parser
+    from cli.main import build_parser
 
     args = build_parser().parse_args(["train"])
     config = TrainConfig()

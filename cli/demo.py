@@ -12,11 +12,18 @@ from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
-from streams.broker import LocalBroker, free_port
+from cli.client import (
+    format_recommendation,
+    publish_catalogue,
+    read_jsonl,
+    recommendations,
+    replay,
+)
+from cli.local_broker import LocalBroker, free_port
+from cli.worker_process import WorkerProcess
 from models.records import Recommendation
+from state.faults import InterestStreamError
 from streams.settings import Settings
-from streams.tools import format_recommendation, publish_catalogue, read_jsonl, recommendations, replay
-from streams.worker import WorkerProcess
 
 SAMPLE = Path(__file__).parent / "sample"
 
@@ -46,7 +53,7 @@ def run_demo(settings: Settings, show_users: int = 4, timeout_s: float = 180.0) 
             latest[rec.user_id] = rec
         missing = users - set(latest)
         if missing:
-            raise RuntimeError(f"no recommendation for {len(missing)} users:\n{worker.log_tail()}")
+            raise InterestStreamError(f"no recommendation for {len(missing)} users:\n{worker.log_tail()}")
         history = defaultdict(list)
         for e in events:
             history[e["user_id"]].append(catalogue[e["item_id"]])

@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from state.faults import InterestStreamError
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -20,7 +22,7 @@ def free_port() -> int:
 def _binary() -> Path:
     spec = importlib.util.find_spec("noida_db")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the local broker needs the package noida-db (pip install noida-db), or set INTEREST_BROKER")
+        raise InterestStreamError("the local broker needs the package noida-db (pip install noida-db), or set INTEREST_BROKER")
     return Path(next(iter(spec.submodule_search_locations))) / "noida-db"
 
 
@@ -32,7 +34,7 @@ def wait_for_port(port: int, timeout_s: float = 20.0) -> None:
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:.0f}s")
+    raise InterestStreamError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:.0f}s")
 
 
 class BrokerProcess:

@@ -8,11 +8,12 @@ import sys
 import time
 import uuid
 
+from state.faults import InterestStreamError
 from streams.settings import Settings, describe
 
 
 def _produce(args: argparse.Namespace, settings: Settings) -> None:
-    from streams.tools import read_jsonl, send_events
+    from cli.client import read_jsonl, send_events
 
     if args.file:
         events = read_jsonl(args.file)
@@ -26,19 +27,19 @@ def _produce(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> None:
-    from streams.tools import replay
+    from cli.client import replay
 
     print(f"replayed {replay(settings, args.log, args.speed)} events")
 
 
 def _catalogue(args: argparse.Namespace, settings: Settings) -> None:
-    from streams.tools import publish_catalogue
+    from cli.client import publish_catalogue
 
     print(f"published {publish_catalogue(settings, args.file)} items")
 
 
 def _subscribe(args: argparse.Namespace, settings: Settings) -> None:
-    from streams.tools import format_recommendation, recommendations
+    from cli.client import format_recommendation, recommendations
 
     shown = 0
     for rec in recommendations(settings, args.from_beginning, args.timeout):
@@ -57,7 +58,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> None:
-    from streams.demo import run_demo
+    from cli.demo import run_demo
 
     run_demo(settings, show_users=args.users)
 
@@ -121,7 +122,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> None:
     if args.checkpoint:
         fused = InterestModel.load(Path(args.checkpoint))
         if (fused.config.encoder, fused.config.embed_dim) != (encoder.name, encoder.dim):
-            raise RuntimeError(f"checkpoint was trained on {fused.config.encoder} ({fused.config.embed_dim}-d), not {encoder.name}")
+            raise InterestStreamError(f"checkpoint was trained on {fused.config.encoder} ({fused.config.embed_dim}-d), not {encoder.name}")
         models = {"fused": fused, "long-term only": ablate(fused, "long"), "GRU only": ablate(fused, "short")}
     models["untrained default"] = InterestModel.untrained(encoder.dim, settings.hidden_size, encoder.name)
     config = EvalConfig(exclude_seen=not args.keep_seen)
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args, Settings.from_env())
-    except RuntimeError as exc:  # our clear errors (no broker, no model) without a traceback
+    except InterestStreamError as exc:  # an error the user can act on: its message, no traceback
         print(f"interest-stream {args.command}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
