@@ -9,9 +9,34 @@ still at its ``source`` for as long as that topic keeps it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from models.records import Rejection
+from streams import metrics
+
+
+class Producer(Protocol):
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
+                   timestamp: float | None, headers: list[tuple[str, bytes]] | None) -> Awaitable: ...
+
+
+class App(Protocol):
+    """faust's App, as far as dead letters need it."""
+
+    @property
+    def producer(self) -> Producer: ...
+
+
+class Source(Protocol):
+    """What a dead letter needs of the message it stands for (faust's ``Message`` has these)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
 
 MAX_DETAIL_CHARS = 500
 # Upper bound of what a record costs beyond its key, value and header bytes: the record batch header
@@ -47,3 +72,25 @@ def dead_letter(source: str, key: bytes | None, value: bytes | None, rejection: 
     keep_key = min(len(k), max(room - len(v), room // 2))  # the value keeps at least half the room
     kept_key, kept_value = k[:keep_key], v[: room - keep_key]
     return DeadLetter(kept_key if key is not None else None, kept_value if value is not None else None, headers)
+
+
+class DeadLetterWriter:
+    """Sends dead letters to ``topic`` through faust's producer, counting them by reason."""
+
+    def __init__(self, app: App, topic: str, max_bytes: int) -> None:
+        self.app = app
+        self.topic = topic
+        self.max_bytes = max_bytes
+
+    async def send(self, msg: Source, rejection: Rejection) -> Awaitable:
+        """Send ``msg``'s dead letter; returns its delivery future."""
+        letter = dead_letter(f"{msg.topic}:{msg.partition}:{msg.offset}", msg.key, msg.value, rejection, self.max_bytes)
+        sent = await self.app.producer.send(self.topic, letter.key, letter.value, None, None, letter.headers)
+        metrics.EVENTS_DEAD_LETTERED.labels(rejection.reason).inc()
+        return sent
+
+    def into(self, sent: list[Awaitable]) -> Callable[[Source, Rejection], Awaitable[None]]:
+        """The ingestion boundary's poison handler: dead-letter the message, its future into ``sent``."""
+        async def poison(msg: Source, rejection: Rejection) -> None:
+            sent.append(await self.send(msg, rejection))
+        return poison

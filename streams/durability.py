@@ -8,9 +8,12 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from faust.types import TP
+from typing import TYPE_CHECKING
 
-Offsets = dict[TP, int]
+if TYPE_CHECKING:
+    from faust.types import TP
+
+Offsets = dict["TP", int]
 
 
 class AcksInOrder:

@@ -11,17 +11,18 @@ the ones in between: it is held back and the partition is re-read from the missi
 partition that stays behind its end with nothing arriving (faust lost all it fetched). A hole that is
 really in the log (transaction markers, deleted records) shows up again after every re-read and is
 accepted after ``HOLE_CONFIRMATIONS`` of them. faust may commit an event partition only up to what the
-worker has made durable.
+worker has made durable (``durable``; ``faust_compat.cap_commits`` enforces it).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from faust.transport.consumer import Consumer
-from faust.types import TP
+if TYPE_CHECKING:
+    from faust.types import TP
 
 HOLE_CONFIRMATIONS = 3
 
@@ -102,23 +103,3 @@ class PartitionProgress:
         for tp in tps:
             for d in (self.next_offset, self.durable, self.gaps):
                 d.pop(tp, None)
-
-    def limit_commits(self, consumer_cls: type[Consumer] = Consumer) -> None:
-        """Make faust commit this process's event partitions at the durable offset, never beyond."""
-        original: Callable = consumer_cls._filter_committable_offsets
-        progress = self
-
-        def committable(consumer: Consumer, tps: Iterable[TP]) -> dict[TP, int]:
-            tps = list(tps)
-            offsets = original(consumer, tps)  # also keeps faust's own bookkeeping of acks
-            for tp in tps:
-                if tp.topic not in progress.topics:
-                    continue
-                durable = progress.durable.get(tp)
-                if durable is not None and consumer._should_commit(tp, durable):
-                    offsets[tp] = durable
-                else:
-                    offsets.pop(tp, None)
-            return offsets
-
-        consumer_cls._filter_committable_offsets = committable  # type: ignore[method-assign]

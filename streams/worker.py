@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from state.local_dir import damaged, lock, set_aside
-from state.user_table import table_files
+from streams.user_table import table_files
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -24,10 +24,11 @@ def run_worker(settings: Settings) -> None:
         start_http_server(settings.metrics_port)
     set_aside_damaged_stores(settings.data_dir)
     ensure_topics(settings)
-    from streams.app import app  # reads the same settings from the environment
+    from streams.app import build_app
     from streams.faust_worker import Worker
 
-    Worker(app, settings.stop_timeout_s, loglevel=settings.log_level).execute_from_commandline()
+    worker = build_app(settings)
+    Worker(worker.app, settings.stop_timeout_s, loglevel=settings.log_level).execute_from_commandline()
 
 
 def set_aside_damaged_stores(data_dir: Path) -> None:

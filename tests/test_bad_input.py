@@ -194,7 +194,7 @@ def test_a_corpus_of_bad_events_goes_to_the_dead_letter_topic_and_good_ones_arou
     assert sorted(d["value"] for d in letters) == sorted(value for _, value, _ in bad)  # original bytes, nothing lost
     for reason, n in Counter(reason for _, _, reason in bad).items():
         assert metric_sum(metrics, "interest_events_dead_lettered_total", reason=reason) == n
-    from state.user_table import load_user_states
+    from streams.user_table import load_user_states
 
     states = load_user_states(settings.data_dir)
     assert {u: s.clicks for u, s in states.items()} == {f"user-{k}": 10 for k in range(3)}

@@ -17,7 +17,7 @@ from models.encoder import ItemEncoder
 from models.interest import InterestModel
 from models.updater import InterestUpdater
 from state.item_store import ItemStore
-from state.user_table import load_user_states
+from streams.user_table import load_user_states
 from streams.topics import bootstrap
 from tests.conftest import SAMPLE
 from tests.helpers import (

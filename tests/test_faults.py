@@ -19,7 +19,7 @@ import pytest
 
 from cli.client import publish_catalogue, send_events
 from cli.worker_process import WorkerProcess
-from state.user_table import load_user_states
+from streams.user_table import load_user_states
 from tests.brokers import new_broker
 from tests.conftest import SAMPLE
 from tests.helpers import (

@@ -1,4 +1,4 @@
-"""Per-partition progress: events applied in offset order, lost offsets re-read, commits capped."""
+"""Per-partition progress: events applied in offset order, lost offsets re-read, durable offsets for commits."""
 
 from __future__ import annotations
 
@@ -54,34 +54,18 @@ def test_stale_deliveries_without_a_re_read_do_not_confirm_a_hole():
         assert progress.admit(CLICKS, 14) is Verdict.MISSING_BEFORE
 
 
-class FakeConsumer:
-    """faust's commit path: offsets it would commit from its acks, and its last commit."""
-
-    def __init__(self, from_acks: dict[TP, int], committed: dict[TP, int]) -> None:
-        self.from_acks, self.committed = from_acks, committed
-
-    def _filter_committable_offsets(self, tps):
-        return {tp: o for tp, o in self.from_acks.items() if tp in tps}
-
-    def _should_commit(self, tp, offset):
-        return self.committed.get(tp) is None or offset > self.committed[tp]
-
-
-def test_commits_of_event_partitions_stop_at_what_is_durable():
+def test_offsets_become_durable_only_when_made_so_and_are_forgotten_on_revoke():
     progress = started()
-    progress.limit_commits(FakeConsumer)
-    other = TP("decay-ticks", 0)
-    consumer = FakeConsumer({CLICKS: 500, other: 7}, {CLICKS: 10})
     for o in (10, 11, 12):
         progress.admit(CLICKS, o)
-    assert consumer._filter_committable_offsets([CLICKS, other]) == {other: 7}  # admitted, not yet durable
-    after_batch = progress.position([CLICKS, other])
+    assert progress.durable == {CLICKS: 10}  # admitted, not yet durable (faust_compat.cap_commits reads this)
+    after_batch = progress.position([CLICKS, TP("decay-ticks", 0)])
     assert after_batch == {CLICKS: 13}
     progress.admit(CLICKS, 13)  # the next batch, not durable yet
     progress.made_durable(after_batch)
-    assert consumer._filter_committable_offsets([CLICKS, other]) == {CLICKS: 13, other: 7}  # not faust's 500
+    assert progress.durable == {CLICKS: 13}
     progress.forget([CLICKS])
-    assert consumer._filter_committable_offsets([CLICKS]) == {}
+    assert progress.durable == {} and not progress.knows(CLICKS)
 
 
 def test_a_partition_behind_its_end_with_nothing_arriving_is_stalled():

@@ -17,7 +17,7 @@ from cli.client import publish_catalogue, send_events
 from cli.local_broker import free_port
 from cli.worker_process import WorkerProcess
 from state.item_store import ItemStore
-from state.user_table import load_user_states, table_files
+from streams.user_table import load_user_states, table_files
 from tests.brokers import new_broker
 from tests.conftest import SAMPLE
 from tests.helpers import metric_sum, scrape, variant, wait_until

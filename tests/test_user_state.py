@@ -2,7 +2,7 @@ import numpy as np
 from rocksdict import Options, Rdict
 
 from state.user_state import UserState, decode, encode
-from state.user_table import FAUST_OFFSET_KEY, latest_copies, table_files
+from streams.user_table import OFFSET_KEY, latest_copies, table_files
 
 
 def test_encoding_round_trips_every_field():
@@ -34,7 +34,7 @@ def test_latest_copies_keeps_each_partition_once_furthest_along_the_changelog(tm
     for worker, partition, offset in (("a", 0, b"7"), ("b", 0, b"12"), ("c", 0, None), ("a", 1, b"3")):
         db = Rdict(str(tmp_path / worker / f"user-state-{partition}.db"), options=Options(raw_mode=True))
         if offset is not None:
-            db[FAUST_OFFSET_KEY] = offset
+            db[OFFSET_KEY] = offset
         db[b"u"] = worker.encode()
         db.close()
     copies = [p for worker in "abc" for p in table_files(tmp_path / worker)]

@@ -1,0 +1,159 @@
+"""Every use of faust's and aiokafka's private parts, in one place, checked at worker start.
+
+Pinned in pyproject.toml: faust-streaming==0.15.3, aiokafka==0.14.0. Each use says why no public API
+does the job. ``check()`` runs before the app is built and fails with the versions in its message if
+any part is missing or has changed shape; tests/test_faust_compat.py drives each against the real
+faust and aiokafka classes, so that an upgrade that stops calling a patched method is noticed.
+
+- The user table's RocksDB, a partition at a time (``partition_db``, ``partition_dbs``): faust reads
+  and writes one key at a time through several layers (~80 us per key); a micro-batch needs one
+  multi-get and one WriteBatch per partition, and decay needs to iterate a partition.
+- Commits capped at durable offsets (``cap_commits``): faust commits what its streams acknowledged, and
+  it counts offset gaps as done; no setting or hook limits a commit to what the worker made durable.
+- Client-side fetch back-off (``back_off_empty_fetches``): noida-db answers empty fetches at once
+  instead of waiting ``fetch_max_wait_ms``, and faust exposes no aiokafka fetch setting that helps.
+- faust's on-disk layout of a table (``OFFSET_KEY``, ``table_files``), for reading a stopped worker's
+  state: its file names and offset key are not an API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import weakref
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import aiokafka
+import faust
+from aiokafka.consumer.fetcher import Fetcher
+from faust.stores.rocksdb import Store as RocksDBStore
+from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
+from faust.types import TP
+
+from state.faults import InterestStreamError
+
+PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+OFFSET_KEY: bytes = RocksDBStore.offset_key  # faust's record of a partition's changelog offset, in its RocksDB
+
+
+class IncompatibleLibrary(InterestStreamError):
+    pass
+
+
+def _parameters(fn: Callable) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def check() -> None:
+    """Raise ``IncompatibleLibrary`` naming the installed versions if a private part used here changed."""
+    problems = []
+    expectations = [
+        (RocksDBStore, "_db_for_partition", ["self", "partition"]),
+        (Consumer, "_filter_committable_offsets", ["self", "tps"]),
+        (Consumer, "_should_commit", ["self", "tp", "offset"]),
+        (Fetcher, "_proc_fetch_request", ["self", "assignment", "node_id", "request"]),
+    ]
+    for owner, name, params in expectations:
+        fn = getattr(owner, name, None)
+        if fn is None or _parameters(fn) != params:
+            problems.append(f"{owner.__module__}.{owner.__name__}.{name}({', '.join(params[1:])}) is gone or changed")
+    callers = [(RocksDBStore, "__init__", "_dbs = "), (Consumer, "_commit_tps", "_filter_committable_offsets"),
+               (Fetcher, "_fetch_requests_routine", "_proc_fetch_request")]
+    for owner, method, callee in callers:
+        source = inspect.getsource(getattr(owner, method))
+        if (f"self.{callee}" if callee.endswith("= ") else f"self.{callee}(") not in source:
+            problems.append(f"{owner.__name__}.{method} no longer uses {callee.strip(' =')}")
+    if AIOKafkaDriverConsumer._filter_committable_offsets is not Consumer._filter_committable_offsets:
+        problems.append("faust's aiokafka Consumer overrides _filter_committable_offsets")
+    if not isinstance(OFFSET_KEY, bytes):
+        problems.append("faust's RocksDB store has no offset_key")
+    if problems:
+        installed = f"faust-streaming {faust.__version__}, aiokafka {aiokafka.__version__}"
+        pinned = ", ".join(f"{name} {version}" for name, version in PINNED.items())
+        raise IncompatibleLibrary(f"{installed} (this worker is written against {pinned}): " + "; ".join(problems)
+                                  + ". Install the pinned versions (pip install -e .).")
+
+
+# -- the user table's RocksDB ----------------------------------------------------------------------------
+
+
+def partition_db(table: faust.Table, partition: int):
+    """The rocksdict ``Rdict`` holding ``partition`` of ``table`` on this worker (opened if need be)."""
+    return table.data._db_for_partition(partition)  # type: ignore[attr-defined]
+
+
+def partition_dbs(table: faust.Table) -> dict:
+    """Every partition of ``table`` this worker has open: partition -> rocksdict ``Rdict``."""
+    return table.data._dbs  # type: ignore[attr-defined]
+
+
+def table_files(data_dir: Path, table: str = "user-state") -> list[Path]:
+    """The RocksDB directories of ``table``'s partitions under a worker's data directory (faust names
+    them ``<table>-<partition>.db``)."""
+    return sorted(p for p in data_dir.rglob(f"{table}-*.db") if p.is_dir())
+
+
+# -- commits capped at durable offsets -------------------------------------------------------------------
+
+_CAPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # faust app -> (topics, durable offset of a TP)
+
+
+def cap_commits(app: faust.App, topics: Iterable[str], durable: Callable[[TP], int | None]) -> None:
+    """Make ``app``'s consumer commit a partition of ``topics`` at ``durable(tp)`` at most, and not at all
+    while that is None; other partitions commit as faust decides. Several apps in one process each keep
+    their own cap."""
+    _CAPS[app] = (frozenset(topics), durable)
+    if getattr(Consumer._filter_committable_offsets, "capped", False):
+        return
+    original = Consumer._filter_committable_offsets
+
+    @functools.wraps(original)
+    def committable(consumer: Consumer, tps: Iterable[TP]) -> dict[TP, int]:
+        tps = list(tps)
+        offsets = original(consumer, tps)  # also keeps faust's own bookkeeping of acks
+        cap = _CAPS.get(consumer.app)
+        if cap is None:
+            return offsets
+        capped_topics, durable_offset = cap
+        for tp in tps:
+            if tp.topic not in capped_topics:
+                continue
+            offset = durable_offset(tp)
+            if offset is not None and consumer._should_commit(tp, offset):
+                offsets[tp] = offset
+            else:
+                offsets.pop(tp, None)
+        return offsets
+
+    committable.capped = True  # type: ignore[attr-defined]
+    Consumer._filter_committable_offsets = committable  # type: ignore[method-assign]
+
+
+# -- client-side long polling ----------------------------------------------------------------------------
+
+
+def back_off_empty_fetches(delay_s: float) -> None:
+    """Make every aiokafka consumer of this process wait ``delay_s`` after a fetch that added no records
+    (the node stays in flight meanwhile, so no other fetch is sent to it). Kafka holds a fetch until data
+    arrives or ``fetch_max_wait_ms`` passes; noida-db answers at once, so an idle consumer would re-fetch
+    in a tight loop (~0.8 core for an idle worker), at the cost of at most ``delay_s`` of latency."""
+    if delay_s <= 0 or getattr(Fetcher._proc_fetch_request, "backs_off", False):
+        return
+    fetch = Fetcher._proc_fetch_request
+
+    @functools.wraps(fetch)
+    async def fetch_then_back_off(self, assignment, node_id, request) -> bool:
+        added = await fetch(self, assignment, node_id, request)
+        if not added:
+            # Cancelled by close() or an unassignment: return as aiokafka's own fetch does. A CancelledError
+            # escaping here fails Fetcher.close(), kills faust's consumer thread, and stop hangs 60 s.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(delay_s)
+        return added
+
+    fetch_then_back_off.backs_off = True  # type: ignore[attr-defined]
+    Fetcher._proc_fetch_request = fetch_then_back_off  # type: ignore[method-assign]

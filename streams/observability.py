@@ -1,0 +1,43 @@
+"""What the worker reports beside its counters (``streams.metrics``): consumer lag per partition, in
+messages and in seconds, and the users its table holds. faust's own sensor has no lag metric."""
+
+from __future__ import annotations
+
+import time
+from contextlib import suppress
+
+import faust
+
+from streams import metrics
+from streams.runtime import Runtime
+from streams.user_table import UserTable
+
+
+class LagReporter:
+    def __init__(self, app: faust.App, runtime: Runtime, table: UserTable) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.table = table
+
+    async def report(self) -> None:
+        """Timer: lag of every assigned partition from its high watermark and the last message processed."""
+        now = time.time()
+        consumer = self.app.consumer
+        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        positions = self.runtime.positions
+        for topic, partition in list(positions):
+            if (topic, partition) not in assigned:  # moved to another worker: it reports that lag now
+                del positions[(topic, partition)]
+                for gauge in (metrics.CONSUMER_LAG, metrics.CONSUMER_LAG_SECONDS):
+                    with suppress(KeyError):  # never reported if no highwater was known yet
+                        gauge.remove(topic, str(partition))
+        for tp in consumer.assignment():
+            seen = positions.get((tp.topic, tp.partition))
+            highwater = consumer.highwater(tp)
+            if seen is None or highwater is None:
+                continue
+            offset, timestamp = seen
+            behind = max(highwater - offset - 1, 0)
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(behind)
+            metrics.CONSUMER_LAG_SECONDS.labels(tp.topic, str(tp.partition)).set(now - timestamp if behind else 0.0)
+        metrics.TABLE_USERS.set(self.table.estimated_users())

@@ -1,0 +1,74 @@
+"""What the agents share: model, catalogue, item store and the two threads model work runs in, loaded
+once at worker start (the encoder takes seconds), never on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import torch
+
+from models.catalogue import Catalogue
+from models.encoder import ItemEncoder
+from models.interest import InterestModel
+from models.updater import InterestUpdater
+from state.faults import InterestStreamError
+from state.item_store import ItemStore
+from streams import metrics
+from streams.ingest import EventStep
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Runtime:
+    def __init__(self, settings: Settings, event_types: dict[str, str]) -> None:
+        self.settings = settings
+        self.event_types = event_types  # topic -> event type
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")  # updater, catalogue: one writer
+        self.encoder_thread = ThreadPoolExecutor(1, thread_name_prefix="encoder")  # long refreshes run beside events
+        self.ready = asyncio.Event()  # the catalogue has caught up: events may be applied
+        self.watermarks: dict[int, float] = {}  # partition -> newest event time applied there
+        self.positions: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) -> last offset, its timestamp
+        self.encoder: ItemEncoder
+        self.store: ItemStore
+        self.updater: InterestUpdater
+        self.events: EventStep
+
+    def load(self) -> None:
+        """Load the encoder, the model (the checkpoint's, or the untrained default) and the item store."""
+        s = self.settings
+        if s.torch_threads > 0:
+            torch.set_num_threads(s.torch_threads)  # process-wide: GRU, scoring and the item encoder
+        self.encoder = ItemEncoder(s.encoder_path, s.encoder_device, s.encoder_batch, s.encoder_max_tokens)
+        if s.checkpoint:
+            model = InterestModel.load(s.checkpoint)
+            if (model.config.encoder, model.config.embed_dim) != (self.encoder.name, self.encoder.dim):
+                # another encoder's vectors would be silently meaningless to this GRU and item tower
+                raise InterestStreamError(f"checkpoint was trained on {model.config.encoder} ({model.config.embed_dim}-d); "
+                                          f"this worker's encoder is {self.encoder.name} ({self.encoder.dim}-d)")
+        else:
+            model = InterestModel.untrained(self.encoder.dim, s.hidden_size, self.encoder.name)
+        self.store = ItemStore(s.data_dir / "items")
+        catalogue = Catalogue(self.encoder.dim)
+        catalogue.upsert(list(self.store))
+        self.updater = InterestUpdater(model, catalogue, s.updater_config())
+        self.events = EventStep(self.updater, self.event_types, s.limits(), s.max_message_bytes)  # type: ignore[arg-type]
+        metrics.MODEL_INFO.labels(model.version, self.encoder.name, self.encoder.device.type).set(1)
+        metrics.CATALOGUE_ITEMS.set(len(catalogue))
+        log.info("model %s; encoder %s on %s (%s, batches of %d)", model.version, self.encoder.name, self.encoder.device,
+                 self.encoder.model.dtype, self.encoder.batch_size)
+
+    async def in_model_thread(self, fn: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
+
+    async def in_encoder_thread(self, fn: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.encoder_thread, fn, *args)
+
+    def mark_ready(self) -> None:
+        self.ready.set()
+        metrics.READY.set(1)
