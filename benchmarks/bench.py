@@ -198,7 +198,8 @@ def summary(r: dict) -> list[tuple[str, str]]:
         rows.append(("  micro-batches there: mean events, mean ms", f"{ph['mean_batch_events']:.0f}, {ph['mean_batch_ms']:.0f}"))
     table, mem = pipe["table"], pipe["memory"]
     rows += [
-        ("events produced / applied (exactly once) / dead-lettered", f"{pipe['events_produced']:,} / {table['applied_events']:,} / {pipe['dead_lettered']:.0f}"),
+        ("events produced / applied (exactly once) / dead-lettered",
+         f"{pipe['events_produced']:,} / {table['applied_events']:,} / {pipe['dead_lettered']:.0f}"),
         (f"workers' start to ready, {r['args']['items']:,} items embedded, s", f"{pipe['ready_s']:.1f}"),
         (f"refresh in the running workers ({r['args']['encoder']}): {pipe['refresh']['items']:,} new items to catalogue, items/s",
          f"{pipe['refresh']['items_per_s']:,.0f}"),

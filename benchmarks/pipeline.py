@@ -23,9 +23,9 @@ from benchmarks.workload import EventSource
 from cli.local_broker import free_port
 from cli.worker_process import WorkerProcess
 from state.user_state import decode
-from streams.user_table import iter_raw, latest_copies, table_files
 from streams.settings import Settings
 from streams.topics import bootstrap
+from streams.user_table import iter_raw, latest_copies, table_files
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -12,20 +12,24 @@ from kafka import KafkaConsumer, KafkaProducer
 from tqdm import tqdm
 
 from models.records import Recommendation
+from state.faults import InterestStreamError
 from streams.settings import Settings
 from streams.topics import bootstrap, ensure_topics
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:
     """JSON objects, one a line, from a file or ``-`` (stdin); blank lines are skipped."""
-    stream = sys.stdin if str(path) == "-" else open(path, encoding="utf-8")
+    try:
+        stream = sys.stdin if str(path) == "-" else open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise InterestStreamError(f"{path}: no such file") from None
     with stream:
         for n, line in enumerate(stream, 1):
             if line.strip():
                 try:
                     yield json.loads(line)
                 except ValueError as exc:
-                    raise SystemExit(f"{path}:{n}: not JSON: {exc}") from None
+                    raise InterestStreamError(f"{path}:{n}: not JSON: {exc}") from None
 
 
 def producer(settings: Settings) -> KafkaProducer:
@@ -36,7 +40,7 @@ def producer(settings: Settings) -> KafkaProducer:
 def event_topic(settings: Settings, event: dict) -> str:
     kind = event.get("type", "click")
     if kind not in ("click", "purchase"):
-        raise SystemExit(f"event {event.get('event_id')!r}: type must be click or purchase, not {kind!r}")
+        raise InterestStreamError(f"event {event.get('event_id')!r}: type must be click or purchase, not {kind!r}")
     return settings.purchases_topic if kind == "purchase" else settings.clicks_topic
 
 

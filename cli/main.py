@@ -9,7 +9,7 @@ import time
 import uuid
 
 from state.faults import InterestStreamError
-from streams.settings import Settings, describe
+from streams.settings import Settings, describe, in_effect
 
 
 def _produce(args: argparse.Namespace, settings: Settings) -> None:
@@ -22,7 +22,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> None:
                  "type": args.type, "ts": args.ts or time.time()}
         events = iter([event])
     else:
-        raise SystemExit("produce: give --user and --item, or --file")
+        raise InterestStreamError("give --user and --item, or --file")
     print(f"sent {send_events(settings, events, progress=bool(args.file))} events")
 
 
@@ -64,8 +64,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _config(args: argparse.Namespace, settings: Settings) -> None:
-    for name, default, meaning in describe():
-        print(f"{name + '=' + default:<44} {meaning}")
+    meanings = {name: meaning for name, _, meaning in describe()}
+    for name, value, source in in_effect(settings):
+        print(f"{name + '=' + value:<44} {source:<12} {meanings[name] if args.help_text else ''}".rstrip())
 
 
 def _movielens(args: argparse.Namespace, settings: Settings) -> None:
@@ -206,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-seen", action="store_true", help="do not exclude items the user already had (for every model alike)")
     p.set_defaults(run=_evaluate)
 
-    p = sub.add_parser("config", help="list every setting: variable, default, meaning")
+    p = sub.add_parser("config", help="every setting: the value in effect and where it came from (environment or default)")
+    p.add_argument("--help-text", action="store_true", help="add each setting's meaning")
     p.set_defaults(run=_config)
     return parser
 

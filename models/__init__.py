@@ -1,1 +1,1 @@
-"""The GRU, the item encoder, long-term decay, fusion and top-k scoring, training and evaluation."""
+"""The recommender, pure: records, the GRU and fusion model, the item encoder, the micro-batch updater, training, evaluation."""

@@ -196,6 +196,7 @@ def train(
             loss, ranks = _pass(model, emb, seqs, grid, config, opt)
             row = {"epoch": epoch, "train_loss": loss / len(ranks)}
             if early_stop:
+                assert val_grid is not None  # early stopping needs a validation period
                 model.eval()
                 loss, ranks = _pass(model, emb, seqs, val_grid, config, since=cutoff)
                 hit = (ranks <= 10).double()

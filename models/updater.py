@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from models.records import Event, Recommendation, Rejection, ScoredItem
 from models.topk import top_k
 from state.user_state import UserState
 
+K = TypeVar("K")  # a user's key: their id, or its bytes
 MIN_BF16_ITEMS = 2048  # below this the fp32 product is cheap already
 
 
@@ -183,7 +185,7 @@ class InterestUpdater:
             result.recommendations.append(Recommendation(user, items, state.last_event_id, state.last_event_time, self.model.version, now))
         return result
 
-    def decay(self, states: dict[str, UserState], now: float) -> dict[str, UserState]:
+    def decay(self, states: dict[K, UserState], now: float) -> dict[K, UserState]:
         """Decay long-term vectors to event time ``now``; returns the states that changed."""
         stale = {u: x for u, x in states.items() if x.lt_weight > 0 and x.lt_time < now}
         if stale:

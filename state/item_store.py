@@ -11,7 +11,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, cast
 
 import numpy as np
 from rocksdict import Rdict, WriteBatch
@@ -81,15 +81,17 @@ class ItemStore:
         """Next offset to read per item-vectors partition."""
         out = {}
         for key, value in self._db.items(from_key=_OFFSET_PREFIX):
+            key = cast(bytes, key)
             if not key.startswith(_OFFSET_PREFIX):
                 break
-            out[int(key[len(_OFFSET_PREFIX) :])] = int(value)
+            out[int(key[len(_OFFSET_PREFIX) :])] = int(cast(bytes, value))
         return out
 
     def __iter__(self) -> Iterator[ItemVector]:
         for key, value in self._db.items():
+            key = cast(bytes, key)
             if not key.startswith(b"\x00"):
-                yield ItemVector.decode(key.decode(), value)
+                yield ItemVector.decode(key.decode(), cast(bytes, value))
 
     def close(self) -> None:
         self._db.close()

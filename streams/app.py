@@ -10,6 +10,7 @@ delivery and checkpointing (``checkpoints``), lag reporting (``observability``) 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import faust
 
@@ -67,11 +68,11 @@ def build_app(settings: Settings) -> WorkerApp:
         autodiscover=False,
         Table=UserTable,
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(s.clicks_topic, s.purchases_topic, s.ticks_topic, **raw)
     items_topic = app.topic(s.items_topic, **raw)
     ticks_topic = app.topic(s.ticks_topic, partitions=s.partitions, **raw)
-    table = app.Table("user-state", partitions=s.partitions, key_type=bytes, value_type=bytes, options={"driver": "rocksdict"})
+    table = cast(UserTable, app.Table("user-state", partitions=s.partitions, key_type=bytes, value_type=bytes, options={"driver": "rocksdict"}))
 
     runtime = Runtime(s, {s.clicks_topic: "click", s.purchases_topic: "purchase"})
     # Per input partition: the next offset to apply and what is durable; faust commits no further.

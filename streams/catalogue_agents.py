@@ -14,10 +14,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Sequence
+from functools import partial
+from typing import cast
 
 import faust
 import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from faust.streams import Stream
 
 from models.records import Rejection
 from state.item_store import ItemVector
@@ -62,12 +65,12 @@ class CatalogueAgents:
 
     async def embed_items(self, stream: faust.StreamT) -> None:
         """Embed catalogue items in batches; unchanged texts are skipped, so re-publishing a catalogue is cheap."""
-        async for batch in stream.take_events(self.settings.encoder_batch * 8, within=1.0):
+        async for batch in cast(Stream, stream).take_events(self.settings.encoder_batch * 8, within=1.0):  # faust's StreamT lacks take_events
             await self.runtime.ready.wait()  # inside the loop, as in the event agent
             with fail_stop(batch):
                 admitted, missing = await self.checkpoints.admit(batch)
                 sent: list[Awaitable] = []
-                await contain(self.settings.items_topic, [e.message for e in admitted], lambda part: self.embed(part, sent),
+                await contain(self.settings.items_topic, [e.message for e in admitted], partial(self.embed, sent=sent),
                               self.dead_letters.into(sent))
                 await self.checkpoints.item_acks.add(sent, self.checkpoints.position(batch))
                 await self.checkpoints.re_read(missing)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
@@ -37,7 +37,7 @@ def stop_worker(what: str) -> NoReturn:
 
 
 @contextmanager
-def fail_stop(batch: list) -> Iterator[None]:
+def fail_stop(batch: Sequence) -> Iterator[None]:
     """Whatever escapes the ingestion boundary is the infrastructure's failure (broker, disk)."""
     try:
         yield
@@ -56,10 +56,10 @@ class Checkpoints:
         self.item_acks = AcksInOrder(self.progress.made_durable, lambda exc: stop_worker("an item vector was not delivered"))
         self._admin: AIOKafkaAdminClient | None = None
         faust_compat.cap_commits(app, self.progress.topics, self.progress.durable.get)
-        app.on_partitions_revoked.connect(self.on_revoked)
-        app.on_before_shutdown.connect(self.close)
+        app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]  # mode's handler type wants a signal= argument
+        app.on_before_shutdown.connect(self.close)  # type: ignore[arg-type]
 
-    async def admit(self, batch: list[EventT]) -> tuple[list[EventT], set[TP]]:
+    async def admit(self, batch: Sequence[EventT]) -> tuple[list[EventT], set[TP]]:
         """The events of ``batch`` to apply, and the partitions where offsets before some of them were lost."""
         for tp in {e.message.tp for e in batch}:
             if not self.progress.knows(tp):
@@ -73,7 +73,7 @@ class Checkpoints:
                 missing.add(event.message.tp)
         return admitted, missing
 
-    def position(self, batch: list[EventT]) -> dict[TP, int]:
+    def position(self, batch: Sequence[EventT]) -> dict[TP, int]:
         """The next offset to apply of each partition of ``batch``: what its acks will make durable."""
         return self.progress.position({e.message.tp for e in batch})
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

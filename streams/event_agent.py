@@ -15,8 +15,11 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Sequence
+from functools import partial
+from typing import cast
 
 import faust
+from faust.streams import Stream
 
 from streams import metrics
 from streams.boundary import contain
@@ -44,7 +47,7 @@ class EventAgent:
 
     async def run(self, stream: faust.StreamT) -> None:
         s = self.settings
-        async for batch in stream.take_events(s.batch_max, within=s.batch_wait_s):
+        async for batch in cast(Stream, stream).take_events(s.batch_max, within=s.batch_wait_s):  # faust's StreamT lacks take_events
             # Wait here, not before the loop: faust registers a stream with its consumer when it is first
             # iterated and expects agents to do that at start.
             await self.runtime.ready.wait()
@@ -54,15 +57,15 @@ class EventAgent:
                 sent: list[Awaitable] = []
                 messages = [e.message for e in events]
                 self._count(messages)
-                await contain("events", messages, lambda part: self.apply(part, sent), self.dead_letters.into(sent))
+                await contain("events", messages, partial(self.apply, sent=sent), self.dead_letters.into(sent))
                 for tick in [e.message for e in batch if e.message.topic == s.ticks_topic]:
                     await contain(s.ticks_topic, [tick], lambda part: self.decay(part[0].partition), self.dead_letters.into(sent))
-                await self.checkpoints.event_acks.add(sent + self.table.changelog_sent(), self.checkpoints.position(batch))
+                await self.checkpoints.event_acks.add([*sent, *self.table.changelog_sent()], self.checkpoints.position(batch))
                 await self.checkpoints.re_read(missing)
             metrics.BATCH_SIZE.observe(len(batch))
             metrics.BATCH_DURATION.observe(time.perf_counter() - start)
 
-    def _count(self, messages: list[Message]) -> None:
+    def _count(self, messages: Sequence[Message]) -> None:
         counts: Counter[str] = Counter()
         for msg in messages:
             counts[msg.topic] += 1

@@ -130,7 +130,7 @@ def cap_commits(app: faust.App, topics: Iterable[str], durable: Callable[[TP], i
         return offsets
 
     committable.capped = True  # type: ignore[attr-defined]
-    Consumer._filter_committable_offsets = committable  # type: ignore[method-assign]
+    Consumer._filter_committable_offsets = committable  # type: ignore[method-assign,assignment]
 
 
 # -- client-side long polling ----------------------------------------------------------------------------
@@ -156,4 +156,4 @@ def back_off_empty_fetches(delay_s: float) -> None:
         return added
 
     fetch_then_back_off.backs_off = True  # type: ignore[attr-defined]
-    Fetcher._proc_fetch_request = fetch_then_back_off  # type: ignore[method-assign]
+    Fetcher._proc_fetch_request = fetch_then_back_off  # type: ignore[method-assign,assignment]

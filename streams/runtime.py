@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -46,7 +47,7 @@ class Runtime:
             torch.set_num_threads(s.torch_threads)  # process-wide: GRU, scoring and the item encoder
         self.encoder = ItemEncoder(s.encoder_path, s.encoder_device, s.encoder_batch, s.encoder_max_tokens)
         if s.checkpoint:
-            model = InterestModel.load(s.checkpoint)
+            model = InterestModel.load(Path(s.checkpoint))
             if (model.config.encoder, model.config.embed_dim) != (self.encoder.name, self.encoder.dim):
                 # another encoder's vectors would be silently meaningless to this GRU and item tower
                 raise InterestStreamError(f"checkpoint was trained on {model.config.encoder} ({model.config.embed_dim}-d); "

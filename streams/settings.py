@@ -1,80 +1,137 @@
-"""All configuration, read once from ``INTEREST_*`` environment variables."""
+"""All configuration: one ``Settings`` object, read once from ``INTEREST_*`` environment variables and
+validated at start. A bad value fails with the variable's name and the value (``ConfigError``); an
+``INTEREST_*`` variable that is no setting (a misspelling) is warned about, not silently ignored.
+"""
 
 from __future__ import annotations
 
+import difflib
+import logging
+import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from models.updater import UpdaterConfig
+from state.faults import InterestStreamError
 from streams.schemas import EventLimits
 
 PREFIX = "INTEREST_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+log = logging.getLogger(__name__)
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(PREFIX + name, default)
+class ConfigError(InterestStreamError):
+    pass
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f"at least {low:g}"
+
+
+POSITIVE = (lambda v: v > 0), "greater than 0"
+PORT = (lambda v: 0 < v < 65536), "a port number (1-65535)"
+PORT_OR_OFF = (lambda v: 0 <= v < 65536), "a port number, or 0 for off"
+NAME = (lambda v: bool(v.strip())), "not empty"
+
+
+def setting(default: Any, help: str, valid: tuple[Callable[[Any], bool], str] | None = None) -> Any:
+    """A field of ``Settings``: its default, its meaning (the README's configuration table) and what a
+    valid value is."""
+    return field(default=default, metadata={"help": help, "valid": valid})
 
 
 @dataclass(frozen=True)
 class Settings:
     """One settings object; every field maps to ``INTEREST_<FIELD NAME UPPERCASE>``."""
 
-    broker: str = field(default="", metadata={"help": "Kafka bootstrap servers (host:port,...). Empty: `demo` starts a local broker."})
-    app_id: str = field(default="interest-stream", metadata={"help": "faust app id = consumer group and changelog topic prefix."})
-    partitions: int = field(default=4, metadata={"help": "Partitions of the event topics and the user table (upper bound on workers)."})
-    replication_factor: int = field(default=1, metadata={"help": "Replication of created topics (3 on a production cluster)."})
-    data_dir: Path = field(default=Path("var"), metadata={"help": "Local state: RocksDB tables and the item-vector store."})
-    clicks_topic: str = field(default="clicks", metadata={"help": "Click events topic."})
-    purchases_topic: str = field(default="purchases", metadata={"help": "Purchase events topic."})
-    items_topic: str = field(default="items", metadata={"help": "Catalogue topic (item id, text)."})
-    item_vectors_topic: str = field(default="item-vectors", metadata={"help": "Embedded items, shared by all workers (compacted)."})
-    recommendations_topic: str = field(default="recommendations", metadata={"help": "Output: top-k per user."})
-    dead_letter_topic: str = field(default="dead-letters", metadata={"help": "Rejected input, original bytes plus reason headers."})
-    ticks_topic: str = field(default="decay-ticks", metadata={"help": "Internal: timer ticks that decay long-term vectors per partition."})
-    session_timeout_s: float = field(default=30.0, metadata={"help": "Consumer group session timeout: how fast a dead worker's partitions move."})
-    commit_interval_s: float = field(default=2.8, metadata={"help": "Seconds between offset commits (faust's default). faust flushes the producer before each commit and latency spikes follow on a busy broker: 10 cut p99 a lot in the benchmark. Longer: more events read again after a crash (skipped as already applied; their recommendations sent again)."})
-    instance_id: str = field(default="", metadata={"help": "Static group membership id (e.g. the StatefulSet pod name): a restarted worker takes its partitions back at once. Empty: dynamic membership."})
-    top_k: int = field(default=10, metadata={"help": "Recommendations published per user."})
-    exclude_seen: bool = field(default=True, metadata={"help": "Drop the user's recent items from their recommendations."})
-    recent_items: int = field(default=50, metadata={"help": "Recent items remembered per user (for exclusion)."})
-    half_life_s: float = field(default=7 * 86400.0, metadata={"help": "Half-life of the long-term interest, seconds of event time."})
-    click_weight: float = field(default=1.0, metadata={"help": "Long-term weight of a click."})
-    purchase_weight: float = field(default=3.0, metadata={"help": "Long-term weight of a purchase."})
-    max_future_s: float = field(default=300.0, metadata={"help": "Events stamped further ahead of the wall clock are rejected."})
-    max_lateness_s: float = field(default=86400.0, metadata={"help": "Events older than the user's last event by more are rejected."})
-    max_quantity: int = field(default=1000, metadata={"help": "Purchases of a larger quantity are rejected (bad_value): quantity scales the long-term weight."})
-    max_price: float = field(default=1e9, metadata={"help": "Events with a larger price are rejected (bad_value)."})
-    max_message_bytes: int = field(default=1_000_000, metadata={"help": "Largest record the worker writes, headers included; a dead letter above it carries a truncated copy. At most the broker's message.max.bytes (Kafka: 1,048,588)."})
-    batch_max: int = field(default=512, metadata={"help": "Largest micro-batch of events."})
-    batch_wait_s: float = field(default=0.02, metadata={"help": "Longest wait to fill a micro-batch."})
-    decay_interval_s: float = field(default=60.0, metadata={"help": "Timer period for decaying every user's long-term vector."})
-    bf16_scoring: bool = field(default=True, metadata={"help": "Score catalogues of 2048+ items in bf16 where the CPU has native bf16 (AVX512-BF16/AMX), rescoring the best candidates in fp32."})
-    torch_threads: int = field(default=1, metadata={"help": "Threads for the worker's model work (GRU, scoring); more take cores from the event loop and the broker. 0: torch's default."})
-    fetch_backoff_s: float = field(default=0.01, metadata={"help": "Wait after a fetch that returned nothing: brokers that answer at once instead of waiting (noida-db) would make idle consumers spin. 0: off."})
-    encoder_path: str = field(default="", metadata={"help": "Hugging Face model directory. Empty: the packaged all-MiniLM-L6-v2."})
-    encoder_device: str = field(default="auto", metadata={"help": "auto (cuda if present), cuda or cpu."})
-    encoder_batch: int = field(default=256, metadata={"help": "Item texts per encoder batch; a GPU wants 1024 (README, Performance)."})
-    encoder_max_tokens: int = field(default=64, metadata={"help": "Item text truncation, tokens."})
-    checkpoint: str = field(default="", metadata={"help": "Trained model checkpoint (`train` writes it). Empty: untrained defaults."})
-    hidden_size: int = field(default=128, metadata={"help": "GRU hidden size when no checkpoint is given."})
-    stop_timeout_s: float = field(default=20.0, metadata={"help": "After SIGTERM, a worker still running this long exits with status 1 (e.g. the broker is gone): keep it below Kubernetes' grace period (30 s)."})
-    web_port: int = field(default=6066, metadata={"help": "faust web port: /health, /ready."})
-    metrics_port: int = field(default=9100, metadata={"help": "Prometheus metrics port (0: off)."})
-    log_level: str = field(default="info", metadata={"help": "Worker log level."})
+    broker: str = setting("", "Kafka bootstrap servers (host:port,...). Empty: `demo` starts a local broker.")
+    app_id: str = setting("interest-stream", "faust app id = consumer group and changelog topic prefix.", NAME)
+    partitions: int = setting(4, "Partitions of the event topics and the user table (upper bound on workers).", _at_least(1))
+    replication_factor: int = setting(1, "Replication of created topics (3 on a production cluster).", _at_least(1))
+    data_dir: Path = setting(Path("var"), "Local state: RocksDB tables and the item-vector store.")
+    clicks_topic: str = setting("clicks", "Click events topic.", NAME)
+    purchases_topic: str = setting("purchases", "Purchase events topic.", NAME)
+    items_topic: str = setting("items", "Catalogue topic (item id, text).", NAME)
+    item_vectors_topic: str = setting("item-vectors", "Embedded items, shared by all workers (compacted).", NAME)
+    recommendations_topic: str = setting("recommendations", "Output: top-k per user.", NAME)
+    dead_letter_topic: str = setting("dead-letters", "Rejected input, original bytes plus reason headers.", NAME)
+    ticks_topic: str = setting("decay-ticks", "Internal: timer ticks that decay long-term vectors per partition.", NAME)
+    session_timeout_s: float = setting(
+        30.0, "Consumer group session timeout: how fast a dead worker's partitions move.", POSITIVE)
+    commit_interval_s: float = setting(
+        2.8, "Seconds between offset commits (faust's default). faust flushes the producer before each commit and latency "
+        "spikes follow on a busy broker: 10 cut p99 a lot in the benchmark. Longer: more events read again after a crash "
+        "(skipped as already applied; their recommendations sent again).", POSITIVE)
+    instance_id: str = setting(
+        "", "Static group membership id (e.g. the StatefulSet pod name): a restarted worker takes its partitions back at "
+        "once. Empty: dynamic membership.")
+    top_k: int = setting(10, "Recommendations published per user.", _at_least(1))
+    exclude_seen: bool = setting(True, "Drop the user's recent items from their recommendations.")
+    recent_items: int = setting(50, "Recent items remembered per user (for exclusion).", _at_least(0))
+    half_life_s: float = setting(604800.0, "Half-life of the long-term interest, seconds of event time.", POSITIVE)
+    click_weight: float = setting(1.0, "Long-term weight of a click.", _at_least(0))
+    purchase_weight: float = setting(3.0, "Long-term weight of a purchase.", _at_least(0))
+    max_future_s: float = setting(300.0, "Events stamped further ahead of the wall clock are rejected.", _at_least(0))
+    max_lateness_s: float = setting(86400.0, "Events older than the user's last event by more are rejected.", _at_least(0))
+    max_quantity: int = setting(
+        1000, "Purchases of a larger quantity are rejected (bad_value): quantity scales the long-term weight.", _at_least(1))
+    max_price: float = setting(1e9, "Events with a larger price are rejected (bad_value).", _at_least(0))
+    max_message_bytes: int = setting(
+        1_000_000, "Largest record the worker writes, headers included; a dead letter above it carries a truncated copy. "
+        "At most the broker's message.max.bytes (Kafka: 1,048,588).", _at_least(10_000))
+    batch_max: int = setting(512, "Largest micro-batch of events.", _at_least(1))
+    batch_wait_s: float = setting(0.02, "Longest wait to fill a micro-batch.", _at_least(0))
+    decay_interval_s: float = setting(60.0, "Timer period for decaying every user's long-term vector.", POSITIVE)
+    bf16_scoring: bool = setting(
+        True, "Score catalogues of 2048+ items in bf16 where the CPU has native bf16 (AVX512-BF16/AMX), rescoring the best "
+        "candidates in fp32.")
+    torch_threads: int = setting(
+        1, "Threads for the worker's model work (GRU, scoring); more take cores from the event loop and the broker. "
+        "0: torch's default.", _at_least(0))
+    fetch_backoff_s: float = setting(
+        0.01, "Wait after a fetch that returned nothing: brokers that answer at once instead of waiting (noida-db) would "
+        "make idle consumers spin. 0: off.", _at_least(0))
+    encoder_path: str = setting("", "Hugging Face model directory. Empty: the packaged all-MiniLM-L6-v2.")
+    encoder_device: str = setting(
+        "auto", "auto (cuda if present), cuda or cpu.",
+        ((lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:")), "auto, cpu, cuda or cuda:N"))
+    encoder_batch: int = setting(256, "Item texts per encoder batch; a GPU wants 1024 (README, Performance).", _at_least(1))
+    encoder_max_tokens: int = setting(64, "Item text truncation, tokens.", _at_least(1))
+    checkpoint: str = setting("", "Trained model checkpoint (`train` writes it). Empty: untrained defaults.")
+    hidden_size: int = setting(128, "GRU hidden size when no checkpoint is given.", _at_least(1))
+    stop_timeout_s: float = setting(
+        20.0, "After SIGTERM, a worker still running this long exits with status 1 (e.g. the broker is gone): keep it "
+        "below Kubernetes' grace period (30 s).", POSITIVE)
+    web_port: int = setting(6066, "faust web port: /health, /ready.", PORT)
+    metrics_port: int = setting(9100, "Prometheus metrics port (0: off).", PORT_OR_OFF)
+    log_level: str = setting("info", "Worker log level.", ((lambda v: v.lower() in LOG_LEVELS), " or ".join(LOG_LEVELS)))
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value, valid = getattr(self, f.name), f.metadata["valid"]
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{PREFIX}{f.name.upper()}={value!r}: must be a finite number")
+            if valid is not None and not valid[0](value):
+                raise ConfigError(f"{PREFIX}{f.name.upper()}={value!r}: must be {valid[1]}")
+        topics = [getattr(self, f.name) for f in fields(self) if f.name.endswith("_topic")]
+        if len(set(topics)) != len(topics):
+            raise ConfigError(f"the topics must all differ: {', '.join(topics)}")
 
     @classmethod
-    def from_env(cls, **overrides: object) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from ``environ`` (the process's environment by default), then ``overrides``."""
+        environ = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):
-            raw = os.environ.get(PREFIX + f.name.upper())
-            if raw is None:
-                continue
-            default = f.default
-            if isinstance(default, bool):
-                values[f.name] = raw.strip().lower() in {"1", "true", "yes", "on"}
-            else:
-                values[f.name] = type(default)(raw)
+            raw = environ.get(PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(PREFIX + f.name.upper(), raw, type(f.default))
+        for name in unknown_variables(environ):
+            close = difflib.get_close_matches(name, [PREFIX + f.name.upper() for f in fields(cls)], n=1)
+            log.warning("%s is not a setting; ignored%s", name, f" (did you mean {close[0]}?)" if close else "")
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 
@@ -84,15 +141,39 @@ class Settings:
     def limits(self) -> EventLimits:
         return EventLimits(self.max_future_s, self.max_quantity, self.max_price)
 
-    @property
-    def event_topics(self) -> tuple[str, str]:
-        return (self.clicks_topic, self.purchases_topic)
-
     def env(self) -> dict[str, str]:
         """These settings as environment variables, for starting child processes."""
         return {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
 
 
+def _parse(variable: str, raw: str, kind: type) -> object:
+    text = raw.strip()
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{variable}={raw!r}: must be true or false (1/0, yes/no, on/off)")
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"{variable}={raw!r}: must be {'an integer' if kind is int else 'a number'}") from None
+    return kind(raw)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    known = {PREFIX + f.name.upper() for f in fields(Settings)}
+    return sorted(name for name in environ if name.startswith(PREFIX) and name not in known)
+
+
 def describe() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every setting: the README's configuration table."""
     return [(PREFIX + f.name.upper(), str(f.default), f.metadata["help"]) for f in fields(Settings)]
+
+
+def in_effect(settings: Settings, environ: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(variable, value in effect, where it came from: "environment" or "default") for every setting."""
+    environ = os.environ if environ is None else environ
+    return [(PREFIX + f.name.upper(), str(getattr(settings, f.name)),
+             "environment" if PREFIX + f.name.upper() in environ else "default") for f in fields(Settings)]

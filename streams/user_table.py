@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import faust
 from faust.types import FutureMessage
@@ -103,7 +104,7 @@ def iter_raw(path: Path) -> Iterator[tuple[bytes, bytes]]:
     with _read_only(path) as db:
         for key, value in db.items():
             if key != OFFSET_KEY:
-                yield key, value
+                yield cast(bytes, key), cast(bytes, value)
 
 
 def load_user_states(data_dir: Path) -> dict[str, UserState]:

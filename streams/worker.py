@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 
 from state.local_dir import damaged, lock, set_aside
-from streams.user_table import table_files
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.user_table import table_files
 
 log = logging.getLogger(__name__)
 

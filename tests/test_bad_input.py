@@ -142,7 +142,7 @@ def test_updater_survives_any_batch_sequence_and_accounts_for_every_event(batche
         store.update(result.states)
         applied = sum(s.clicks + s.purchases for u, s in result.states.items()) - sum(before[u] for u in result.states)
         assert applied + len(result.rejected) + result.redelivered == len(delivered)
-        for d, rejection in result.rejected:
+        for _, rejection in result.rejected:
             assert rejection.reason in {"unknown_item", "duplicate", "too_late"}
         for s in result.states.values():
             assert np.isfinite(s.hidden).all() and np.isfinite(s.lt_sum).all() and s.lt_weight >= 0

@@ -5,6 +5,8 @@ import asyncio
 import gc
 from collections import Counter
 
+import pytest
+
 from benchmarks import micro, reference
 from benchmarks.workload import EventSource
 from streams import heap
@@ -21,6 +23,7 @@ def test_model_work_times_every_event_after_the_users_exist():
     assert result["state_bytes_per_event"] > 4 * (8 + 16) and result["recommendation_bytes_per_event"] > 100
 
 
+@pytest.mark.e2e
 def test_writes_loop_sends_one_message_of_each_size_per_event(settings):
     servers, source = bootstrap(settings), EventSource(10, 10)
     messages = [(key, value) for _, key, value in source.take(40)]

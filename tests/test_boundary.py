@@ -10,7 +10,8 @@ from state.faults import NonFinite, StoreFailure
 from streams.boundary import contain, is_infrastructure, rejection_for
 
 
-def run(batch, fails_on, error=ValueError("bad")):
+def run(batch, fails_on, error: Exception | None = None):
+    error = error or ValueError("bad")
     processed, poisoned, calls = [], [], []
 
     async def process(part):

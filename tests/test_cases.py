@@ -21,8 +21,8 @@ from cli.client import publish_catalogue
 from cli.worker_process import WorkerProcess
 from state.item_store import ItemStore
 from state.user_state import decode
-from streams.user_table import iter_raw, load_user_states, table_files
 from streams.topics import bootstrap, ensure_topics
+from streams.user_table import iter_raw, load_user_states, table_files
 from tests.conftest import SAMPLE, settings_for
 from tests.helpers import consume_all, dead_letters, metric_sum, scrape, wait_until
 

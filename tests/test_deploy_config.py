@@ -8,7 +8,6 @@ checked by Prometheus' own parser; elsewhere those tests are skipped.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -101,15 +100,10 @@ def k8s_worker_env() -> dict[str, str]:
 
 
 def app_routes() -> set[str]:
-    """Paths of the faust web pages declared in streams/app.py (``@app.page("/ready")``), read without importing it."""
-    routes = set()
-    for node in ast.walk(ast.parse((ROOT / "streams" / "app.py").read_text())):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            for dec in node.decorator_list:
-                if (isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "page"
-                        and dec.args and isinstance(dec.args[0], ast.Constant)):
-                    routes.add(dec.args[0].value)
-    return routes
+    """Paths of the web pages a worker built from default settings serves."""
+    from streams.app import build_app
+
+    return set(build_app(Settings(broker="127.0.0.1:9092")).app.web.views)
 
 
 def exposed_metric_names() -> dict[str, set[str]]:

@@ -17,8 +17,8 @@ from models.encoder import ItemEncoder
 from models.interest import InterestModel
 from models.updater import InterestUpdater
 from state.item_store import ItemStore
-from streams.user_table import load_user_states
 from streams.topics import bootstrap
+from streams.user_table import load_user_states
 from tests.conftest import SAMPLE
 from tests.helpers import (
     dead_letters,

@@ -68,6 +68,7 @@ def test_faust_commits_a_capped_partition_no_further_than_its_durable_offset(tmp
     assert committed[-1] == {clicks: 13}  # not faust's 500
 
 
+@pytest.mark.e2e
 def test_the_fetch_back_off_lets_a_consumer_stop_at_once(broker):
     """aiokafka's Fetcher.close cancels a fetch that is backing off; it must return, not raise (the
     CancelledError that escaped it killed faust's consumer thread and hung every other stop for 60 s)."""

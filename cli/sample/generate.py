@@ -1,6 +1,6 @@
 """Writes the bundled sample (catalogue.jsonl, events.jsonl): a small synthetic shop, reproducible by seed.
 
-Each user prefers two categories; 80% of their events fall there. Run: python -m streams.sample.generate
+Each user prefers two categories; 80% of their events fall there. Run: python -m cli.sample.generate
 """
 
 from __future__ import annotations
@@ -24,14 +24,16 @@ BRANDS = ["Northpeak", "Alder", "Vanta", "Kestrel"]
 
 def main(out_dir: Path = Path(__file__).parent, users: int = 24, events_per_user: int = 30, seed: int = 7) -> None:
     rng = random.Random(seed)
-    items, by_category = [], {}
+    items: list[dict] = []
+    by_category: dict[str, list[str]] = {}
     for category, products in CATEGORIES.items():
         for product in products:
             for brand in BRANDS[:2]:
                 item_id = f"{category[:3]}-{len(items):03d}"
                 items.append({"item_id": item_id, "text": f"{brand} {product} ({category})"})
                 by_category.setdefault(category, []).append(item_id)
-    events, t0 = [], 1_793_000_000.0  # Nov 2026
+    events: list[dict] = []
+    t0 = 1_793_000_000.0  # Nov 2026
     for u in range(users):
         liked = rng.sample(sorted(CATEGORIES), 2)
         ts = t0 + rng.uniform(0, 3600)
@@ -39,7 +41,8 @@ def main(out_dir: Path = Path(__file__).parent, users: int = 24, events_per_user
             category = rng.choice(liked) if rng.random() < 0.8 else rng.choice(sorted(CATEGORIES))
             ts += rng.expovariate(1 / 900)
             kind = "purchase" if rng.random() < 0.15 else "click"
-            events.append({"event_id": f"u{u:02d}-{n:03d}", "user_id": f"user-{u:02d}", "item_id": rng.choice(by_category[category]), "type": kind, "ts": round(ts, 3)})
+            item = rng.choice(by_category[category])
+            events.append({"event_id": f"u{u:02d}-{n:03d}", "user_id": f"user-{u:02d}", "item_id": item, "type": kind, "ts": round(ts, 3)})
     events.sort(key=lambda e: e["ts"])
     (out_dir / "catalogue.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     (out_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
