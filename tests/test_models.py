@@ -118,3 +118,19 @@ def test_top_k_with_bf16_candidates_matches_exact_scoring():
     tiny = torch.eye(4)  # fewer items than candidates: excluded ones stay last, at -inf
     scores, idx = top_k(torch.tensor([[0.1, 0.9, 0.5, 0.0]]), tiny, 10, [[1]], coarse_items=tiny.to(torch.bfloat16))
     assert idx.tolist() == [[2, 0, 3, 1]] and scores[0, -1] == float("-inf")
+
+
+def test_retiring_items_keeps_the_catalogue_dense_and_every_other_vector_in_place():
+    from models.catalogue import Catalogue
+    from state.item_store import ItemVector
+
+    catalogue = Catalogue(2)
+    catalogue.upsert([ItemVector(f"i{n}", b"\0" * 16, np.array([n, -n], np.float32)) for n in range(5)])
+    version = catalogue.version
+    catalogue.remove(["i1", "no-such-item", "i4"])
+    assert catalogue.version == version + 1 and len(catalogue) == 3 and "i1" not in catalogue.index
+    for item_id in ("i0", "i2", "i3"):
+        n = int(item_id[1:])
+        assert catalogue.vectors([item_id]).tolist() == [[n, -n]]
+    catalogue.remove(["no-such-item"])
+    assert catalogue.version == version + 1  # nothing changed

@@ -1,0 +1,72 @@
+"""The business rules of a micro-batch, in the pure steps (no Kafka, no faust): an event's key must be its
+user, watermarks are the newest event time applied per partition, outputs must fit a record, a null
+catalogue value retires its item, an unchanged text is not embedded again."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from state.faults import OutputTooLarge
+from state.item_store import ItemVector, text_hash
+from streams.ingest import EventStep, fits, item_step
+from streams.schemas import EventLimits
+from tests.test_bad_input import Msg, make_updater
+
+
+def click(offset: int, user: str, ts: float, key: bytes | None = None, partition: int = 0) -> Msg:
+    value = json.dumps({"event_id": f"e{offset}", "user_id": user, "item_id": "i1", "ts": ts}).encode()
+    return Msg("clicks", partition, offset, user.encode() if key is None else key, value)
+
+
+def run(messages: list[Msg]):
+    step = EventStep(make_updater(), {"clicks": "click"}, EventLimits(), 1_000_000)
+    return step(messages, lambda keys: dict.fromkeys(keys), time.time())
+
+
+def test_an_event_whose_key_is_not_its_user_is_rejected_as_bad_key():
+    now = time.time()
+    out = run([click(0, "u1", now - 10), click(1, "u2", now - 9, key=b"u1")])
+    assert [(r.message.offset, r.rejection.reason) for r in out.rejected] == [(1, "bad_key")]
+    assert set(out.states) == {b"u1"}
+
+
+def test_watermarks_are_the_newest_event_time_applied_on_each_partition():
+    now = time.time()
+    out = run([click(0, "u1", now - 50, partition=0), click(1, "u1", now - 60, partition=0), click(2, "u2", now - 5, partition=3)])
+    assert out.watermarks == {0: now - 50, 3: now - 5}
+
+
+def test_an_output_too_large_for_a_record_is_the_messages_fault():
+    assert fits(b"x" * 100, 1000) == b"x" * 100
+    with pytest.raises(OutputTooLarge):
+        fits(b"x" * 1000, 1000)
+
+
+def item(offset: int, key: bytes, value: dict | None) -> Msg:
+    return Msg("items", 0, offset, key, None if value is None else json.dumps(value).encode())
+
+
+def test_catalogue_rules():
+    known = {"kept": text_hash("a tent")}
+    embedded: list[list[str]] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        embedded.append(texts)
+        return np.ones((len(texts), 4), np.float32) / 2
+
+    out = item_step([
+        item(0, b"kept", {"item_id": "kept", "text": "a tent"}),  # unchanged: not embedded again
+        item(1, b"new", {"item_id": "new", "text": "a stove"}),
+        item(2, b"gone", None),  # a null value retires the item of its key
+        item(3, b"back", None), item(4, b"back", {"item_id": "back", "text": "a mug"}),  # retired, then published again
+        item(5, b"other", {"item_id": "mismatch", "text": "a pan"}),  # key must be the item id
+        item(6, b"", None),
+    ], known.get, encode)
+    assert embedded == [["a stove", "a mug"]] and out.embedded == 2
+    assert [k for k, _ in out.vectors] == [b"new", b"back"] and out.retired == [b"gone"]
+    assert ItemVector.decode("new", out.vectors[0][1], 4).text_hash == text_hash("a stove")
+    assert [(r.message.offset, r.rejection.reason) for r in out.rejected] == [(5, "bad_key"), (6, "bad_key")]
