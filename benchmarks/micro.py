@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,11 @@ from rocksdict import Options, Rdict, WriteBatch
 from benchmarks.workload import EventSource
 from models.catalogue import Catalogue
 from models.interest import InterestModel
-from models.records import Rejection
-from models.updater import Delivered, InterestUpdater
+from models.updater import InterestUpdater
 from state.item_store import ItemVector
 from state.user_state import UserState, decode, encode
 from streams import heap
-from streams.schemas import parse_event
+from streams.ingest import EventStep
 from streams.settings import Settings
 
 
@@ -67,46 +67,59 @@ def decay_cost(n_users: int, dim: int, hidden: int, settings: Settings) -> dict:
 
 
 def model_work(n_users: int, n_items: int, n_events: int, dim: int, settings: Settings, seed: int = 0) -> dict:
-    """The worker's per-event work without Kafka and faust, on one thread as in the worker: parse the event,
-    read the users' states from RocksDB (one multi-get), decode, apply (GRU, long-term, top-k over the
-    whole catalogue), encode, write back (one WriteBatch), serialise the recommendations. Micro-batches
-    of ``settings.batch_max`` events; the first ``n_users`` events create the users, untimed."""
+    """The worker's per-event work without Kafka and faust, on one thread as in the worker: the worker's own
+    micro-batch step (``streams.ingest.EventStep``: parse and validate, decode, apply (GRU, long-term,
+    top-k over the whole catalogue), encode the states and the recommendations) between one RocksDB
+    multi-get and one WriteBatch per batch. Micro-batches of ``settings.batch_max`` events; the first
+    ``n_users`` events create the users, untimed."""
     rng = np.random.default_rng(seed)
     catalogue = Catalogue(dim)
     vectors = rng.standard_normal((n_items, dim), np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     catalogue.upsert([ItemVector(f"i{n}", b"\0" * 16, v) for n, v in enumerate(vectors)])
     updater = InterestUpdater(InterestModel.untrained(dim, settings.hidden_size, "bench"), catalogue, settings.updater_config())
+    step = EventStep(updater, {"click": "click", "purchase": "purchase"}, settings.limits(), settings.max_message_bytes)
     source = EventSource(n_users, n_items, seed)
-    messages = list(source.take(n_users + n_events))
+    messages = [Record(kind, 0, offset, key, value, time.time()) for offset, (kind, key, value) in enumerate(source.take(n_users + n_events))]
     threads = torch.get_num_threads()
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)  # as in the worker
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp, heap.settled():  # the worker's heap policy
         db = Rdict(str(Path(tmp) / "db"), options=Options(raw_mode=True))
+
+        def read(keys: dict[bytes, int]) -> dict[bytes, bytes | None]:
+            return dict(zip(keys, db.get(list(keys))))
+
         timed = state_bytes = rec_bytes = 0
         start = cpu = 0.0
         for first in range(0, len(messages), settings.batch_max):
             if first >= n_users and not start:  # every user has state from here on
                 start, cpu = time.perf_counter(), time.process_time()
-            batch = []
-            for offset, (kind, _key, value) in enumerate(messages[first : first + settings.batch_max], first):
-                event = parse_event(value, kind, time.time(), settings.limits())
-                assert not isinstance(event, Rejection), event
-                batch.append(Delivered(event, f"{kind}:0", offset))
-            timed += len(batch) if start else 0
-            users = list({d.event.user_id: None for d in batch})
-            stored = dict(zip(users, db.get([u.encode() for u in users])))
-            result = updater.apply(batch, {u: None if raw is None else decode(raw) for u, raw in stored.items()})
+            batch = messages[first : first + settings.batch_max]
+            out = step(batch, read, time.time())
+            assert not out.rejected, out.rejected[:1]
             writes = WriteBatch(raw_mode=True)
-            for user, state in result.states.items():
-                blob = encode(state)
-                writes.put(user.encode(), blob)
-                state_bytes += len(blob) if start else 0
+            for key, (_, blob) in out.states.items():
+                writes.put(key, blob)
             db.write(writes)
-            rec_bytes += sum(len(r.to_json()) for r in result.recommendations) if start else 0
+            if start:
+                timed += len(batch)
+                state_bytes += sum(len(blob) for _, blob in out.states.values())
+                rec_bytes += sum(len(value) for _, value, _ in out.recommendations)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         db.close()
     torch.set_num_threads(threads)
     return {"events": timed, "events_per_s": timed / seconds, "cpu_us_per_event": 1e6 * cpu / timed,
             "state_bytes_per_event": state_bytes / timed, "recommendation_bytes_per_event": rec_bytes / timed}
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed message, as the step reads one (``streams.ingest.Message``)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float
