@@ -127,6 +127,7 @@ def test_kill_9_mid_replay_then_restart_ends_in_the_clean_run_state(settings, sa
     assert {d["reason"] for d in letters} == {"unknown_item"}
 
 
+@pytest.mark.broker_bug("tansu-list-offsets")  # the restart reads the table's changelog from where its local copy stopped
 def test_restart_with_a_backlog_applies_all_of_it(settings, sample_catalogue, tmp_path):
     # Events that arrive while the worker is down are waiting when it starts, before its model is loaded.
     events = click_log(sample_catalogue, users=20, per_user=50, seed=4)
@@ -137,6 +138,7 @@ def test_restart_with_a_backlog_applies_all_of_it(settings, sample_catalogue, tm
     assert sum(x.clicks for x in states.values()) == len(events)
 
 
+@pytest.mark.broker_bug("tansu-list-offsets")  # the survivor recovers the other's partitions from their changelog
 def test_two_workers_split_partitions_and_one_takes_over_the_others_users(settings, sample_catalogue, tmp_path):
     events = click_log(sample_catalogue, users=40, per_user=20, seed=2)
     half = len(events) // 2
