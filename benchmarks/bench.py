@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -139,6 +140,7 @@ async def run_pipeline(settings: Settings, args: argparse.Namespace, items: list
             n_events = args.events or max(100_000, 2 * args.users)
             pids = {"worker": fleet.pids(), **({"broker": [broker_pid]} if broker_pid else {})}
             cap = await pipeline.capacity(settings, fleet, producer, n_events, 0.0, pids)
+            floor = faust_floor(settings, n_events, work)
             loads = [0.5 * reference_rate / cap["events_per_s"] if x == "goal" else float(x) for x in args.loads.split(",")]
             phases = []
             for load in sorted(loads):
@@ -158,9 +160,18 @@ async def run_pipeline(settings: Settings, args: argparse.Namespace, items: list
     table = pipeline.table_size(fleet.data_dirs())
     if table["applied_events"] != produced:
         print(f"WARNING: {produced} events produced, {table['applied_events']} applied", file=sys.stderr)
-    return {"ready_s": ready_s, "refresh": refresh, "capacity": cap, "latency": phases,
+    return {"ready_s": ready_s, "refresh": refresh, "capacity": cap, "faust_floor": floor, "latency": phases,
             "dead_lettered": dead, "events_produced": produced, "table": table,
             "memory": pipeline.rss_vs_users(monitor.samples, 0.0, args.users)}
+
+
+def faust_floor(settings: Settings, n_events: int, work: Path) -> dict:
+    """The framework floor (``benchmarks.faust_floor``) over the events the capacity phase produced."""
+    out = work / "faust-floor.json"
+    topics = f"{settings.clicks_topic},{settings.purchases_topic}"
+    subprocess.run([sys.executable, "-m", "benchmarks.faust_floor", bootstrap(settings)[0], topics, str(n_events),
+                    str(settings.batch_max), str(settings.batch_wait_s), str(out)], check=True, timeout=600)
+    return json.loads(out.read_text())
 
 
 def summary(r: dict) -> list[tuple[str, str]]:
@@ -188,6 +199,9 @@ def summary(r: dict) -> list[tuple[str, str]]:
     ]
     if "broker_cpu_us_per_event" in cap:
         rows.append(("broker CPU per event during the drain, us", f"{cap['broker_cpu_us_per_event']:.0f}"))
+    floor = pipe["faust_floor"]
+    rows.append(("faust floor: an agent taking the same micro-batches and only acking, events/s, CPU us per event",
+                 f"{floor['events'] / floor['seconds']:,.0f}, {1e6 * floor['cpu_s'] / floor['events']:.0f}"))
     for ph in pipe["latency"]:
         if "skipped" in ph:
             rows.append((f"latency at {ph['load']:.2f} x capacity", ph["skipped"]))
@@ -196,6 +210,9 @@ def summary(r: dict) -> list[tuple[str, str]]:
                      f"{ph['events_per_s'] / ref['aiokafka_events_per_s']:.2f} x reference) p50 / p99 / max ms",
                      f"{ph['p50_ms']:.0f} / {ph['p99_ms']:.0f} / {ph['max_ms']:.0f}"))
         rows.append(("  micro-batches there: mean events, mean ms", f"{ph['mean_batch_events']:.0f}, {ph['mean_batch_ms']:.0f}"))
+        st = ph["stages"]
+        rows.append(("  by stage p50 / p99 ms: queued (produce -> batch taken), applied (-> handed to producer), received",
+                     ", ".join(f"{st[k]['p50_ms']:.0f} / {st[k]['p99_ms']:.0f}" for k in ("queued", "applied", "received") if k in st)))
     table, mem = pipe["table"], pipe["memory"]
     rows += [
         ("events produced / applied (exactly once) / dead-lettered",

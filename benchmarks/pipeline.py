@@ -28,14 +28,55 @@ from streams.topics import bootstrap
 from streams.user_table import iter_raw, latest_copies, table_files
 
 
-def scrape(port: int) -> dict[str, float]:
-    """One worker's metrics, each summed over its labels."""
+def samples(port: int) -> list:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """One worker's metrics, each summed over its labels."""
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    for sample in samples(port):
+        out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+def stage_buckets(ports: list[int]) -> dict[str, dict[float, float]]:
+    """The workers' ``interest_event_stage_seconds`` histograms, summed: stage -> {upper bound: count}."""
+    out: dict[str, dict[float, float]] = {}
+    for port in ports:
+        for sample in samples(port):
+            if sample.name == "interest_event_stage_seconds_bucket":
+                buckets = out.setdefault(sample.labels["stage"], {})
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sample.value
+    return out
+
+
+def quantile(q: float, buckets: dict[float, float]) -> float:
+    """The ``q`` quantile of a cumulative histogram, interpolated within its bucket (Prometheus's
+    histogram_quantile); the last finite bound if it falls in the +Inf bucket."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound in bounds:
+        if buckets[bound] >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(buckets[bound] - below, 1e-12)
+        lower, below = bound, buckets[bound]
+    return lower
+
+
+def stages(before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]) -> dict[str, dict[str, float]]:
+    """p50 and p99 in ms of each stage between two scrapes."""
+    out = {}
+    for stage, buckets in after.items():
+        delta = {le: n - before.get(stage, {}).get(le, 0.0) for le, n in buckets.items()}
+        out[stage] = {"p50_ms": 1000 * quantile(0.5, delta), "p99_ms": 1000 * quantile(0.99, delta)}
     return out
 
 
@@ -70,6 +111,9 @@ class Fleet:
 
     def metric(self, name: str) -> float:
         return self.metrics().get(name, 0.0)
+
+    def stage_buckets(self) -> dict[str, dict[float, float]]:
+        return stage_buckets([w.settings.metrics_port for w in self.workers])
 
     def pids(self) -> list[int]:
         return [w.pid for w in self.workers]
@@ -211,7 +255,8 @@ async def latency(settings: Settings, fleet: Fleet, producer: Producer, rate: fl
     for tp in tps:
         await consumer.position(tp)  # resolve the end offsets now, not after the first recommendations
     latencies: list[float] = []
-    before = fleet.metrics()
+    received: list[float] = []  # recommendation handed to the producer -> received here
+    before, stages_before = fleet.metrics(), fleet.stage_buckets()
     start = time.time()
 
     async def receive() -> None:
@@ -219,9 +264,10 @@ async def latency(settings: Settings, fleet: Fleet, producer: Producer, rate: fl
             for batch in (await consumer.getmany(timeout_ms=100)).values():
                 now = time.time()
                 for r in batch:
-                    event_time = json.loads(r.value)["event_time"]
-                    if event_time >= start:
-                        latencies.append(now - event_time)
+                    rec = json.loads(r.value)
+                    if rec["event_time"] >= start:
+                        latencies.append(now - rec["event_time"])
+                        received.append(now - rec["produced_at"])
 
     receiver = asyncio.create_task(receive())
     sent = 0
@@ -237,9 +283,11 @@ async def latency(settings: Settings, fleet: Fleet, producer: Producer, rate: fl
     await asyncio.sleep(0.5)
     receiver.cancel()
     await consumer.stop()
-    lat = np.array(latencies) * 1000
+    lat, rec = np.array(latencies) * 1000, np.array(received) * 1000
+    by_stage = stages(stages_before, fleet.stage_buckets())
+    by_stage["received"] = {"p50_ms": float(np.percentile(rec, 50)), "p99_ms": float(np.percentile(rec, 99))}
     return {"target_events_per_s": rate, "events": sent, "events_per_s": sent / produced_s, "recommendations": len(lat),
-            **batches(before, fleet.metrics()),
+            **batches(before, fleet.metrics()), "stages": by_stage,
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max())}
 
 

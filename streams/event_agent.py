@@ -34,6 +34,11 @@ from streams.user_table import UserTable
 log = logging.getLogger(__name__)
 
 
+def observe_many(histogram, value: float, n: int) -> None:
+    for _ in range(n):
+        histogram.observe(value)
+
+
 class EventAgent:
     def __init__(self, app: faust.App, settings: Settings, table: UserTable, ticks: faust.TopicT, runtime: Runtime,
                  checkpoints: Checkpoints, dead_letters: DeadLetterWriter) -> None:
@@ -51,13 +56,13 @@ class EventAgent:
             # Wait here, not before the loop: faust registers a stream with its consumer when it is first
             # iterated and expects agents to do that at start.
             await self.runtime.ready.wait()
-            start = time.perf_counter()
+            start, taken = time.perf_counter(), time.time()
             with fail_stop(batch):
                 events, missing = await self.checkpoints.admit([e for e in batch if e.message.topic != s.ticks_topic])
                 sent: list[Awaitable] = []
                 messages = [e.message for e in events]
-                self._count(messages)
-                await contain("events", messages, partial(self.apply, sent=sent), self.dead_letters.into(sent))
+                self._count(messages, taken)
+                await contain("events", messages, partial(self.apply, sent=sent, taken=taken), self.dead_letters.into(sent))
                 for tick in [e.message for e in batch if e.message.topic == s.ticks_topic]:
                     await contain(s.ticks_topic, [tick], lambda part: self.decay(part[0].partition), self.dead_letters.into(sent))
                 await self.checkpoints.event_acks.add([*sent, *self.table.changelog_sent()], self.checkpoints.position(batch))
@@ -65,15 +70,17 @@ class EventAgent:
             metrics.BATCH_SIZE.observe(len(batch))
             metrics.BATCH_DURATION.observe(time.perf_counter() - start)
 
-    def _count(self, messages: Sequence[Message]) -> None:
+    def _count(self, messages: Sequence[Message], taken: float) -> None:
         counts: Counter[str] = Counter()
+        queued = metrics.STAGE.labels("queued")
         for msg in messages:
             counts[msg.topic] += 1
             self.runtime.positions[(msg.topic, msg.partition)] = (msg.offset, msg.timestamp)
+            queued.observe(taken - msg.timestamp)
         for topic, n in counts.items():  # metrics once per batch: a labelled inc costs ~2 us
             metrics.EVENTS_CONSUMED.labels(topic, self.runtime.event_types[topic]).inc(n)
 
-    async def apply(self, messages: Sequence[Message], sent: list[Awaitable]) -> None:
+    async def apply(self, messages: Sequence[Message], sent: list[Awaitable], taken: float) -> None:
         """Apply ``messages`` to the user table and publish each touched user's top-k, adding the delivery
         futures of the recommendations and dead letters to ``sent`` (the table keeps its changelog's)."""
         step = self.runtime.events
@@ -91,10 +98,17 @@ class EventAgent:
         for p, ts in out.watermarks.items():
             self.runtime.watermarks[p] = max(self.runtime.watermarks.get(p, 0.0), ts)
         sent_at = time.time()
+        recommendations = []
+        applied = metrics.STAGE.labels("applied")
         for key, value, msg in out.recommendations:
             # Straight to the producer: faust's Topic.send adds ~30 us of wrapping per message.
-            sent.append(await self.app.producer.send(self.settings.recommendations_topic, key, value, None, None, None))
+            recommendations.append(await self.app.producer.send(self.settings.recommendations_topic, key, value, None, None, None))
             metrics.LATENCY.observe(sent_at - msg.timestamp)
+            applied.observe(sent_at - taken)
+        if recommendations:
+            acknowledged = asyncio.gather(*recommendations)
+            acknowledged.add_done_callback(lambda _: observe_many(metrics.STAGE.labels("acknowledged"), time.time() - sent_at, len(recommendations)))
+            sent.append(acknowledged)
         metrics.RECOMMENDATIONS.inc(len(out.recommendations))
 
     async def tick_all_partitions(self) -> None:

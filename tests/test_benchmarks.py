@@ -41,3 +41,13 @@ def test_settled_heap_is_restored_after_a_measurement():
     with heap.settled():
         assert gc.get_threshold() == heap.THRESHOLDS != before
     assert gc.get_threshold() == before
+
+
+def test_stage_quantiles_interpolate_within_the_bucket_as_prometheus_does():
+    from benchmarks.pipeline import quantile, stages
+
+    cumulative = {0.01: 50.0, 0.02: 90.0, 0.05: 100.0, float("inf"): 100.0}
+    assert quantile(0.5, cumulative) == 0.01 and abs(quantile(0.7, cumulative) - 0.015) < 1e-12
+    assert abs(quantile(0.99, cumulative) - 0.047) < 1e-12
+    before = {"queued": {0.01: 40.0, 0.02: 40.0, 0.05: 40.0, float("inf"): 40.0}}
+    assert stages(before, {"queued": cumulative})["queued"]["p50_ms"] == 1000 * quantile(0.5, {0.01: 10.0, 0.02: 50.0, 0.05: 60.0, float("inf"): 60.0})

@@ -75,7 +75,7 @@ def test_a_rejected_events_dead_letter_is_acknowledged_before_its_users_state_is
         agent = EventAgent(app, Settings(dead_letter_topic="dlq", recommendations_topic="recs"), table, None, Runtime(), None,
                            DeadLetterWriter(app, "dlq", 1_000_000))
         sent: list = []
-        applying = asyncio.ensure_future(agent.apply([event(0, "i0"), event(1, "no-such-item")], sent))
+        applying = asyncio.ensure_future(agent.apply([event(0, "i0"), event(1, "no-such-item")], sent, time.time()))
         await asyncio.sleep(0.2)
         assert app.producer.sent == [("dlq", b"u1")] and table.writes == []  # waiting for the dead letter's ack
         app.producer.acknowledge()
@@ -91,7 +91,7 @@ def test_without_a_rejection_nothing_waits_for_the_broker():
         app, table = App(), Table()
         agent = EventAgent(app, Settings(recommendations_topic="recs"), table, None, Runtime(), None, DeadLetterWriter(app, "dlq", 1_000_000))
         sent: list = []
-        await asyncio.wait_for(agent.apply([event(0, "i0"), event(1, "i1")], sent), 5)
+        await asyncio.wait_for(agent.apply([event(0, "i0"), event(1, "i1")], sent, time.time()), 5)
         assert len(table.writes) == 1 and [topic for topic, _ in app.producer.sent] == ["recs"] and len(sent) == 1
 
     asyncio.run(scenario())
