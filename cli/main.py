@@ -45,7 +45,7 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> None:
     for rec in recommendations(settings, args.from_beginning, args.timeout):
         if args.user and rec.user_id != args.user:
             continue
-        print(json.dumps({"user_id": rec.user_id, "items": [i.item_id for i in rec.items]}) if args.json else format_recommendation(rec), flush=True)
+        print(rec.to_json().decode() if args.json else format_recommendation(rec), flush=True)
         shown += 1
         if args.count and shown >= args.count:
             break
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("--count", type=int, default=0, help="stop after this many (0: never)")
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds without one")
-    p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.add_argument("--json", action="store_true", help="each recommendation as published: one JSON object a line")
     p.set_defaults(run=_subscribe)
 
     p = sub.add_parser("worker", help="run a stream worker (settings from INTEREST_* variables)")

@@ -84,7 +84,8 @@ class InterestUpdater:
     # -- step 1: decide, per event, whether it is applied --------------------------------------------------
 
     def _admit(self, batch: list[Delivered], states: dict[str, UserState | None], result: BatchResult):
-        """Per user, the events to apply in arrival order; rejected and redelivered ones are set aside."""
+        """Per user, the events to apply in arrival order (an empty list for a user with only redelivered
+        events, who is published again); rejected and redelivered events are set aside."""
         accepted: dict[str, list[Event]] = defaultdict(list)
         for d in batch:
             ev = d.event
@@ -96,6 +97,8 @@ class InterestUpdater:
             result.states[ev.user_id] = state
             if state.is_applied(d.source, d.offset):
                 result.redelivered += 1
+                if state.last_event_id:  # its recommendation may have died with the crashed worker: publish again
+                    accepted.setdefault(ev.user_id, [])
                 continue
             state.applied[d.source] = d.offset  # consumed, whatever the verdict: never looked at twice
             rejection = self._check(ev, state)
@@ -177,8 +180,9 @@ class InterestUpdater:
         result = BatchResult()
         accepted = self._admit(batch, states, result)
         self._advance(accepted, result.states)
-        # Every user touched gets a recommendation, redelivered ones again (at-least-once output).
-        users = [u for u, state in result.states.items() if state.last_event_id]  # not users with only rejects
+        # A recommendation for every user with an applied event, and again for redelivered ones (at-least-once
+        # output); none for a user whose events were all rejected: nothing changed for them.
+        users = list(accepted)
         now = time.time()
         for user, items in zip(users, self.recommend([result.states[u] for u in users])):
             state = result.states[user]

@@ -86,7 +86,7 @@ class DeadLetterWriter:
         """Send ``msg``'s dead letter; returns its delivery future."""
         letter = dead_letter(f"{msg.topic}:{msg.partition}:{msg.offset}", msg.key, msg.value, rejection, self.max_bytes)
         sent = await self.app.producer.send(self.topic, letter.key, letter.value, None, None, letter.headers)
-        metrics.EVENTS_DEAD_LETTERED.labels(rejection.reason).inc()
+        metrics.EVENTS_DEAD_LETTERED.labels(rejection.reason, msg.topic).inc()
         return sent
 
     def into(self, sent: list[Awaitable]) -> Callable[[Source, Rejection], Awaitable[None]]:

@@ -97,6 +97,16 @@ def table_files(data_dir: Path, table: str = "user-state") -> list[Path]:
     return sorted(p for p in data_dir.rglob(f"{table}-*.db") if p.is_dir())
 
 
+def table_partition(path: Path) -> int:
+    """The partition a ``table_files`` directory holds."""
+    return int(path.name.removesuffix(".db").rsplit("-", 1)[1])
+
+
+def changelog_topic(app_id: str, table: str = "user-state") -> str:
+    """faust's name for ``table``'s changelog topic."""
+    return f"{app_id}-{table}-changelog"
+
+
 # -- commits capped at durable offsets -------------------------------------------------------------------
 
 _CAPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # faust app -> (topics, durable offset of a TP)

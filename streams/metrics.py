@@ -9,7 +9,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 EVENTS_CONSUMED = Counter("interest_events_consumed_total", "Event messages consumed", ["topic", "type"])
-EVENTS_DEAD_LETTERED = Counter("interest_events_dead_lettered_total", "Messages sent to the dead-letter topic", ["reason"])
+EVENTS_DEAD_LETTERED = Counter("interest_events_dead_lettered_total", "Messages sent to the dead-letter topic, by reason and source topic", ["reason", "topic"])
 EVENTS_REDELIVERED = Counter("interest_events_redelivered_total", "Redelivered events skipped as already applied")
 BATCH_SPLITS = Counter("interest_batch_splits_total", "Micro-batches that failed and were retried in halves to find the message at fault", ["topic"])
 ITEM_VECTORS_IGNORED = Counter("interest_item_vectors_ignored_total", "item-vectors records that are not a vector of this encoder's size (skipped)")

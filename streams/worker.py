@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from kafka import KafkaConsumer, TopicPartition
+
 from state.local_dir import damaged, lock, set_aside
+from streams.faust_compat import changelog_topic, table_partition
 from streams.settings import Settings
-from streams.topics import ensure_topics
-from streams.user_table import table_files
+from streams.topics import bootstrap, ensure_topics
+from streams.user_table import changelog_offset, table_files
 
 log = logging.getLogger(__name__)
 
@@ -17,13 +20,15 @@ def run_worker(settings: Settings) -> None:
     """Lock the data directory, set damaged local stores aside, create the topics, serve metrics, and
     hand over to faust (blocks until stopped). Raises ``DataDirInUse`` if another worker has the
     directory: checked before joining the consumer group, where it would take partitions."""
+    # faust's format until faust sets up logging itself (it replaces the root handlers then).
+    logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     held = lock(settings.data_dir)  # noqa: F841 - held open for the life of the process
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port)
-    set_aside_damaged_stores(settings.data_dir)
     ensure_topics(settings)
+    set_aside_damaged_stores(settings)
     from streams.app import build_app
     from streams.faust_worker import Worker
 
@@ -31,15 +36,42 @@ def run_worker(settings: Settings) -> None:
     Worker(worker.app, settings.stop_timeout_s, loglevel=settings.log_level).execute_from_commandline()
 
 
-def set_aside_damaged_stores(data_dir: Path) -> None:
-    """Move every local store RocksDB cannot open aside: faust recovers a missing user-table partition
-    from its changelog, and the item store is read again from the item-vectors topic."""
+def set_aside_damaged_stores(settings: Settings) -> None:
+    """Move every local store that cannot be used aside, to be rebuilt from the broker: one RocksDB
+    cannot open (faust recovers a missing user-table partition from its changelog, the item store is
+    read again from item-vectors), and a user-table partition further along its changelog than the
+    changelog's end (the broker lost records it had acknowledged; faust would stop at every start)."""
     from streams import metrics
 
-    stores = [(path, "user-table") for path in table_files(data_dir)] + [(data_dir / "items", "items")]
-    for path, store in stores:
+    data_dir = settings.data_dir
+    tables = table_files(data_dir)
+    ends = changelog_ends(settings) if tables else {}
+    for path, store in [(path, "user-table") for path in tables] + [(data_dir / "items", "items")]:
         why = damaged(path) if path.exists() else None
+        if why is None and store == "user-table":
+            why = ahead_of_changelog(path, ends)
         if why is not None:
             moved = set_aside(path, data_dir)
-            log.error("local %s store %s is damaged (%s): moved to %s, rebuilt from the broker", store, path, why, moved)
+            log.error("local %s store %s cannot be used (%s): moved to %s, rebuilt from the broker", store, path, why, moved)
             metrics.STORE_REBUILDS.labels(store).inc()
+
+
+def ahead_of_changelog(path: Path, ends: dict[int, int]) -> str | None:
+    end = ends.get(table_partition(path))
+    applied = changelog_offset(path)
+    if end is not None and applied >= end:
+        return f"it has applied its changelog up to offset {applied}, but the changelog ends before offset {end}"
+    return None
+
+
+def changelog_ends(settings: Settings) -> dict[int, int]:
+    """End offset of each partition of the user table's changelog ({} if it does not exist yet)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap(settings), group_id=None)
+    try:
+        topic = changelog_topic(settings.app_id)
+        if topic not in consumer.topics():  # asking for its partitions could create it, with the wrong count
+            return {}
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return {tp.partition: end for tp, end in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()

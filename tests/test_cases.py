@@ -140,7 +140,8 @@ def test_a_poison_message_becomes_one_dead_letter_with_its_reason(run, case):
     mine = [d for d in run.letters if d["source"] == run.offsets[case.name]]
     assert [d["reason"] for d in mine] == [case.reason], mine
     assert 0 < len(mine[0]["detail"]) <= 500
-    assert metric_sum(run.metrics, "interest_events_dead_lettered_total", reason=case.reason) >= 1
+    topic = getattr(run.settings, case.topic)
+    assert metric_sum(run.metrics, "interest_events_dead_lettered_total", reason=case.reason, topic=topic) >= 1
 
 
 def test_the_good_events_around_them_are_all_applied_once(run):
@@ -200,6 +201,9 @@ def test_subscribe_shows_good_recommendations_and_skips_records_it_cannot_read(s
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("user u1") == 1 and "run-001 (0.500)" in done.stdout
     assert done.stderr.count("skipped") == 2, done.stderr
+    as_json = subprocess.run([sys.executable, "-m", "cli.main", "subscribe", "--from-beginning", "--count", "1", "--json"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads(as_json.stdout) == good  # the record as published, every field
 
 
 @pytest.mark.broker_bug("tansu-list-offsets")

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from models.records import Event
+from models.updater import Delivered
 from state.faults import OutputTooLarge
 from state.item_store import ItemVector, text_hash
 from streams.ingest import EventStep, fits, item_step
@@ -70,3 +72,15 @@ def test_catalogue_rules():
     assert [k for k, _ in out.vectors] == [b"new", b"back"] and out.retired == [b"gone"]
     assert ItemVector.decode("new", out.vectors[0][1], 4).text_hash == text_hash("a stove")
     assert [(r.message.offset, r.rejection.reason) for r in out.rejected] == [(5, "bad_key"), (6, "bad_key")]
+
+
+def test_a_user_gets_a_recommendation_for_applied_and_redelivered_events_but_not_for_rejected_ones():
+    updater = make_updater()
+    now = time.time()
+    first = updater.apply([Delivered(Event("e1", "u1", "i1", "click", now - 50), "clicks:0", 0)], {"u1": None})
+    state = first.states["u1"]
+    again = updater.apply([Delivered(Event("e1", "u1", "i1", "click", now - 50), "clicks:0", 0)], {"u1": state})
+    assert again.redelivered == 1 and [r.user_id for r in again.recommendations] == ["u1"]  # may have been lost: sent again
+    rejected = updater.apply([Delivered(Event("e2", "u1", "missing", "click", now - 40), "clicks:0", 1)], {"u1": state})
+    assert [rejection.reason for _, rejection in rejected.rejected] == ["unknown_item"]
+    assert rejected.recommendations == [] and "u1" in rejected.states  # its applied offset still moves
