@@ -16,14 +16,12 @@ import torch
 
 from models import longterm
 from models.catalogue import Catalogue
-from models.hardware import cpu_has_bf16
 from models.interest import InterestModel
 from models.records import Event, Recommendation, Rejection, ScoredItem
-from models.topk import top_k
+from models.scorer import Scorer, ScoringConfig
 from state.user_state import UserState
 
 K = TypeVar("K")  # a user's key: their id, or its bytes
-MIN_BF16_ITEMS = 2048  # below this the fp32 product is cheap already
 
 
 @dataclass(frozen=True)
@@ -38,6 +36,9 @@ class UpdaterConfig:
     purchase_weight: float = 3.0  # of a purchase (times its quantity)
     max_lateness_s: float = 86400.0  # events older than the user's last by more are rejected
     bf16_scoring: bool = True  # score large catalogues in bf16 where the CPU has it natively
+    ann_min_items: int = 100_000  # from this catalogue size on, candidates come from an ANN index (models.scorer)
+    ann_nprobe: int = 32  # IVF lists searched per query
+    scoring_device: str = "cpu"  # where the catalogue is scored: cpu or cuda[:N]
 
 
 @dataclass(frozen=True)
@@ -62,24 +63,15 @@ class InterestUpdater:
         self.model = model.eval()
         self.catalogue = catalogue
         self.config = config
-        self._item_space: torch.Tensor | None = None
-        self._coarse_items: torch.Tensor | None = None  # bf16 copy for scoring, when it pays off
-        self._item_space_version = -1
-        self._bf16 = config.bf16_scoring and cpu_has_bf16()
+        self.scorer = Scorer(ScoringConfig(config.bf16_scoring, config.ann_min_items, config.ann_nprobe, config.scoring_device))
 
     def new_state(self) -> UserState:
         return UserState.new(self.model.config.hidden, self.catalogue.dim, self.model.version)
 
     def item_space(self) -> torch.Tensor:
-        """The catalogue projected into interest space, recomputed only when the catalogue changed."""
-        if self._item_space_version != self.catalogue.version:
-            with torch.inference_mode():
-                self._item_space = self.model.items(self.catalogue.embeddings)
-            big = len(self.catalogue) >= MIN_BF16_ITEMS
-            self._coarse_items = self._item_space.to(torch.bfloat16) if self._bf16 and big else None
-            self._item_space_version = self.catalogue.version
-        assert self._item_space is not None
-        return self._item_space
+        """The catalogue in interest space [N, dim], kept in step with it a changed row at a time."""
+        self.scorer.sync(self.catalogue, self.model)
+        return self.scorer.space
 
     # -- step 1: decide, per event, whether it is applied --------------------------------------------------
 
@@ -167,8 +159,8 @@ class InterestUpdater:
             if self.config.exclude_seen:
                 row = self.catalogue.index.get
                 exclude = [[j for j in map(row, x.recent_items) if j is not None] for x in states]
-            items = self.item_space()
-            scores, idx = top_k(q, items, k, exclude, self._coarse_items)
+            self.scorer.sync(self.catalogue, self.model)
+            scores, idx = self.scorer.top_k(q, k, exclude)
         ids = self.catalogue.ids
         return [  # through numpy: torch's tolist() costs ~1 us per element
             [ScoredItem(ids[j], v) for v, j in zip(row_s, row_i) if v != float("-inf")]

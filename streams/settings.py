@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from models.updater import UpdaterConfig
 from state.faults import InterestStreamError
 from streams.schemas import EventLimits
@@ -88,6 +90,13 @@ class Settings:
     bf16_scoring: bool = setting(
         True, "Score catalogues of 2048+ items in bf16 where the CPU has native bf16 (AVX512-BF16/AMX), rescoring the best "
         "candidates in fp32.")
+    ann_min_items: int = setting(
+        100_000, "From this catalogue size on, candidates come from an approximate index (faiss IVF) and are rescored exactly; "
+        "below it, every item is scored (README, Performance).", _at_least(1))
+    ann_nprobe: int = setting(32, "IVF lists the approximate index searches per user: recall against cost.", _at_least(1))
+    scoring_device: str = setting(
+        "auto", "Where the catalogue is scored: auto (cuda if present), cuda or cpu. On cuda every item is scored.",
+        ((lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:")), "auto, cpu, cuda or cuda:N"))
     torch_threads: int = setting(
         1, "Threads for the worker's model work (GRU, scoring); more take cores from the event loop and the broker. "
         "0: torch's default.", _at_least(0))
@@ -136,7 +145,10 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
     def updater_config(self) -> UpdaterConfig:
-        return UpdaterConfig(**{f.name: getattr(self, f.name) for f in fields(UpdaterConfig)})
+        values = {f.name: getattr(self, f.name) for f in fields(UpdaterConfig)}
+        if values["scoring_device"] == "auto":
+            values["scoring_device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        return UpdaterConfig(**values)
 
     def limits(self) -> EventLimits:
         return EventLimits(self.max_future_s, self.max_quantity, self.max_price)

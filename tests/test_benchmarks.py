@@ -51,3 +51,12 @@ def test_stage_quantiles_interpolate_within_the_bucket_as_prometheus_does():
     assert abs(quantile(0.99, cumulative) - 0.047) < 1e-12
     before = {"queued": {0.01: 40.0, 0.02: 40.0, 0.05: 40.0, float("inf"): 40.0}}
     assert stages(before, {"queued": cumulative})["queued"]["p50_ms"] == 1000 * quantile(0.5, {0.01: 10.0, 0.02: 50.0, 0.05: 60.0, float("inf"): 60.0})
+
+
+def test_scoring_benchmark_measures_the_index_against_exact_scoring():
+    from benchmarks.scoring import measure
+
+    result = measure(n_items=5000, dim=16, batch=8, settings=Settings(ann_nprobe=64))
+    assert result["ivf_lists"] == 282 and result["nprobe"] == 64
+    assert 0.9 <= result["recall_at_10"] <= 1.0  # a quarter of the lists searched: most of the exact top 10
+    assert min(result[k] for k in ("exact_us_per_event", "ann_us_per_event", "upsert_us_per_item", "retire_us_per_item")) > 0

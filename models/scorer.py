@@ -1,0 +1,162 @@
+"""Scoring the catalogue for a batch of users: the item space (every item in the model's interest space)
+kept in step with the catalogue a changed row at a time, and the top-k over it.
+
+Below ``ann_min_items`` the top-k is exact: one matrix product with the whole item space (in bf16 with
+exact rescoring where the CPU has native bf16, ``models.topk``). From ``ann_min_items`` on, candidates
+come from an approximate nearest-neighbour index (faiss IVF with 8-bit scalar-quantised vectors, inner
+product), 2k + the user's exclusions + 16 per user, and are rescored exactly against the fp32 item
+space: scores are exact, the order is exact unless the index missed an item (recall@10 against exact
+scoring is measured by ``benchmarks.scoring``). The index follows every upsert and retirement (IVF
+supports removal); it is trained once, when the catalogue first reaches the size (a retrained index
+needs a restart). On a CUDA device the exact product is cheap at any size and no index is built.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+
+from models.catalogue import Catalogue
+from models.hardware import cpu_has_bf16
+from models.interest import InterestModel
+from models.topk import CANDIDATE_MARGIN, top_k
+
+MIN_BF16_ITEMS = 2048  # below this the fp32 product is cheap already
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    bf16: bool = True  # exact scoring in bf16 (rescored in fp32) where the CPU has native bf16
+    ann_min_items: int = 100_000  # from this catalogue size on (CPU), candidates come from the ANN index
+    ann_nprobe: int = 32  # IVF lists searched per query: recall against cost (benchmarks.scoring)
+    device: str = "cpu"  # where the item space lives and the product runs: cpu or cuda[:N]
+
+
+def ivf_lists(n_items: int) -> int:
+    """IVF lists for a catalogue: ~4 sqrt(n), faiss's usual guidance, within [64, 8192]."""
+    return int(min(8192, max(64, 4 * math.sqrt(n_items))))
+
+
+def padded(dim: int) -> int:
+    return -(-dim // 16) * 16
+
+
+class Scorer:
+    def __init__(self, config: ScoringConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self._bf16 = config.bf16 and self.device.type == "cpu" and cpu_has_bf16()
+        self._space = torch.zeros((0, 0))  # [capacity, dim]; rows [0, size) are the catalogue's
+        self._coarse: torch.Tensor | None = None  # bf16 copy of the space, when it pays off
+        self._size = 0
+        self._model: InterestModel | None = None  # the model and catalogue version the space is of
+        self._version = -1
+        self.index: faiss.IndexIVFScalarQuantizer | None = None
+        self._norm_cap = 0.0  # M of the inner-product-to-L2 transform
+        self._outliers = torch.zeros(0, dtype=torch.int64)  # rows longer than M: candidates for every query
+
+    @property
+    def space(self) -> torch.Tensor:
+        """The item space [len(catalogue), dim] as of the last ``sync``."""
+        return self._space[: self._size]
+
+    def sync(self, catalogue: Catalogue, model: InterestModel) -> None:
+        """Bring the item space and index up to date: everything for another model, else only the rows
+        the catalogue changed since the last sync."""
+        if self._model is model and self._version == catalogue.version:
+            return
+        size = len(catalogue)
+        if self._model is not model:
+            rows = np.arange(size)
+            self._space = torch.zeros((max(size, 1024), model.config.dim), device=self.device)
+            self.index, self._outliers = None, torch.zeros(0, dtype=torch.int64)
+        else:
+            rows = catalogue.changed_since(self._version)
+            if size > self._space.shape[0]:
+                grown = torch.zeros((max(size, 2 * self._space.shape[0]), self._space.shape[1]), device=self.device)
+                grown[: self._size] = self._space[: self._size]
+                self._space = grown
+        if len(rows):
+            picked = torch.from_numpy(rows)
+            with torch.inference_mode():
+                self._space[picked.to(self.device)] = model.items(catalogue.embeddings[picked]).to(self.device)
+        old_size, self._size = self._size, size
+        self._follow_index(rows, old_size)
+        self._follow_coarse(rows)
+        self._model, self._version = model, catalogue.version
+
+    def _follow_coarse(self, changed: np.ndarray) -> None:
+        """The bf16 copy for exact scoring, where it pays off: all rows when its size changes, else the changed."""
+        if not self._bf16 or self.index is not None or self._size < MIN_BF16_ITEMS:
+            self._coarse = None
+        elif self._coarse is None or len(self._coarse) != self._size or len(changed) > self._size // 4:
+            self._coarse = self.space.to(torch.bfloat16)
+        elif len(changed):
+            picked = torch.from_numpy(changed)
+            self._coarse[picked] = self.space[picked].to(torch.bfloat16)
+
+    def _follow_index(self, changed: np.ndarray, old_size: int) -> None:
+        if self.device.type != "cpu":
+            return
+        if self.index is None:
+            if self._size >= self.config.ann_min_items:
+                self.index = self._train(self.space.numpy())
+                self._add(np.arange(self._size))
+            return
+        stale = np.union1d(changed, np.arange(self._size, old_size)).astype(np.int64)  # replaced rows, and rows gone
+        if len(stale):
+            self.index.remove_ids(stale)  # type: ignore[arg-type]  # faiss's stubs miss the array form
+            self._outliers = self._outliers[~torch.isin(self._outliers, torch.from_numpy(stale))]
+        self._add(changed)
+
+    def _add(self, rows: np.ndarray) -> None:
+        assert self.index is not None
+        x = self.space[torch.from_numpy(rows)].numpy()
+        inside = np.linalg.norm(x, axis=1) <= self._norm_cap
+        self.index.add_with_ids(self._augment(x[inside]), rows[inside].astype(np.int64))
+        self._outliers = torch.cat([self._outliers, torch.from_numpy(rows[~inside].astype(np.int64))])
+
+    def _augment(self, vectors: np.ndarray, queries: bool = False) -> np.ndarray:
+        """[n, dim] -> [n, padded(dim + 1)]: the extra coordinate makes every item's norm M, so L2 ranks by
+        inner product (0 for queries); zeros pad to a multiple of 16, where faiss's SIMD distances apply."""
+        out = np.zeros((len(vectors), padded(vectors.shape[1] + 1)), np.float32)
+        out[:, : vectors.shape[1]] = vectors
+        if not queries:
+            out[:, vectors.shape[1]] = np.sqrt(np.maximum(self._norm_cap**2 - np.einsum("ij,ij->i", vectors, vectors), 0.0))
+        return out
+
+    def _train(self, vectors: np.ndarray) -> faiss.IndexIVFScalarQuantizer:
+        self._norm_cap = 1.25 * float(np.linalg.norm(vectors, axis=1).max())  # headroom for items to come
+        dim, lists = padded(vectors.shape[1] + 1), ivf_lists(len(vectors))
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(dim), dim, lists, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
+        sample = vectors[np.random.default_rng(0).choice(len(vectors), min(len(vectors), 64 * lists), replace=False)]
+        index.train(self._augment(sample))
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]  # removal by id without a scan
+        index.nprobe = self.config.ann_nprobe
+        return index
+
+    def top_k(self, queries: torch.Tensor, k: int, exclude: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries [B, dim] -> (scores [B, k], rows [B, k]); excluded rows and missing candidates score -inf."""
+        k = min(k, self._size)
+        if self.index is None:
+            scores, rows = top_k(queries.to(self.device), self.space, k, exclude, self._coarse)
+            return scores.cpu(), rows.cpu()
+        wanted = 2 * k + CANDIDATE_MARGIN + max((len(e) for e in exclude or ()), default=0)
+        _, found = self.index.search(self._augment(queries.numpy(), queries=True), min(wanted, self._size))
+        candidates = torch.from_numpy(found)
+        if len(self._outliers):
+            candidates = torch.cat([candidates, self._outliers.expand(len(candidates), -1)], dim=1)
+        missing = candidates < 0
+        candidates[missing] = 0
+        rows = self.space.index_select(0, candidates.reshape(-1)).view(*candidates.shape, -1)
+        exact = (rows * queries.unsqueeze(1)).sum(-1)  # rescored in fp32
+        exact[missing] = float("-inf")
+        for b, excluded in enumerate(exclude or ()):
+            if excluded:
+                exact[b, torch.isin(candidates[b], torch.tensor(excluded))] = float("-inf")
+        scores, pos = torch.topk(exact, k, dim=-1)
+        return scores, torch.gather(candidates, 1, pos)
