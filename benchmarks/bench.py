@@ -170,7 +170,7 @@ def faust_floor(settings: Settings, n_events: int, work: Path) -> dict:
     out = work / "faust-floor.json"
     topics = f"{settings.clicks_topic},{settings.purchases_topic}"
     subprocess.run([sys.executable, "-m", "benchmarks.faust_floor", bootstrap(settings)[0], topics, str(n_events),
-                    str(settings.batch_max), str(settings.batch_wait_s), str(out)], check=True, timeout=600)
+                    str(settings.batch_max), str(settings.batch_wait_s), str(settings.fetch_backoff_s), str(out)], check=True, timeout=600)
     return json.loads(out.read_text())
 
 

@@ -2,9 +2,11 @@
 acknowledges them (no parse, no state, no output). What it costs per event is faust's share of the
 pipeline's cost. Run by ``benchmarks.bench`` as a child process:
 
-    python -m benchmarks.faust_floor BROKER TOPIC[,TOPIC] EVENTS BATCH_MAX WITHIN_S OUT.json
+    python -m benchmarks.faust_floor BROKER TOPIC[,TOPIC] EVENTS BATCH_MAX WITHIN_S FETCH_BACKOFF_S OUT.json
 
-It drains EVENTS events from the start of the topics, writes {events, seconds, cpu_s} (from the first
+With the worker's fetch back-off (``faust_compat.back_off_empty_fetches``: without it faust's empty
+internal topics are re-fetched in a tight loop on noida-db, a third of the floor's CPU), it drains
+EVENTS events from the start of the topics, writes {events, seconds, cpu_s} (from the first
 batch to the last, CPU of this process) to OUT.json and exits.
 """
 
@@ -21,8 +23,11 @@ from typing import cast
 import faust
 from faust.streams import Stream
 
+from streams import faust_compat
 
-def main(broker: str, topics: list[str], n: int, batch_max: int, within_s: float, out: Path) -> None:
+
+def main(broker: str, topics: list[str], n: int, batch_max: int, within_s: float, fetch_backoff_s: float, out: Path) -> None:
+    faust_compat.back_off_empty_fetches(fetch_backoff_s)
     app = faust.App(f"faust-floor-{time.time_ns()}", broker=f"kafka://{broker}", consumer_auto_offset_reset="earliest",
                     datadir=tempfile.mkdtemp(prefix="faust-floor-"), web_enabled=False, autodiscover=False)
     source = app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -44,5 +49,5 @@ def main(broker: str, topics: list[str], n: int, batch_max: int, within_s: float
 
 
 if __name__ == "__main__":
-    broker, topics, n, batch_max, within, out = sys.argv[1:7]
-    main(broker, topics.split(","), int(n), int(batch_max), float(within), Path(out))
+    broker, topics, n, batch_max, within, backoff, out = sys.argv[1:8]
+    main(broker, topics.split(","), int(n), int(batch_max), float(within), float(backoff), Path(out))
