@@ -32,7 +32,7 @@ MIN_BF16_ITEMS = 2048  # below this the fp32 product is cheap already
 class ScoringConfig:
     bf16: bool = True  # exact scoring in bf16 (rescored in fp32) where the CPU has native bf16
     ann_min_items: int = 100_000  # from this catalogue size on (CPU), candidates come from the ANN index
-    ann_nprobe: int = 32  # IVF lists searched per query: recall against cost (benchmarks.scoring)
+    ann_nprobe: int = 64  # IVF lists searched per query: recall against cost (benchmarks.scoring)
     device: str = "cpu"  # where the item space lives and the product runs: cpu or cuda[:N]
 
 
@@ -72,7 +72,8 @@ class Scorer:
         size = len(catalogue)
         if self._model is not model:
             rows = np.arange(size)
-            self._space = torch.zeros((max(size, 1024), model.config.dim), device=self.device)
+            # headroom: growing copies the whole space (seconds at a million 384-d items)
+            self._space = torch.zeros((max(1024, size + size // 8), model.config.dim), device=self.device)
             self.index, self._outliers = None, torch.zeros(0, dtype=torch.int64)
         else:
             rows = catalogue.changed_since(self._version)

@@ -37,7 +37,7 @@ class UpdaterConfig:
     max_lateness_s: float = 86400.0  # events older than the user's last by more are rejected
     bf16_scoring: bool = True  # score large catalogues in bf16 where the CPU has it natively
     ann_min_items: int = 100_000  # from this catalogue size on, candidates come from an ANN index (models.scorer)
-    ann_nprobe: int = 32  # IVF lists searched per query
+    ann_nprobe: int = 64  # IVF lists searched per query
     scoring_device: str = "cpu"  # where the catalogue is scored: cpu or cuda[:N]
 
 

@@ -93,7 +93,7 @@ class Settings:
     ann_min_items: int = setting(
         100_000, "From this catalogue size on, candidates come from an approximate index (faiss IVF) and are rescored exactly; "
         "below it, every item is scored (README, Performance).", _at_least(1))
-    ann_nprobe: int = setting(32, "IVF lists the approximate index searches per user: recall against cost.", _at_least(1))
+    ann_nprobe: int = setting(64, "IVF lists the approximate index searches per user: recall against cost.", _at_least(1))
     scoring_device: str = setting(
         "auto", "Where the catalogue is scored: auto (cuda if present), cuda or cpu. On cuda every item is scored.",
         ((lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:")), "auto, cpu, cuda or cuda:N"))
