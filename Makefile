@@ -38,7 +38,9 @@ evaluate: install
 
 # Not part of the tests: throughput/latency against a raw Kafka loop on the same local broker.
 bench: install
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m benchmarks.bench
+	$(BIN)/python -m benchmarks.scoring
 
 clean:
 	rm -rf $(VENV) var results

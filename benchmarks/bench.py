@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reference-events", type=int, default=100_000, help="events through the reference loops")
     p.add_argument("--encoder", choices=("tiny", "minilm"), default="tiny", help="the worker's encoder")
     p.add_argument("--encoder-items", type=int, default=2000, help="texts for the MiniLM throughput (0: skip)")
+    p.add_argument("--refresh-items", type=int, default=-1, help="new items in the catalogue refresh (-1: as many as --items; 0: skip)")
     p.add_argument("--decay-users", type=int, default=100_000, help="users for the decay timer cost (0: skip)")
     p.add_argument("--duration", type=float, default=15.0, help="seconds per sustained-rate phase")
     p.add_argument("--loads", default="0.5,0.8",
@@ -152,7 +153,8 @@ async def run_pipeline(settings: Settings, args: argparse.Namespace, items: list
         finally:
             await producer.stop()
             monitor.stop()
-        refresh = await catalogue_refresh(settings, fleet, catalogue(len(items), seed=3, first=len(items)))
+        n_new = len(items) if args.refresh_items < 0 else args.refresh_items
+        refresh = await catalogue_refresh(settings, fleet, catalogue(n_new, seed=3, first=len(items))) if n_new else None
         dead = fleet.metric("interest_events_dead_lettered_total")
         produced = producer.source.sent
     finally:
@@ -218,9 +220,9 @@ def summary(r: dict) -> list[tuple[str, str]]:
         ("events produced / applied (exactly once) / dead-lettered",
          f"{pipe['events_produced']:,} / {table['applied_events']:,} / {pipe['dead_lettered']:.0f}"),
         (f"workers' start to ready, {r['args']['items']:,} items embedded, s", f"{pipe['ready_s']:.1f}"),
-        (f"refresh in the running workers ({r['args']['encoder']}): {pipe['refresh']['items']:,} new items to catalogue, items/s",
-         f"{pipe['refresh']['items_per_s']:,.0f}"),
-        ("  the encoder's own rate in that refresh, items/s", f"{pipe['refresh']['encoder_items_per_s']:,.0f}"),
+        *([(f"refresh in the running workers ({r['args']['encoder']}): {pipe['refresh']['items']:,} new items to catalogue, items/s",
+            f"{pipe['refresh']['items_per_s']:,.0f}"),
+           ("  the encoder's own rate in that refresh, items/s", f"{pipe['refresh']['encoder_items_per_s']:,.0f}")] if pipe["refresh"] else []),
     ]
     for e in r.get("encoder", []):
         rows.append((f"encoder {e['encoder']} ({e['device']}: {e['hardware']}, {e['dtype']}, {e['items']} texts), items/s", f"{e['items_per_s']:,.0f}"))

@@ -60,3 +60,15 @@ def test_scoring_benchmark_measures_the_index_against_exact_scoring():
     assert result["ivf_lists"] == 282 and result["nprobe"] == 64
     assert 0.9 <= result["recall_at_10"] <= 1.0  # a quarter of the lists searched: most of the exact top 10
     assert min(result[k] for k in ("exact_us_per_event", "ann_us_per_event", "upsert_us_per_item", "retire_us_per_item")) > 0
+
+
+def test_scaling_table_reads_each_run_as_bench_writes_it():
+    from benchmarks.plot import row, table
+
+    phase = {"p50_ms": 40.0, "p99_ms": 90.0}
+    run = {"args": {"users": 100_000, "items": 10_000, "workers": 2}, "model_work": {"cpu_us_per_event": 130.0},
+           "pipeline": {"capacity": {"events_per_s": 3000.0, "worker_cpu_us_per_event": 350.0}, "faust_floor": {"events": 1000, "cpu_s": 0.07},
+                        "latency": [{"load": 0.1, **phase}, {"load": 0.5, "p50_ms": 150.0, "p99_ms": 400.0}]}}
+    r = row(run)
+    assert (r["faust_cpu_us"], r["p99_10"], r["p50_50"]) == (70.0, 90.0, 150.0)
+    assert table([r]).splitlines()[-1] == "| 100,000 | 10,000 | 2 | 3,000 | 350 | 130 | 70 | 40 / 90 | 150 / 400 |"
