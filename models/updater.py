@@ -68,11 +68,6 @@ class InterestUpdater:
     def new_state(self) -> UserState:
         return UserState.new(self.model.config.hidden, self.catalogue.dim, self.model.version)
 
-    def item_space(self) -> torch.Tensor:
-        """The catalogue in interest space [N, dim], kept in step with it a changed row at a time."""
-        self.scorer.sync(self.catalogue, self.model)
-        return self.scorer.space
-
     # -- step 1: decide, per event, whether it is applied --------------------------------------------------
 
     def _admit(self, batch: list[Delivered], states: dict[str, UserState | None], result: BatchResult):
