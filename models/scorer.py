@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from models.catalogue import Catalogue
-from models.hardware import cpu_has_bf16
+from models.hardware import cpu_has_bf16, pick_device
 from models.interest import InterestModel
 from models.topk import CANDIDATE_MARGIN, top_k
 
@@ -33,7 +33,7 @@ class ScoringConfig:
     bf16: bool = True  # exact scoring in bf16 (rescored in fp32) where the CPU has native bf16
     ann_min_items: int = 100_000  # from this catalogue size on (CPU), candidates come from the ANN index
     ann_nprobe: int = 64  # IVF lists searched per query: recall against cost (benchmarks.scoring)
-    device: str = "cpu"  # where the item space lives and the product runs: cpu or cuda[:N]
+    device: str = "cpu"  # where the item space lives and the product runs: auto, cpu or cuda[:N]
 
 
 def ivf_lists(n_items: int) -> int:
@@ -48,7 +48,7 @@ def padded(dim: int) -> int:
 class Scorer:
     def __init__(self, config: ScoringConfig) -> None:
         self.config = config
-        self.device = torch.device(config.device)
+        self.device = pick_device(config.device)
         self._bf16 = config.bf16 and self.device.type == "cpu" and cpu_has_bf16()
         self._space = torch.zeros((0, 0))  # [capacity, dim]; rows [0, size) are the catalogue's
         self._coarse: torch.Tensor | None = None  # bf16 copy of the space, when it pays off

@@ -38,7 +38,7 @@ class UpdaterConfig:
     bf16_scoring: bool = True  # score large catalogues in bf16 where the CPU has it natively
     ann_min_items: int = 100_000  # from this catalogue size on, candidates come from an ANN index (models.scorer)
     ann_nprobe: int = 64  # IVF lists searched per query
-    scoring_device: str = "cpu"  # where the catalogue is scored: cpu or cuda[:N]
+    scoring_device: str = "cpu"  # where the catalogue is scored: auto, cpu or cuda[:N]
 
 
 @dataclass(frozen=True)

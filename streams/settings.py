@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from models.updater import UpdaterConfig
 from state.faults import InterestStreamError
 from streams.schemas import EventLimits
@@ -145,10 +143,7 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
     def updater_config(self) -> UpdaterConfig:
-        values = {f.name: getattr(self, f.name) for f in fields(UpdaterConfig)}
-        if values["scoring_device"] == "auto":
-            values["scoring_device"] = "cuda" if torch.cuda.is_available() else "cpu"
-        return UpdaterConfig(**values)
+        return UpdaterConfig(**{f.name: getattr(self, f.name) for f in fields(UpdaterConfig)})
 
     def limits(self) -> EventLimits:
         return EventLimits(self.max_future_s, self.max_quantity, self.max_price)
