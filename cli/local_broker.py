@@ -22,7 +22,7 @@ def free_port() -> int:
 def _binary() -> Path:
     spec = importlib.util.find_spec("noida_db")
     if spec is None or not spec.submodule_search_locations:
-        raise InterestStreamError("the local broker needs the package noida-db (pip install noida-db), or set INTEREST_BROKER")
+        raise InterestStreamError("the local broker needs noida-db: pip install 'interest-stream[local]' (or set INTEREST_BROKER)")
     return Path(next(iter(spec.submodule_search_locations))) / "noida-db"
 
 

@@ -1,5 +1,5 @@
 """What the worker reports beside its counters (``streams.metrics``): consumer lag per partition, in
-messages and in seconds, and the users its table holds. faust's own sensor has no lag metric."""
+messages and in seconds, and the users its active table partitions hold. faust's own sensor has no lag metric."""
 
 from __future__ import annotations
 
@@ -40,4 +40,6 @@ class LagReporter:
             behind = max(highwater - offset - 1, 0)
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(behind)
             metrics.CONSUMER_LAG_SECONDS.labels(tp.topic, str(tp.partition)).set(now - timestamp if behind else 0.0)
-        metrics.TABLE_USERS.set(self.table.estimated_users())
+        # The table's active partitions are those of the event topics (co-partitioned); standbys are not counted.
+        active = {tp.partition for tp in consumer.assignment() if tp.topic in self.runtime.event_types}
+        metrics.TABLE_USERS.set(self.table.users(active))

@@ -4,7 +4,7 @@ disk for tools and tests that look at a stopped worker's state (faust's per-part
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
@@ -32,6 +32,14 @@ class UserTable(faust.Table):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._unconfirmed: list[FutureMessage] = []
+        # Users per partition: counted by a scan the first time after a recovery (which writes the
+        # partition behind our back), then kept by ``set_many``; RocksDB's own estimate counts overwrites.
+        self._users: dict[int, int] = {}
+        self._absent: set[bytes] = set()  # keys the last ``get_many`` did not find: new users if set
+        self.on_recover(self._recount)
+
+    async def _recount(self) -> None:
+        self._users.clear()
 
     def get_many(self, keys: dict[bytes, int]) -> dict[bytes, bytes | None]:
         """The stored value of each key (key -> its partition), None where there is none."""
@@ -42,6 +50,7 @@ class UserTable(faust.Table):
         with store_errors("user table"):
             for partition, batch in by_partition.items():
                 found.update(zip(batch, partition_db(self, partition).get(batch), strict=True))
+        self._absent = {key for key, value in found.items() if value is None}
         return found
 
     def set_many(self, values: dict[bytes, tuple[int, bytes]]) -> None:
@@ -54,6 +63,10 @@ class UserTable(faust.Table):
                 partition_db(self, partition).write(batch)
         for key, (partition, value) in values.items():
             self._unconfirmed.append(self.send_changelog(partition, key, value))
+            if key in self._absent:
+                self._absent.discard(key)
+                if partition in self._users:
+                    self._users[partition] += 1
 
     def partition_items(self, partition: int) -> list[tuple[bytes, bytes]]:
         """Every (key, value) stored for ``partition`` on this worker."""
@@ -61,9 +74,14 @@ class UserTable(faust.Table):
         with store_errors("user table"):
             return [] if db is None else [(k, v) for k, v in db.items() if k != OFFSET_KEY]
 
-    def estimated_users(self) -> int:
-        """RocksDB's estimate of the keys in this worker's partitions (it counts overwrites until compaction)."""
-        return sum(db.property_int_value("rocksdb.estimate-num-keys") or 0 for db in partition_dbs(self).values())
+    def users(self, partitions: Iterable[int]) -> int:
+        """Users stored in ``partitions`` (those open on this worker) of the table."""
+        dbs = partition_dbs(self)
+        with store_errors("user table"):
+            for partition in partitions:
+                if partition in dbs and partition not in self._users:
+                    self._users[partition] = sum(1 for key in dbs[partition].keys() if key != OFFSET_KEY)
+        return sum(self._users.get(partition, 0) for partition in partitions if partition in dbs)
 
     def changelog_sent(self) -> list[FutureMessage]:
         """Delivery futures of the changelog records sent since the last call."""
