@@ -63,6 +63,14 @@ def _demo(args: argparse.Namespace, settings: Settings) -> None:
     run_demo(settings, show_users=args.users)
 
 
+def _dev(args: argparse.Namespace, settings: Settings) -> None:
+    from pathlib import Path
+
+    from cli.dev import run_dev
+
+    run_dev(settings, Path(args.dir), args.port, sample=not args.no_sample)
+
+
 def _config(args: argparse.Namespace, settings: Settings) -> None:
     meanings = {name: meaning for name, _, meaning in describe()}
     for name, value, source in in_effect(settings):
@@ -176,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="local broker + worker + bundled sample, then print recommendations")
     p.add_argument("--users", type=int, default=4, help="users to print")
     p.set_defaults(run=_demo)
+
+    p = sub.add_parser("dev", help="a local broker + worker that stay up until Ctrl-C, for the client commands from another terminal")
+    p.add_argument("--dir", default="var/dev", help="broker data, worker state and log; kept across restarts")
+    p.add_argument("--port", type=int, default=19092, help="the local broker's port (the same one on every start)")
+    p.add_argument("--no-sample", action="store_true", help="do not publish the bundled sample catalogue on the first start")
+    p.set_defaults(run=_dev)
 
     p = sub.add_parser("movielens", help="write MovieLens-100K (from the recbole package) as catalogue and event logs")
     p.add_argument("--out", default="results/ml-100k", help="folder for catalogue.jsonl, events.jsonl, train.jsonl, test.jsonl")

@@ -30,6 +30,7 @@ class WorkerProcess:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "worker"], env=env, stdin=subprocess.DEVNULL,
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the parent only, which stops the worker in order
         )
         return self
 

@@ -1,0 +1,54 @@
+"""`dev`: the product on one machine that stays up, for trying the client commands from another terminal.
+
+A local broker (unless INTEREST_BROKER is set) and one worker, both keeping their data under one folder
+across restarts; the bundled sample catalogue is published on the first start, so that the README's
+examples name items that exist. Ctrl-C (or SIGTERM) stops the worker, then the broker.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
+
+from cli.client import publish_catalogue, read_jsonl
+from cli.local_broker import LocalBroker
+from cli.worker_process import WorkerProcess
+from state.faults import InterestStreamError
+from streams.settings import Settings
+
+SAMPLE_CATALOGUE = Path(__file__).parent / "sample" / "catalogue.jsonl"
+
+
+def run_dev(settings: Settings, folder: Path, port: int, sample: bool = True, ready_timeout_s: float = 300.0) -> None:
+    """Run until interrupted; raises ``InterestStreamError`` if the worker exits on its own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    # SIGTERM ends it like Ctrl-C: both children are stopped in order either way.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with ExitStack() as stack:
+        if not settings.broker:
+            broker = stack.enter_context(LocalBroker(folder / "broker", port))
+            settings = replace(settings, broker=broker.address)
+        settings = replace(settings, data_dir=folder / "state")
+        worker = WorkerProcess(settings, folder / "worker.log").start()
+        stack.callback(worker.stop)
+        published = folder / "sample-published"
+        items = 0
+        if sample and not published.exists():
+            items = publish_catalogue(settings, SAMPLE_CATALOGUE, progress=False)
+            published.touch()
+        elif sample:
+            items = sum(1 for _ in read_jsonl(SAMPLE_CATALOGUE))
+        try:
+            worker.wait_ready(min_items=items, timeout_s=ready_timeout_s)
+            print(f"broker {settings.broker}, worker ready ({items} sample items); data in {folder}/ (worker.log, state/)\n"
+                  f"metrics http://127.0.0.1:{settings.metrics_port}/metrics, worker http://127.0.0.1:{settings.web_port}/ready\n\n"
+                  f"In another terminal:\n  export INTEREST_BROKER={settings.broker}\n\n"
+                  "Ctrl-C stops both; the next `interest-stream dev` goes on from the same state.", flush=True)
+            while worker.alive:
+                time.sleep(0.5)
+            raise InterestStreamError(f"the worker exited with {worker.exit_code} (log: {folder / 'worker.log'}):\n{worker.log_tail()}")
+        except KeyboardInterrupt:
+            print("\nstopping the worker and the broker", flush=True)
