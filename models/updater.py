@@ -173,6 +173,7 @@ class InterestUpdater:
         now = time.time()
         for user, items in zip(users, self.recommend([result.states[u] for u in users])):
             state = result.states[user]
+            state.latest, state.latest_at = [(i.item_id, i.score) for i in items], now
             result.recommendations.append(Recommendation(user, items, state.last_event_id, state.last_event_time, self.model.version, now))
         return result
 

@@ -30,6 +30,9 @@ class UserState:
     applied: dict[str, int] = field(default_factory=dict)
     recent_items: list[str] = field(default_factory=list)  # newest first
     recent_event_ids: list[str] = field(default_factory=list)  # newest first, to drop re-sent duplicates
+    # The last top-k published for the user, (item id, score), and when (unix seconds): what `inspect` shows.
+    latest: list[tuple[str, float]] = field(default_factory=list)
+    latest_at: float = 0.0
 
     @classmethod
     def new(cls, hidden_size: int, embed_size: int, model_version: str) -> "UserState":
@@ -52,11 +55,13 @@ class UserState:
 
 def encode(state: UserState) -> bytes:
     """The state as bytes; raises ``NonFinite`` rather than store a NaN or an infinity (the last guard)."""
-    require_finite("the user state", state.hidden, state.lt_sum, state.lt_weight, state.lt_time, state.last_event_time)
+    require_finite("the user state", state.hidden, state.lt_sum, state.lt_weight, state.lt_time, state.last_event_time,
+                   state.latest_at, *(score for _, score in state.latest))
     meta = {
         "lw": state.lt_weight, "lt": state.lt_time, "c": state.clicks, "p": state.purchases,
         "le": state.last_event_id, "let": state.last_event_time, "mv": state.model_version,
         "ap": state.applied, "ri": state.recent_items, "re": state.recent_event_ids,
+        "lr": [(item, round(score, 5)) for item, score in state.latest], "la": state.latest_at,
     }
     blob = orjson.dumps(meta)  # the same compact JSON as json.dumps, ~10x faster
     hidden = np.ascontiguousarray(state.hidden, np.float32)
@@ -77,4 +82,5 @@ def decode(raw: bytes) -> UserState:
         hidden=hidden, lt_sum=lt_sum, lt_weight=meta["lw"], lt_time=meta["lt"], clicks=meta["c"], purchases=meta["p"],
         last_event_id=meta["le"], last_event_time=meta["let"], model_version=meta["mv"], applied=meta["ap"],
         recent_items=meta["ri"], recent_event_ids=meta["re"],
+        latest=[(item, score) for item, score in meta.get("lr", ())], latest_at=meta.get("la", 0.0),  # absent before 0.1.0's inspect
     )

@@ -10,8 +10,10 @@ def test_encoding_round_trips_every_field():
         hidden=np.arange(8, dtype=np.float32), lt_sum=np.linspace(0, 1, 6, dtype=np.float32), lt_weight=2.5, lt_time=10.0,
         clicks=3, purchases=1, last_event_id="e9", last_event_time=9.0, model_version="gru-x",
         applied={"clicks:1": 41, "purchases:1": 7}, recent_items=["b", "a"], recent_event_ids=["e9", "e8"],
+        latest=[("c", 0.75), ("d", -0.125)], latest_at=11.5,
     )
     back = decode(encode(s))
+    assert back.latest == s.latest and back.latest_at == 11.5
     assert np.array_equal(back.hidden, s.hidden) and np.array_equal(back.lt_sum, s.lt_sum)
     assert (back.lt_weight, back.lt_time, back.clicks, back.purchases) == (2.5, 10.0, 3, 1)
     assert back.applied == s.applied and back.recent_items == s.recent_items and back.model_version == "gru-x"
