@@ -49,7 +49,7 @@ from benchmarks import encoder, micro, pipeline, reference
 from benchmarks.workload import EventSource, catalogue
 from cli.local_broker import LocalBroker
 from models.tiny_bert import build_tiny_bert
-from streams.settings import Settings
+from streams.settings import Settings, topic_settings
 from streams.topics import admin_client, bootstrap, ensure_topics
 
 MINILM_DIM = 384  # the decay cost is for production-sized states
@@ -76,8 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def bench_settings(base: Settings, broker: str, encoder_path: str) -> Settings:
     prefix = f"bench-{int(time.time())}"
-    topics = {f: f"{prefix}-{getattr(base, f)}" for f in (
-        "clicks_topic", "purchases_topic", "items_topic", "item_vectors_topic", "recommendations_topic", "dead_letter_topic", "ticks_topic")}
+    topics = {f: f"{prefix}-{getattr(base, f)}" for f in topic_settings()}
     return replace(base, broker=broker, app_id=prefix, encoder_path=encoder_path, **topics)  # each worker: own state, ports
 
 

@@ -1,12 +1,16 @@
-"""Client-side tools: publish a catalogue, produce and replay events, subscribe to recommendations."""
+"""Client-side tools: publish a catalogue, produce and replay events, subscribe to recommendations,
+look at a user on the worker that holds them, request a user's erasure."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from urllib.error import HTTPError, URLError
 
 from kafka import KafkaConsumer, KafkaProducer
 from tqdm import tqdm
@@ -77,6 +81,59 @@ def publish_catalogue(settings: Settings, path: str | Path, progress: bool = Tru
     return len(items)
 
 
+def request_erasure(settings: Settings, users: list[str]) -> None:
+    """Ask the workers to erase ``users`` (``streams.erasure``): a request keyed by user id, so it reaches
+    the worker that holds the user, in order with their events."""
+    out = producer(settings)
+    for user in users:
+        out.send(settings.erasures_topic, key=user.encode(), value=json.dumps({"user_id": user, "requested_at": time.time()}).encode())
+    out.flush()
+    out.close()
+
+
+def inspect_user(settings: Settings, user: str) -> dict | None:
+    """The user's state and latest recommendations as a worker shows them (``streams.web.user_view``);
+    None if no worker holds a state for them (never seen, or erased)."""
+    base = settings.worker_url.rstrip("/") or f"http://127.0.0.1:{settings.web_port}"
+    url = f"{base}/users/{urllib.parse.quote(user, safe='')}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())
+    except HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise InterestStreamError(f"{url}: {exc.code} {exc.reason} (503: the workers are still being assigned partitions)") from None
+    except (URLError, OSError) as exc:
+        raise InterestStreamError(f"no worker answers at {base} ({getattr(exc, 'reason', exc)}); set INTEREST_WORKER_URL") from None
+
+
+def wait_erased(settings: Settings, users: list[str], timeout_s: float) -> list[str]:
+    """Wait until no worker shows a state for ``users``; returns those still shown after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    left = list(users)
+    while left and time.monotonic() < deadline:
+        left = [user for user in left if inspect_user(settings, user) is not None]
+        if left:
+            time.sleep(0.5)
+    return left
+
+
+def format_user(view: dict) -> str:
+    last, lt, latest = view["last_event"], view["long_term"], view["latest_recommendations"]
+    recs = ", ".join(f"{i['item_id']} ({i['score']:.3f})" for i in latest["items"]) or "none"
+    return "\n".join((
+        f"user {view['user_id']} (partition {view['partition']}, model {view['model_version']})",
+        f"  events: {view['clicks']} clicks, {view['purchases']} purchases; last {last['event_id']} at {_when(last['ts'])}",
+        f"  recent items (newest first): {', '.join(view['recent_items'][:10]) or 'none'}",
+        f"  long-term: weight {lt['weight']:.3f} as of {_when(lt['as_of'])} ({lt['age_s'] / 3600:.1f} h ago)",
+        f"  latest recommendations ({_when(latest['produced_at'])}): {recs}",
+    ))
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + " UTC" if ts else "never"
+
+
 def recommendations(settings: Settings, from_beginning: bool = False, timeout_s: float | None = None) -> Iterator[Recommendation]:
     """Recommendations as they arrive; stops after ``timeout_s`` without one (never, if None). A record
     that is not a recommendation (another producer's) is skipped with a line on stderr."""
@@ -88,6 +145,8 @@ def recommendations(settings: Settings, from_beginning: bool = False, timeout_s:
     )
     try:
         for message in consumer:
+            if message.value is None:  # the user was erased
+                continue
             try:
                 rec = Recommendation.from_json(message.value)
             except ValueError as exc:

@@ -51,6 +51,29 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> None:
             break
 
 
+def _inspect(args: argparse.Namespace, settings: Settings) -> None:
+    from cli.client import format_user, inspect_user
+
+    view = inspect_user(settings, args.user)
+    if view is None:
+        raise InterestStreamError(f"no state for user {args.user!r} (never seen, or erased)")
+    print(json.dumps(view, indent=2) if args.json else format_user(view))
+
+
+def _erase(args: argparse.Namespace, settings: Settings) -> None:
+    from cli.client import request_erasure, wait_erased
+
+    request_erasure(settings, args.users)
+    print(f"erasure of {len(args.users)} user(s) requested on {settings.erasures_topic}")
+    if args.wait <= 0:
+        return
+    left = wait_erased(settings, args.users, args.wait)
+    if left:
+        raise InterestStreamError(f"still held after {args.wait:.0f}s: {', '.join(left)} (the request stays queued for the worker)")
+    print("erased: no worker holds their state or recommendations; their changelog tombstones follow once the group "
+          "has committed past their events")
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> None:
     from streams.worker import run_worker
 
@@ -177,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds without one")
     p.add_argument("--json", action="store_true", help="each recommendation as published: one JSON object a line")
     p.set_defaults(run=_subscribe)
+
+    p = sub.add_parser("inspect", help="one user's state and latest recommendations, from the worker that holds them")
+    p.add_argument("user")
+    p.add_argument("--json", action="store_true", help="as the worker returns it")
+    p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("erase", help="erase users everywhere the product keeps them (state, changelog, latest recommendations)")
+    p.add_argument("users", nargs="+", metavar="user")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for a worker to confirm (0: do not wait)")
+    p.set_defaults(run=_erase)
 
     p = sub.add_parser("worker", help="run a stream worker (settings from INTEREST_* variables)")
     p.set_defaults(run=_worker)

@@ -9,6 +9,7 @@ delivery and checkpointing (``checkpoints``), lag reporting (``observability``) 
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -59,8 +60,10 @@ def build_app(settings: Settings) -> WorkerApp:
         broker_commit_interval=s.commit_interval_s,
         consumer_group_instance_id=s.instance_id or None,
         web_port=s.web_port,
-        web_host="0.0.0.0",
-        # /health and /ready only: faust's own views would serve any user's raw state to anyone on the port.
+        web_bind="0.0.0.0",
+        # The address other workers forward a user's page to (faust's canonical URL), when they do not hold the user.
+        web_host=s.web_host or socket.gethostname(),
+        # Our pages only (``streams.web``): faust's own views would serve any user's raw state to anyone on the port.
         web_router_enabled=False,
         web_tables_enabled=False,
         web_graph_enabled=False,
@@ -69,14 +72,14 @@ def build_app(settings: Settings) -> WorkerApp:
         Table=UserTable,
     )
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    events_topic = app.topic(s.clicks_topic, s.purchases_topic, s.ticks_topic, **raw)
+    events_topic = app.topic(s.clicks_topic, s.purchases_topic, s.erasures_topic, s.ticks_topic, **raw)
     items_topic = app.topic(s.items_topic, **raw)
     ticks_topic = app.topic(s.ticks_topic, partitions=s.partitions, **raw)
     table = cast(UserTable, app.Table("user-state", partitions=s.partitions, key_type=bytes, value_type=bytes, options={"driver": "rocksdict"}))
 
     runtime = Runtime(s, {s.clicks_topic: "click", s.purchases_topic: "purchase"})
     # Per input partition: the next offset to apply and what is durable; faust commits no further.
-    checkpoints = Checkpoints(app, s.app_id, servers, [s.clicks_topic, s.purchases_topic, s.items_topic])
+    checkpoints = Checkpoints(app, s.app_id, servers, [s.clicks_topic, s.purchases_topic, s.erasures_topic, s.items_topic])
     dead_letters = DeadLetterWriter(app, s.dead_letter_topic, s.max_message_bytes)
     events = EventAgent(app, s, table, ticks_topic, runtime, checkpoints, dead_letters)
     catalogue = CatalogueAgents(app, s, runtime, checkpoints, dead_letters)
@@ -92,5 +95,5 @@ def build_app(settings: Settings) -> WorkerApp:
 
     app.timer(interval=5.0, name="re_read_stalled_partitions")(re_read_stalled_partitions)
     app.timer(interval=5.0, name="report_lag")(LagReporter(app, runtime, table).report)
-    add_pages(app, runtime)
+    add_pages(app, runtime, table, s.partitions)
     return WorkerApp(app, s, table, runtime, checkpoints, events, catalogue)  # type: ignore[arg-type]

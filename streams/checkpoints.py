@@ -86,12 +86,16 @@ class Checkpoints:
             self.progress.start(tp, max(committed or 0, earliest))
 
     async def committed_offset(self, tp: TP) -> int | None:
+        return (await self.committed_offsets([tp]))[tp]
+
+    async def committed_offsets(self, tps: list[TP]) -> dict[TP, int | None]:
+        """The group's committed offset of each partition (the next to read), None where it has none."""
         if self._admin is None:
             self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.group}-checkpoints")
             await self._admin.start()
-        found = await self._admin.list_consumer_group_offsets(self.group, partitions=[TopicPartition(tp.topic, tp.partition)])
-        offset = next(iter(found.values())).offset if found else -1
-        return None if offset < 0 else offset
+        found = await self._admin.list_consumer_group_offsets(self.group, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps])
+        offsets = {(t.topic, t.partition): meta.offset for t, meta in found.items()}
+        return {tp: None if offsets.get((tp.topic, tp.partition), -1) < 0 else offsets[(tp.topic, tp.partition)] for tp in tps}
 
     async def re_read(self, missing: set[TP]) -> None:
         for tp in missing:

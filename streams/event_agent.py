@@ -1,11 +1,13 @@
 """The event agent: click and purchase events in micro-batches -> the user table -> recommendations;
-decay ticks on the same stream. A batch's path, top to bottom:
+erasure requests and decay ticks on the same stream. A batch's path, top to bottom:
 
   ``run``: take a micro-batch -> admit it in offset order (``Checkpoints``) -> ``apply`` its events
-  inside the ingestion boundary -> ``decay`` each tick's partition -> hand what it sent to the acks that
-  make its offsets durable.
+  inside the ingestion boundary -> ``erase`` its erasure requests -> ``decay`` each tick's partition ->
+  hand what it sent to the acks that make its offsets durable.
   ``apply``: validate and read the users' states -> the updater, in the model thread (``EventStep``)
   -> dead letters (acknowledged before any state is written) -> states -> recommendations.
+  ``erase``: erasure markers (``streams.erasure``) -> a null recommendation per user.
+  ``decay``: decay, expire idle users, delete the erasure markers the group has committed past.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from typing import cast
 
 import faust
 from faust.streams import Stream
+from faust.types import TP
 
 from streams import metrics
 from streams.boundary import contain
 from streams.checkpoints import Checkpoints, fail_stop
 from streams.dead_letters import DeadLetterWriter
 from streams.decay import decay_step
-from streams.ingest import Message
+from streams.ingest import Message, erasure_step
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.user_table import UserTable
@@ -58,13 +61,15 @@ class EventAgent:
             await self.runtime.ready.wait()
             start, taken = time.perf_counter(), time.time()
             with fail_stop(batch):
-                events, missing = await self.checkpoints.admit([e for e in batch if e.message.topic != s.ticks_topic])
+                admitted, missing = await self.checkpoints.admit([e for e in batch if e.message.topic != s.ticks_topic])
                 sent: list[Awaitable] = []
-                messages = [e.message for e in events]
+                messages = [e.message for e in admitted if e.message.topic != s.erasures_topic]
                 self._count(messages, taken)
                 await contain("events", messages, partial(self.apply, sent=sent, taken=taken), self.dead_letters.into(sent))
+                erasures = [e.message for e in admitted if e.message.topic == s.erasures_topic]
+                await contain(s.erasures_topic, erasures, partial(self.erase, sent=sent), self.dead_letters.into(sent))
                 for tick in [e.message for e in batch if e.message.topic == s.ticks_topic]:
-                    await contain(s.ticks_topic, [tick], lambda part: self.decay(part[0].partition), self.dead_letters.into(sent))
+                    await contain(s.ticks_topic, [tick], partial(self.decay_ticked, sent=sent), self.dead_letters.into(sent))
                 await self.checkpoints.event_acks.add([*sent, *self.table.changelog_sent()], self.checkpoints.position(batch))
                 await self.checkpoints.re_read(missing)
             metrics.BATCH_SIZE.observe(len(batch))
@@ -111,22 +116,45 @@ class EventAgent:
             sent.append(acknowledged)
         metrics.RECOMMENDATIONS.inc(len(out.recommendations))
 
+    async def erase(self, messages: Sequence[Message], sent: list[Awaitable]) -> None:
+        """Replace each requested user's state by its erasure marker and publish a null recommendation for them."""
+        if not messages:
+            return
+        out = erasure_step(messages, self.table.get_many, self.runtime.updater.new_state)
+        sent += [await self.dead_letters.send(r.message, r.rejection) for r in out.rejected]
+        self.table.set_many(out.states)
+        await self._unpublish(out.erased, sent)
+        metrics.USERS_ERASED.labels("request").inc(len(out.erased))
+
+    async def _unpublish(self, users: dict[bytes, int], sent: list[Awaitable]) -> None:
+        """A null (a tombstone: the recommendations topic is compacted) for each user, on their partition."""
+        for key, partition in users.items():
+            sent.append(await self.app.producer.send(self.settings.recommendations_topic, key, None, partition, None, None))
+
     async def tick_all_partitions(self) -> None:
         """Leader timer: a tick to every partition; whoever owns one decays its users (``decay``)."""
         for partition in range(self.settings.partitions):
             await self.ticks.send(value=b"", partition=partition)
 
-    async def decay(self, partition: int) -> None:
-        """Decay every user of ``partition`` to the newest event time applied there (``streams.decay``)."""
-        now = self.runtime.watermarks.get(partition)
-        if now is None:
-            return
+    async def decay_ticked(self, ticks: Sequence[Message], sent: list[Awaitable]) -> None:
+        await self.decay(ticks[0].partition, sent)
+
+    async def decay(self, partition: int, sent: list[Awaitable]) -> None:
+        """Decay every user of ``partition`` to the newest event time applied there (``streams.decay``),
+        expire those idle for ``INTEREST_USER_TTL_S`` and delete the erasure markers committed past."""
+        s = self.settings
         start = time.perf_counter()
+        now = self.runtime.watermarks.get(partition)
+        sources = [TP(topic, partition) for topic in (s.clicks_topic, s.purchases_topic, s.erasures_topic)]
+        committed = {f"{tp.topic}:{tp.partition}": offset for tp, offset in (await self.checkpoints.committed_offsets(sources)).items()}
         rows = self.table.partition_items(partition)
-        decayed = await self.runtime.in_model_thread(decay_step, rows, now, self.runtime.updater)
-        if decayed.unreadable:
+        done = await self.runtime.in_model_thread(decay_step, rows, now, self.runtime.updater, s.user_ttl_s, committed)
+        if done.unreadable:
             log.warning("partition %d: %d stored user states do not decode (e.g. %r); not decayed",
-                        partition, len(decayed.unreadable), decayed.unreadable[0][:64])
-            metrics.STATES_UNREADABLE.inc(len(decayed.unreadable))
-        self.table.set_many({key: (partition, value) for key, value in decayed.rows.items()})
+                        partition, len(done.unreadable), done.unreadable[0][:64])
+            metrics.STATES_UNREADABLE.inc(len(done.unreadable))
+        self.table.set_many({key: (partition, value) for key, value in done.rows.items()})
+        self.table.delete_many(dict.fromkeys(done.forgotten, partition))
+        await self._unpublish(dict.fromkeys(done.expired, partition), sent)
+        metrics.USERS_ERASED.labels("expired").inc(len(done.expired))
         metrics.DECAY_DURATION.observe(time.perf_counter() - start)

@@ -17,8 +17,9 @@ from models.records import CatalogueItem, EventType, Rejection
 from models.updater import Delivered, InterestUpdater
 from state.faults import OutputTooLarge
 from state.item_store import ItemVector, text_hash
-from state.user_state import decode, encode
+from state.user_state import UserState, decode, encode
 from streams.dead_letters import RECORD_OVERHEAD
+from streams.erasure import marker
 from streams.schemas import EventLimits, check_id, parse_event, parse_item
 
 
@@ -136,7 +137,7 @@ def item_step(messages: Sequence[Message], known_hash: Callable[[str], bytes | N
     latest: dict[str, CatalogueItem] = {}
     for msg in messages:
         if msg.value is None:
-            item_id = _deleted_item(msg.key)
+            item_id = _key_id(msg.key, "the key of a deleted item")
             if isinstance(item_id, Rejection):
                 out.rejected.append(Rejected(msg, item_id))
             else:
@@ -161,10 +162,45 @@ def item_step(messages: Sequence[Message], known_hash: Callable[[str], bytes | N
     return out
 
 
-def _deleted_item(key: bytes | None) -> str | Rejection:
-    """The item id a null value deletes: its message key."""
+def _key_id(key: bytes | None, name: str) -> str | Rejection:
+    """The id a message's key names (a deleted item's, an erased user's)."""
     try:
-        checked = check_id((key or b"").decode(), "the key of a deleted item")
+        checked = check_id((key or b"").decode(), name)
     except UnicodeDecodeError:
-        return Rejection("bad_key", "the key of a deleted item must be UTF-8")
+        return Rejection("bad_key", f"{name} must be UTF-8")
     return Rejection("bad_key", checked.detail) if isinstance(checked, Rejection) else checked
+
+
+@dataclass
+class ErasuresOutput:
+    states: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # user key -> (partition, erasure marker)
+    erased: dict[bytes, int] = field(default_factory=dict)  # user key -> partition: a null on the recommendations topic each
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+def erasure_step(messages: Sequence[Message], read: Callable[[dict[bytes, int]], dict[bytes, bytes | None]],
+                 new_state: Callable[[], UserState]) -> ErasuresOutput:
+    """Erasure requests (the user id is the key; the value is not read) -> the users' erasure markers
+    (``streams.erasure``). A request already applied to the user's state (read again after a crash) is
+    skipped: it must not erase what came after it. A stored state that does not decode is erased too."""
+    out = ErasuresOutput()
+    requests: dict[bytes, Message] = {}
+    for msg in messages:
+        user = _key_id(msg.key, "the key of an erasure request (the user id)")
+        if isinstance(user, Rejection):
+            out.rejected.append(Rejected(msg, user))
+        else:
+            requests[msg.key] = msg  # type: ignore[index]  # a valid id: not None
+    stored = read({key: msg.partition for key, msg in requests.items()})
+    for key, msg in requests.items():
+        out.erased[key] = msg.partition
+        raw, source = stored[key], f"{msg.topic}:{msg.partition}"
+        if raw is None:
+            continue
+        try:
+            state = decode(raw)
+        except Exception:  # noqa: BLE001 - any way a stored state can fail to decode: erase it all the same
+            state = new_state()
+        if not state.is_applied(source, msg.offset):
+            out.states[key] = (msg.partition, encode(marker(state, (source, msg.offset))))
+    return out

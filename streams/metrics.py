@@ -17,6 +17,7 @@ ITEMS_RETIRED = Counter("interest_items_retired_total", "Catalogue items removed
 STORE_REBUILDS = Counter("interest_local_store_rebuilds_total", "Damaged local stores set aside at start and rebuilt from the broker", ["store"])
 STATES_UNREADABLE = Counter("interest_decay_states_unreadable_total", "Stored user states the decay timer found that do not decode (left as they are)")
 PARTITION_REREADS = Counter("interest_partition_rereads_total", "Event partitions re-read from an offset the consumer lost")
+USERS_ERASED = Counter("interest_users_erased_total", "Users erased: on request (`erase`) or expired (INTEREST_USER_TTL_S)", ["cause"])
 RECOMMENDATIONS = Counter("interest_recommendations_published_total", "Recommendations published")
 LATENCY = Histogram(
     "interest_event_to_recommendation_seconds", "Event produce time to recommendation publish time", buckets=LATENCY_BUCKETS

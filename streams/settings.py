@@ -59,6 +59,7 @@ class Settings:
     recommendations_topic: str = setting("recommendations", "Output: top-k per user.", NAME)
     dead_letter_topic: str = setting("dead-letters", "Rejected input, original bytes plus reason headers.", NAME)
     ticks_topic: str = setting("decay-ticks", "Internal: timer ticks that decay long-term vectors per partition.", NAME)
+    erasures_topic: str = setting("erasures", "Requests to erase a user (`interest-stream erase`), keyed by user id.", NAME)
     session_timeout_s: float = setting(
         30.0, "Consumer group session timeout: how fast a dead worker's partitions move.", POSITIVE)
     commit_interval_s: float = setting(
@@ -74,6 +75,9 @@ class Settings:
     half_life_s: float = setting(604800.0, "Half-life of the long-term interest, seconds of event time.", POSITIVE)
     click_weight: float = setting(1.0, "Long-term weight of a click.", _at_least(0))
     purchase_weight: float = setting(3.0, "Long-term weight of a purchase.", _at_least(0))
+    user_ttl_s: float = setting(
+        0.0, "Users without an event for this long (event time, seconds) are erased as on request. 0: kept until erased.",
+        _at_least(0))
     max_future_s: float = setting(300.0, "Events stamped further ahead of the wall clock are rejected.", _at_least(0))
     max_lateness_s: float = setting(86400.0, "Events older than the user's last event by more are rejected.", _at_least(0))
     max_quantity: int = setting(
@@ -112,7 +116,12 @@ class Settings:
     stop_timeout_s: float = setting(
         20.0, "After SIGTERM, a worker still running this long exits with status 1 (e.g. the broker is gone): keep it "
         "below Kubernetes' grace period (30 s).", POSITIVE)
-    web_port: int = setting(6066, "faust web port: /health, /ready.", PORT)
+    web_port: int = setting(6066, "faust web port: /health, /ready, /users/<id>.", PORT)
+    web_host: str = setting(
+        "", "This worker's host name as the other workers reach it: a user page asked of any worker is forwarded to the "
+        "one holding the user (e.g. $(POD_NAME).interest-stream in Kubernetes). Empty: the machine's host name.")
+    worker_url: str = setting(
+        "", "A worker's web address for `inspect` and `erase` (any worker). Empty: http://127.0.0.1:<INTEREST_WEB_PORT>.")
     metrics_port: int = setting(9100, "Prometheus metrics port (0: off).", PORT_OR_OFF)
     log_level: str = setting("info", "Worker log level.", ((lambda v: v.lower() in LOG_LEVELS), " or ".join(LOG_LEVELS)))
 
@@ -123,7 +132,7 @@ class Settings:
                 raise ConfigError(f"{PREFIX}{f.name.upper()}={value!r}: must be a finite number")
             if valid is not None and not valid[0](value):
                 raise ConfigError(f"{PREFIX}{f.name.upper()}={value!r}: must be {valid[1]}")
-        topics = [getattr(self, f.name) for f in fields(self) if f.name.endswith("_topic")]
+        topics = [getattr(self, name) for name in topic_settings()]
         if len(set(topics)) != len(topics):
             raise ConfigError(f"the topics must all differ: {', '.join(topics)}")
 
@@ -167,6 +176,11 @@ def _parse(variable: str, raw: str, kind: type) -> object:
         except ValueError:
             raise ConfigError(f"{variable}={raw!r}: must be {'an integer' if kind is int else 'a number'}") from None
     return kind(raw)
+
+
+def topic_settings() -> list[str]:
+    """The names of the settings that name a topic (``*_topic``)."""
+    return [f.name for f in fields(Settings) if f.name.endswith("_topic")]
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

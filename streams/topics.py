@@ -26,7 +26,7 @@ def bootstrap(settings: Settings) -> list[str]:
 
 
 def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
-    """name -> (partitions, configs). Event topics, ticks and the user table share one partition count."""
+    """name -> (partitions, configs). Event topics, ticks, erasures and the user table share one partition count."""
     p = settings.partitions
     return {
         settings.clicks_topic: (p, {}),
@@ -34,7 +34,9 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         settings.ticks_topic: (p, {"retention.ms": str(3600_000)}),
         settings.items_topic: (p, {"cleanup.policy": "compact"}),
         settings.item_vectors_topic: (p, {"cleanup.policy": "compact"}),
-        settings.recommendations_topic: (p, {}),
+        settings.erasures_topic: (p, {"retention.ms": str(7 * 86400_000)}),
+        # Compacted as well: a user's erasure (a null value) removes their earlier recommendations from it.
+        settings.recommendations_topic: (p, {"cleanup.policy": "compact,delete"}),
         settings.dead_letter_topic: (1, {}),
     }
 

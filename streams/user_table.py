@@ -68,6 +68,20 @@ class UserTable(faust.Table):
                 if partition in self._users:
                     self._users[partition] += 1
 
+    def delete_many(self, keys: dict[bytes, int]) -> None:
+        """Delete each key (key -> its partition) locally, then tombstone it on the changelog (faust's
+        recovery deletes a key whose last changelog record is null, and compaction drops it)."""
+        batches: dict[int, WriteBatch] = defaultdict(lambda: WriteBatch(raw_mode=True))
+        for key, partition in keys.items():
+            batches[partition].delete(key)
+        with store_errors("user table"):
+            for partition, batch in batches.items():
+                partition_db(self, partition).write(batch)
+        for key, partition in keys.items():
+            self._unconfirmed.append(self.send_changelog(partition, key, None))
+            if partition in self._users:
+                self._users[partition] -= 1
+
     def partition_items(self, partition: int) -> list[tuple[bytes, bytes]]:
         """Every (key, value) stored for ``partition`` on this worker."""
         db = partition_dbs(self).get(partition)

@@ -11,7 +11,7 @@ import pytest
 
 from cli.local_broker import free_port
 from models.tiny_bert import build_tiny_bert
-from streams.settings import Settings
+from streams.settings import Settings, topic_settings
 from tests.brokers import BROKER_BUGS, BROKERS, new_broker
 
 SAMPLE = Path(__file__).resolve().parents[1] / "cli" / "sample"
@@ -69,9 +69,7 @@ def settings_for(broker_address: str, encoder: Path, state_dir: Path, test_name:
     name = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:40] + "-" + digest
     return Settings(
         broker=broker_address, app_id=f"t-{name}", data_dir=state_dir, partitions=4,
-        clicks_topic=f"{name}-clicks", purchases_topic=f"{name}-purchases", items_topic=f"{name}-items",
-        item_vectors_topic=f"{name}-item-vectors", recommendations_topic=f"{name}-recs",
-        dead_letter_topic=f"{name}-dlq", ticks_topic=f"{name}-ticks",
+        **{topic: f"{name}-{getattr(Settings, topic)}" for topic in topic_settings()},
         encoder_path=str(encoder), web_port=free_port(), metrics_port=free_port(),
         batch_wait_s=0.05, session_timeout_s=6.0, decay_interval_s=2.0, max_lateness_s=10 * 86400.0,
     )

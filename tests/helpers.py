@@ -10,7 +10,7 @@ from kafka import KafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.records import Recommendation
-from streams.settings import Settings
+from streams.settings import Settings, topic_settings
 from streams.topics import bootstrap
 
 
@@ -52,6 +52,9 @@ def consume_all(settings: Settings, topic: str, idle_s: float = 3.0) -> list:
 def latest_recommendations(settings: Settings) -> dict[str, Recommendation]:
     latest = {}
     for message in consume_all(settings, settings.recommendations_topic):
+        if message.value is None:  # the user was erased
+            latest.pop(message.key.decode(), None)
+            continue
         rec = Recommendation.from_json(message.value)
         latest[rec.user_id] = rec
     return latest
@@ -75,8 +78,7 @@ def variant(settings: Settings, tag: str, data_dir) -> Settings:
 
     from cli.local_broker import free_port
 
-    topics = {f: f"{getattr(settings, f)}-{tag}" for f in (
-        "clicks_topic", "purchases_topic", "items_topic", "item_vectors_topic", "recommendations_topic", "dead_letter_topic", "ticks_topic")}
+    topics = {f: f"{getattr(settings, f)}-{tag}" for f in topic_settings()}
     return replace(settings, app_id=f"{settings.app_id}-{tag}", data_dir=data_dir, web_port=free_port(), metrics_port=free_port(), **topics)
 
 

@@ -118,16 +118,22 @@ def test_a_worker_is_built_in_process_from_settings_with_its_agents_timers_and_p
 
 def test_the_user_table_counts_users_not_writes(tmp_path):
     """RocksDB's key estimate counts overwrites (the metric once read 68 for 17 users); the table counts
-    each partition once, then follows its writes, and counts again after a recovery."""
+    each partition once, then follows its writes and deletes, and counts again after a recovery."""
     worker = build_app(replace(Settings(broker="127.0.0.1:1"), data_dir=tmp_path))
     table = worker.table
     faust_compat.partition_db(table, 1)[faust_compat.OFFSET_KEY] = b"7"  # faust's own record, never a user
-    for round_ in range(5):  # the same three users written five times, a fourth once
-        users = {b"u1": 1, b"u2": 1, b"u3": 3} | ({b"u4": 3} if round_ == 2 else {})
-        table.get_many(users)
-        table.set_many({key: (partition, b"state-%d" % round_) for key, partition in users.items()})
-        assert table.users([1, 3]) == 3 + (round_ >= 2)
-    assert table.users([1]) == 2 and table.users([3]) == 2 and table.users([0]) == 0
-    faust_compat.partition_db(table, 3)[b"u5"] = b"recovered"  # written by a changelog recovery
-    asyncio.run(table.call_recover_callbacks())
-    assert table.users([1, 3]) == 5
+
+    async def scenario() -> None:  # the changelog sends want a running loop
+        for round_ in range(5):  # the same three users written five times, a fourth once
+            users = {b"u1": 1, b"u2": 1, b"u3": 3} | ({b"u4": 3} if round_ == 2 else {})
+            table.get_many(users)
+            table.set_many({key: (partition, b"state-%d" % round_) for key, partition in users.items()})
+            assert table.users([1, 3]) == 3 + (round_ >= 2)
+        assert table.users([1]) == 2 and table.users([3]) == 2 and table.users([0]) == 0
+        table.delete_many({b"u2": 1})
+        assert table.users([1]) == 1 and table.get_many({b"u2": 1}) == {b"u2": None}
+        faust_compat.partition_db(table, 3)[b"u5"] = b"recovered"  # written by a changelog recovery
+        await table.call_recover_callbacks()
+        assert table.users([1, 3]) == 4
+
+    asyncio.run(scenario())
