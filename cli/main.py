@@ -13,7 +13,8 @@ from streams.settings import Settings, describe, in_effect
 
 
 def _produce(args: argparse.Namespace, settings: Settings) -> None:
-    from cli.client import read_jsonl, send_events
+    from cli.client import send_events
+    from models.data import read_jsonl
 
     if args.file:
         events = read_jsonl(args.file)

@@ -10,6 +10,8 @@ import csv
 import hashlib
 import importlib.util
 import json
+import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,6 +66,30 @@ def load_movielens(path: Path | None = None) -> EventLog:
     ]
     events.sort(key=lambda e: e.ts)  # stable: equal times keep file order
     return EventLog(events, items)
+
+
+def numbered_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """(``path:line``, object) for each JSON object, one a line, of a file or ``-`` (stdin); blank lines are
+    skipped. Raises ``InterestStreamError`` for a missing file or a line that is not a JSON object."""
+    try:
+        stream = sys.stdin if str(path) == "-" else open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise InterestStreamError(f"{path}: no such file") from None
+    with stream:
+        for n, line in enumerate(stream, 1):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except ValueError as exc:
+                    raise InterestStreamError(f"{path}:{n}: not JSON: {exc}") from None
+                if not isinstance(obj, dict):
+                    raise InterestStreamError(f"{path}:{n}: not a JSON object")
+                yield f"{path}:{n}", obj
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict]:
+    """The objects of ``numbered_jsonl``."""
+    return (obj for _, obj in numbered_jsonl(path))
 
 
 def event_dict(e: Event) -> dict:
