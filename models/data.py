@@ -110,8 +110,10 @@ def write_log(log: EventLog, out_dir: Path, test_fraction: float = 0.2) -> dict[
 
 
 def embed_items(encoder, items: list[CatalogueItem], cache_dir: Path | None) -> np.ndarray:
-    """Item vectors from the stream's ItemEncoder, cached per encoder, truncation and catalogue texts."""
-    key = hashlib.sha256("\n".join([encoder.name, str(encoder.max_tokens), *(i.text for i in items)]).encode()).hexdigest()[:16]
+    """Item vectors [len(items), dim] from the stream's ItemEncoder, cached per encoder, truncation and catalogue
+    texts in order: a vector depends on its text alone, so datasets share a file only where they hold the same texts."""
+    # JSON, not texts joined by newlines: a catalogue text may hold a newline, and ["a\nb"] must not key as ["a", "b"]
+    key = hashlib.sha256(json.dumps([encoder.name, encoder.max_tokens, [i.text for i in items]]).encode()).hexdigest()[:16]
     path = cache_dir / f"items-{encoder.name}-{key}.npy" if cache_dir else None
     if path is not None and path.exists():
         return np.load(path)
