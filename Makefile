@@ -28,7 +28,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# MovieLens-100K from the recbole package: train on the first 80% of the log by time, then replay the rest.
+# MovieLens-100K from the recbole package (the default --dataset): train on the first 80% of the log by time,
+# then replay the rest. `--catalogue FILE --events FILE` does the same on your own log (README, "On your own log").
 train: install
 	$(BIN)/interest-stream train --out results/model.pt
 

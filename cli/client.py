@@ -15,25 +15,11 @@ from urllib.error import HTTPError, URLError
 from kafka import KafkaConsumer, KafkaProducer
 from tqdm import tqdm
 
+from models.data import read_jsonl
 from models.records import Recommendation
 from state.faults import InterestStreamError
 from streams.settings import Settings
 from streams.topics import bootstrap, ensure_topics
-
-
-def read_jsonl(path: str | Path) -> Iterator[dict]:
-    """JSON objects, one a line, from a file or ``-`` (stdin); blank lines are skipped."""
-    try:
-        stream = sys.stdin if str(path) == "-" else open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise InterestStreamError(f"{path}: no such file") from None
-    with stream:
-        for n, line in enumerate(stream, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except ValueError as exc:
-                    raise InterestStreamError(f"{path}:{n}: not JSON: {exc}") from None
 
 
 def producer(settings: Settings) -> KafkaProducer:

@@ -15,12 +15,12 @@ from pathlib import Path
 from cli.client import (
     format_recommendation,
     publish_catalogue,
-    read_jsonl,
     recommendations,
     replay,
 )
 from cli.local_broker import LocalBroker, free_port
 from cli.worker_process import WorkerProcess
+from models.data import read_jsonl
 from models.records import Recommendation
 from state.faults import InterestStreamError
 from streams.settings import Settings

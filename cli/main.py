@@ -7,13 +7,18 @@ import json
 import sys
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from state.faults import InterestStreamError
 from streams.settings import Settings, describe, in_effect
 
+if TYPE_CHECKING:
+    from models.data import EventLog
+
 
 def _produce(args: argparse.Namespace, settings: Settings) -> None:
-    from cli.client import read_jsonl, send_events
+    from cli.client import send_events
+    from models.data import read_jsonl
 
     if args.file:
         events = read_jsonl(args.file)
@@ -109,15 +114,31 @@ def _movielens(args: argparse.Namespace, settings: Settings) -> None:
         print(f"{name}: {path}")
 
 
+def _event_log(args: argparse.Namespace) -> EventLog:
+    """The log ``train`` and ``evaluate`` read: a built-in dataset, or the user's catalogue and events files."""
+    from pathlib import Path
+
+    from models.data import DATASETS, DEFAULT_DATASET, load_files
+
+    if args.catalogue is None and args.events is None:
+        log = DATASETS[args.dataset or DEFAULT_DATASET].load()
+    elif args.dataset is not None or args.catalogue is None or args.events is None:
+        raise InterestStreamError("give --catalogue and --events together, or --dataset, not both")
+    else:
+        log = load_files(Path(args.catalogue), Path(args.events))
+    print(f"log: {log.summary()}")
+    return log
+
+
 def _train(args: argparse.Namespace, settings: Settings) -> None:
     from dataclasses import asdict
     from pathlib import Path
 
-    from models.data import embed_items, load_movielens
+    from models.data import embed_items
     from models.encoder import ItemEncoder
     from models.train import TrainConfig, train
 
-    log = load_movielens()
+    log = _event_log(args)
     train_events, _, cutoff = log.split(args.test_fraction)
     encoder = ItemEncoder(settings.encoder_path, settings.encoder_device, settings.encoder_batch, settings.encoder_max_tokens)
     embeddings = embed_items(encoder, log.items, Path(args.cache))
@@ -127,7 +148,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> None:
     model, report = train(train_events, index, embeddings, encoder.name, settings.updater_config(), config, progress=True)
     out = Path(args.out)
     version = model.save(out)
-    summary = {"version": version, "checkpoint": str(out), "encoder": encoder.name, "events": len(train_events),
+    summary = {"version": version, "checkpoint": str(out), "encoder": encoder.name, "data": log.describe(), "events": len(train_events),
                "train_before": cutoff, "config": asdict(config), "epochs": report.epochs,
                "settings": {k: getattr(settings, k) for k in ("half_life_s", "click_weight", "purchase_weight")},
                "seconds": round(report.seconds, 1), "history": report.history}
@@ -141,12 +162,12 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> None:
     from dataclasses import asdict
     from pathlib import Path
 
-    from models.data import embed_items, load_movielens
+    from models.data import embed_items
     from models.encoder import ItemEncoder
     from models.evaluate import EvalConfig, ablate, evaluate, format_table
     from models.interest import InterestModel
 
-    log = load_movielens()
+    log = _event_log(args)
     train_events, test_events, cutoff = log.split(args.test_fraction)
     encoder = ItemEncoder(settings.encoder_path, settings.encoder_device, settings.encoder_batch, settings.encoder_max_tokens)
     embeddings = embed_items(encoder, log.items, Path(args.cache))
@@ -160,7 +181,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> None:
     config = EvalConfig(exclude_seen=not args.keep_seen)
     results = evaluate(train_events, test_events, log.items, embeddings, models, settings.updater_config(), config, progress=True)
     print(format_table(results))
-    report = {"dataset": "MovieLens-100K (recbole)", "test_from": cutoff, "train_events": len(train_events),
+    report = {"data": log.describe(), "test_from": cutoff, "train_events": len(train_events),
               "test_events": len(test_events), "checkpoint": args.checkpoint or None,
               "versions": {name: m.version for name, m in models.items()}, "encoder": encoder.name,
               "settings": {k: getattr(settings, k) for k in ("half_life_s", "click_weight", "purchase_weight")},
@@ -169,6 +190,21 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
+
+
+def _log_arguments(p: argparse.ArgumentParser) -> None:
+    """--dataset, or --catalogue and --events: the log ``train`` and ``evaluate`` split by time."""
+    from models.data import DATASETS, DEFAULT_DATASET
+
+    g = p.add_argument_group("the log: a built-in dataset, or your own catalogue and events")
+    g.add_argument("--dataset", choices=sorted(DATASETS), help=f"a built-in dataset (default {DEFAULT_DATASET}): "
+                   + "; ".join(f"{name}: {d.about}" for name, d in sorted(DATASETS.items())))
+    g.add_argument("--catalogue", metavar="FILE", help="your catalogue, as `catalogue` publishes it: JSON lines {item_id, text}; a repeated item_id replaces "
+                   "the earlier line")
+    g.add_argument("--events", metavar="FILE", help="your events, as `replay` sends them: JSON lines {event_id, user_id, item_id, type, ts[, quantity, "
+                   "price]}; events of items not in the catalogue are skipped and counted")
+    g.add_argument("--test-fraction", type=float, default=0.2, help="the held-out last part of the log by time: never trained on, "
+                   "replayed by `evaluate` (give both commands the same)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,11 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.2, help="the last part of the events by time that is test.jsonl")
     p.set_defaults(run=_movielens)
 
-    p = sub.add_parser("train", help="train the GRU, item tower and fusion on MovieLens-100K (the training period)")
+    p = sub.add_parser("train", help="train the GRU, item tower and fusion on a log's training period (default: MovieLens-100K)")
+    _log_arguments(p)
     p.add_argument("--out", default="results/model.pt", help="checkpoint path (set INTEREST_CHECKPOINT to it for the worker); "
                    "a .json with the training history is written beside it")
     p.add_argument("--cache", default="results/cache", help="folder for the cached catalogue embeddings")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="held-out last part of the log by time, never trained on")
     p.add_argument("--dim", type=int, default=64, help="interest space size")
     p.add_argument("--hidden", type=int, default=128, help="GRU hidden size")
     p.add_argument("--epochs", type=int, default=30, help="at most this many epochs (early stopping on validation NDCG@10)")
@@ -246,11 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_train)
 
-    p = sub.add_parser("evaluate", help="prequential replay of the held-out MovieLens-100K period: models vs baselines")
+    p = sub.add_parser("evaluate", help="prequential replay of a log's held-out period (default: MovieLens-100K): models vs baselines")
+    _log_arguments(p)
     p.add_argument("--checkpoint", default="", help="trained checkpoint (`train` writes it); empty: only the untrained default and baselines")
     p.add_argument("--out", default="results/eval.json", help="JSON report path")
     p.add_argument("--cache", default="results/cache", help="folder for the cached catalogue embeddings")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="must match the one used by `train`")
     p.add_argument("--keep-seen", action="store_true", help="do not exclude items the user already had (for every model alike)")
     p.set_defaults(run=_evaluate)
 

@@ -27,6 +27,7 @@ from models import longterm
 from models.interest import InterestModel, ModelConfig
 from models.records import Event
 from models.updater import UpdaterConfig
+from state.faults import InterestStreamError
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,8 @@ def train(
     events: list[Event], index: dict[str, int], embeddings: np.ndarray, encoder: str, settings: UpdaterConfig,
     config: TrainConfig = TrainConfig(), progress: bool = False,
 ) -> tuple[InterestModel, TrainReport]:
-    """Train on time-ordered ``events`` (items by ``index`` into ``embeddings``); returns the model, unsaved."""
+    """Train on time-ordered ``events`` (items by ``index`` into ``embeddings``); returns the model, unsaved.
+    Raises ``InterestStreamError`` when no event is left to fit before the validation part."""
     started = time.perf_counter()
     seqs = build_sequences(events, index, embeddings, settings)
     emb = torch.from_numpy(embeddings)
@@ -181,6 +183,9 @@ def train(
     validate = config.val_fraction > 0
     cutoff = float(np.quantile(seqs.times.numpy(), 1 - config.val_fraction)) if validate else np.inf
     fit_len = [int((seqs.times[seqs.start[u] : seqs.start[u + 1]] < cutoff).sum()) for u in range(n_users)]
+    if not sum(fit_len):  # every training event is as late as the validation cutoff
+        raise InterestStreamError(f"too few events to train on: none of the {len(seqs.items)} training events is before the "
+                                  f"validation part (the last {config.val_fraction:.0%} of the training period by time)")
     val_grid = lanes(seqs, [u for u in range(n_users) if full_len[u] > fit_len[u]], full_len, config.lanes) if validate else None
 
     def fit(epochs: int, lengths: list[int], early_stop: bool) -> tuple[InterestModel, list[dict], int]:

@@ -124,6 +124,7 @@ def test_item_embeddings_are_cached_per_encoder_and_texts(tmp_path):
     assert np.array_equal(embed_items(enc, items, tmp_path), first) and enc.calls == 1
     embed_items(enc, [CatalogueItem("a", "alpha changed"), items[1]], tmp_path)
     assert enc.calls == 2 and len(list(tmp_path.glob("items-fake-*.npy"))) == 2
+    assert embed_items(enc, [CatalogueItem("ab", "alpha\nbeta")], tmp_path).shape == (1, 3)  # one text, not the two above
 
 
 @pytest.mark.skipif(importlib.util.find_spec("recbole") is None, reason="MovieLens-100K ships with recbole")
