@@ -13,9 +13,10 @@ from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
-from cli.client import publish_catalogue, read_jsonl
+from cli.client import publish_catalogue
 from cli.local_broker import LocalBroker
 from cli.worker_process import WorkerProcess
+from models.data import read_jsonl
 from state.faults import InterestStreamError
 from streams.settings import Settings
 
