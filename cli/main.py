@@ -51,6 +51,13 @@ def _subscribe(args: argparse.Namespace, settings: Settings) -> None:
             break
 
 
+def _redrive(args: argparse.Namespace, settings: Settings) -> None:
+    from cli.redrive import Selection, Window, redrive
+
+    selection = Selection(frozenset(args.reason or ()), Window.parse(args.since, args.until))
+    print("\n".join(redrive(settings, selection, args.dry_run).lines()))
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> None:
     from streams.worker import run_worker
 
@@ -169,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds without one")
     p.add_argument("--json", action="store_true", help="each recommendation as published: one JSON object a line")
     p.set_defaults(run=_subscribe)
+
+    p = sub.add_parser("redrive", help="publish dead letters again to their source topics, each once (e.g. once the catalogue has their item)")
+    p.add_argument("--reason", action="append", metavar="REASON",
+                   help="only dead letters of this reason, e.g. unknown_item (repeatable; default: every reason but duplicate)")
+    p.add_argument("--since", help="only dead letters written at or after this time: unix seconds or ISO-8601 (UTC unless it has an offset)")
+    p.add_argument("--until", help="only dead letters written before this time (unix seconds or ISO-8601)")
+    p.add_argument("--dry-run", action="store_true", help="only print the summary: publish and record nothing")
+    p.set_defaults(run=_redrive)
 
     p = sub.add_parser("worker", help="run a stream worker (settings from INTEREST_* variables)")
     p.set_defaults(run=_worker)
