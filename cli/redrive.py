@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -138,7 +138,7 @@ class Letter:
             return None
 
 
-def verdict(letter: Letter, selection: Selection, done: set[str], partitions: dict[str, int]) -> Source | str:
+def verdict(letter: Letter, selection: Selection, done: Collection[str], partitions: dict[str, int]) -> Source | str:
     """Where ``letter`` came from, to re-drive it there, or why not. ``done``: coordinates of the dead
     letters already re-driven; ``partitions``: the re-drivable topics' partition counts."""
     if letter.coordinates in done:
@@ -167,11 +167,14 @@ class Summary:
     read: int = 0
     redriven: Counter[tuple[str, str]] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
+    again: int = 0  # selected dead letters of copies an earlier run sent (rejected again)
 
     def lines(self) -> list[str]:
         lines = [f"read {self.read} dead letters from {self.dead_letter_topic}",
                  f"{'would re-drive' if self.dry_run else 're-driven'} {sum(self.redriven.values())}"]
         lines += [f"  {reason} -> {topic}: {n}" for (reason, topic), n in sorted(self.redriven.items())]
+        if self.again:
+            lines.append(f"  ({self.again} of them dead letters of earlier re-driven copies: rejected again)")
         lines.append(f"skipped {sum(self.skipped.values())}")
         lines += [f"  {why}: {n}" for why, n in sorted(self.skipped.items())]
         return lines
@@ -287,7 +290,9 @@ def select(settings: Settings, selection: Selection, summary: Summary, progress:
                              allow_auto_create_topics=False, client_id=f"{settings.app_id}-redrive")
     selected = []
     try:
-        done = {r.key.decode() for r in bounded_read(consumer, redriven_topic(settings))[1] if r.key}
+        # dead letter -> where its copy went
+        done = {r.key.decode(): (r.value or b"").decode() for r in bounded_read(consumer, redriven_topic(settings))[1] if r.key}
+        copies = set(done.values())
         # Events only: an items record sent again could overwrite a newer version of its item; ticks are internal.
         partitions = {t: len(consumer.partitions_for_topic(t)) for t in (settings.clicks_topic, settings.purchases_topic)}
         total, records = bounded_read(consumer, settings.dead_letter_topic)
@@ -299,6 +304,7 @@ def select(settings: Settings, selection: Selection, summary: Summary, progress:
                 summary.skipped[target] += 1
             else:
                 selected.append((target, letter))
+                summary.again += f"{target.topic}:{target.partition}:{target.offset}" in copies
     finally:
         consumer.close()
     return sorted(selected, key=lambda s: s[0])

@@ -95,12 +95,13 @@ def test_where_a_dead_letter_goes_or_why_it_stays(dead, expected):
 
 def test_the_summary_counts_per_reason_and_topic_and_says_why_the_rest_stayed():
     summary = Summary("dead-letters", read=6, redriven=Counter({("unknown_item", "clicks"): 2, ("unknown_item", "purchases"): 1}),
-                      skipped=Counter({ALREADY: 2, TRUNCATED: 1}))
+                      skipped=Counter({ALREADY: 2, TRUNCATED: 1}), again=1)
     assert summary.lines() == [
         "read 6 dead letters from dead-letters",
         "re-driven 3",
         "  unknown_item -> clicks: 2",
         "  unknown_item -> purchases: 1",
+        "  (1 of them dead letters of earlier re-driven copies: rejected again)",
         "skipped 3",
         f"  {ALREADY}: 2",
         f"  {TRUNCATED}: 1",
