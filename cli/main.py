@@ -79,6 +79,13 @@ def _erase(args: argparse.Namespace, settings: Settings) -> None:
           "has committed past their events")
 
 
+def _redrive(args: argparse.Namespace, settings: Settings) -> None:
+    from cli.redrive import Selection, Window, redrive
+
+    selection = Selection(frozenset(args.reason or ()), Window.parse(args.since, args.until))
+    print("\n".join(redrive(settings, selection, args.dry_run).lines()))
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> None:
     from streams.worker import run_worker
 
@@ -246,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("users", nargs="+", metavar="user")
     p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for a worker to confirm (0: do not wait)")
     p.set_defaults(run=_erase)
+
+    p = sub.add_parser("redrive", help="publish dead letters again to their source topics, each once (e.g. once the catalogue has their item)")
+    p.add_argument("--reason", action="append", metavar="REASON",
+                   help="only dead letters of this reason, e.g. unknown_item (repeatable; default: every reason but duplicate)")
+    p.add_argument("--since", help="only dead letters written at or after this time: unix seconds or ISO-8601 (UTC unless it has an offset)")
+    p.add_argument("--until", help="only dead letters written before this time (unix seconds or ISO-8601)")
+    p.add_argument("--dry-run", action="store_true", help="only print the summary: publish and record nothing")
+    p.set_defaults(run=_redrive)
 
     p = sub.add_parser("worker", help="run a stream worker (settings from INTEREST_* variables)")
     p.set_defaults(run=_worker)

@@ -53,11 +53,13 @@ def admin_client(settings: Settings, wait_s: float = 30.0) -> KafkaAdminClient:
             time.sleep(0.5)
 
 
-def ensure_topics(settings: Settings) -> None:
+def ensure_topics(settings: Settings, specs: dict[str, tuple[int, dict[str, str]]] | None = None) -> None:
+    """Create the topics of ``specs`` (name -> (partitions, configs); default: ``topic_specs``) that do
+    not exist; an existing topic is left as it is."""
     admin = admin_client(settings)
     try:
         existing = set(admin.list_topics())
-        for name, (partitions, configs) in topic_specs(settings).items():
+        for name, (partitions, configs) in (topic_specs(settings) if specs is None else specs).items():
             if name in existing:
                 continue
             try:
