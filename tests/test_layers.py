@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"state": set(), "models": {"state"}, "streams": {"models", "state"}, "cli": {"streams", "models", "state"}}
-PURE = ["streams/schemas.py", "streams/ingest.py", "streams/boundary.py", "streams/dead_letters.py", "streams/decay.py",
+PURE = ["streams/schemas.py", "streams/ingest.py", "streams/boundary.py", "streams/dead_letters.py", "streams/decay.py", "streams/erasure.py",
         "streams/offsets.py", "streams/durability.py", "streams/settings.py", "models/updater.py", "models/records.py"]
 
 
