@@ -29,9 +29,13 @@ def last_changelog_values(settings) -> dict[bytes, bytes | None]:
 def start(settings, log, catalogue: bool = False) -> WorkerProcess:
     """A worker, ready with the sample catalogue (published first if ``catalogue``)."""
     worker = WorkerProcess(settings, log).start()
-    if catalogue:
-        publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
-    worker.wait_ready(min_items=96)
+    try:
+        if catalogue:
+            publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
+        worker.wait_ready(min_items=96)
+    except BaseException:
+        worker.stop()
+        raise
     return worker
 
 
