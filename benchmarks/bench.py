@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -49,7 +49,7 @@ from benchmarks import encoder, micro, pipeline, reference
 from benchmarks.workload import EventSource, catalogue
 from cli.local_broker import LocalBroker
 from models.tiny_bert import build_tiny_bert
-from streams.settings import Settings
+from streams.settings import Settings, shown
 from streams.topics import admin_client, ensure_topics
 
 MINILM_DIM = 384  # the decay cost is for production-sized states
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
         settings = bench_settings(base, broker, encoder_path)
         if not 1 <= args.workers <= settings.partitions:
             raise SystemExit(f"--workers {args.workers}: between 1 and the partitions ({settings.partitions}, INTEREST_PARTITIONS)")
-        results["settings"] = {k: str(v) for k, v in asdict(settings).items()}
+        results["settings"] = shown(settings)  # written to results/bench.json: the SASL password masked
 
         print(f"(a) the model's work alone, in-process, {args.reference_events:,} events ...", flush=True)
         model = results["model_work"] = micro.model_work(args.users, args.items, args.reference_events, MINILM_DIM, settings)
