@@ -1,6 +1,8 @@
 """TLS and SASL reach every Kafka client alike (``streams.connection``), checked against the real libraries
 and no broker: what faust's aiokafka driver derives from the worker app's credentials, what aiokafka's and
-kafka-python's clients accept, and a TLS handshake in memory with the context each library is given.
+kafka-python's clients accept, and a TLS handshake in memory with the context each library is given. And
+end to end over mutual TLS: the demo through a TLS proxy in front of tansu (no local broker speaks TLS or
+SASL itself, so SASL is checked no further than the libraries' own SASL code).
 
 tests/fixtures/tls/: a test CA, a broker certificate for localhost signed by it and a client certificate
 (mutual TLS), made with openssl (`req -x509 -newkey rsa:2048 -nodes -days 36500`, then `x509 -req -CA`).
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,13 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaTimeoutError
 from kafka.net.sasl import get_sasl_mechanism
 
+from cli.demo import run_demo
+from cli.local_broker import free_port
 from streams.app import build_app
 from streams.connection import client_options, faust_credentials
 from streams.settings import ConfigError, Settings
+from tests.brokers import Tansu, TlsProxy
+from tests.conftest import settings_for
 
 TLS = Path(__file__).resolve().parent / "fixtures" / "tls"
 CA, CLIENT_CERT, CLIENT_KEY = str(TLS / "ca.pem"), str(TLS / "client.pem"), str(TLS / "client.key")
@@ -165,3 +172,18 @@ def test_an_unreadable_tls_file_fails_naming_its_variable(tmp_path):
     wrong_key = Settings(broker=CLOSED, security_protocol="SSL", ssl_certfile=CLIENT_CERT, ssl_keyfile=str(TLS / "broker.key"))
     with pytest.raises(ConfigError, match="INTEREST_SSL_CERTFILE=.*INTEREST_SSL_KEYFILE=.*no certificate and unencrypted key"):
         faust_credentials(wrong_key)
+
+
+@pytest.mark.e2e
+def test_the_demo_runs_over_mutual_tls(tiny_encoder, sample_events, tmp_path, request):
+    """The worker (faust and its aiokafka clients, in a child process given the settings) and the CLI's
+    kafka-python clients, all through a listener that requires TLS and a client certificate: the broker
+    advertises the proxy, so no client reaches it in plaintext."""
+    proxy_port = free_port()
+    with Tansu(tmp_path / "broker", advertised=f"127.0.0.1:{proxy_port}") as broker, \
+            TlsProxy(broker.address, TLS / "broker.pem", TLS / "broker.key", TLS / "ca.pem", proxy_port) as proxy:
+        plain = settings_for(proxy.address, tiny_encoder, tmp_path / "state", request.node.name)
+        s = replace(plain, **CASES["mutual-tls"])
+        latest = run_demo(s, show_users=0, timeout_s=120)
+    assert set(latest) == {e["user_id"] for e in sample_events}
+    assert proxy.clients >= 5  # topic admin, catalogue producer, faust's consumer and producer, item-vectors consumer, ...
