@@ -22,7 +22,10 @@ def run_worker(settings: Settings) -> None:
     hand over to faust (blocks until stopped). Raises ``DataDirInUse`` if another worker has the
     directory: checked before joining the consumer group, where it would take partitions."""
     # faust's format until faust sets up logging itself (it replaces the root handlers then).
-    logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    level = logging.getLevelName(settings.log_level.upper())
+    logging.basicConfig(level=level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    # kafka-python's debug log holds its whole configuration and the SASL exchange: the password in clear.
+    logging.getLogger("kafka").setLevel(max(level, logging.INFO))
     held = lock(settings.data_dir)  # noqa: F841 - held open for the life of the process
     if settings.metrics_port:
         from prometheus_client import start_http_server

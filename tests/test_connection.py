@@ -1,8 +1,8 @@
 """TLS and SASL reach every Kafka client alike (``streams.connection``), checked against the real libraries
 and no broker: what faust's aiokafka driver derives from the worker app's credentials, what aiokafka's and
 kafka-python's clients accept, and a TLS handshake in memory with the context each library is given. And
-end to end over mutual TLS: the demo through a TLS proxy in front of tansu (no local broker speaks TLS or
-SASL itself, so SASL is checked no further than the libraries' own SASL code).
+end to end: the demo over mutual TLS through a TLS proxy in front of tansu (no local broker speaks TLS),
+and the worker and the CLI over SASL PLAIN on noida-db (which takes any user; no local broker offers SCRAM).
 
 tests/fixtures/tls/: a test CA, a broker certificate for localhost signed by it and a client certificate
 (mutual TLS), made with openssl (`req -x509 -newkey rsa:2048 -nodes -days 36500`, then `x509 -req -CA`).
@@ -11,7 +11,10 @@ tests/fixtures/tls/: a test CA, a broker certificate for localhost signed by it 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,14 +28,17 @@ from kafka.errors import KafkaTimeoutError
 from kafka.net.sasl import get_sasl_mechanism
 
 from cli.demo import run_demo
-from cli.local_broker import free_port
+from cli.local_broker import LocalBroker, free_port
+from cli.worker_process import WorkerProcess
+from models.records import Recommendation
 from streams.app import build_app
 from streams.connection import client_options, faust_credentials
 from streams.settings import ConfigError, Settings
 from tests.brokers import Tansu, TlsProxy
-from tests.conftest import settings_for
+from tests.conftest import SAMPLE, settings_for
 
-TLS = Path(__file__).resolve().parent / "fixtures" / "tls"
+ROOT = Path(__file__).resolve().parents[1]
+TLS = ROOT / "tests" / "fixtures" / "tls"
 CA, CLIENT_CERT, CLIENT_KEY = str(TLS / "ca.pem"), str(TLS / "client.pem"), str(TLS / "client.key")
 PASSWORD = "s3cret-Pa55"
 SASL = {"sasl_username": "svc-interest", "sasl_password": PASSWORD}
@@ -187,3 +193,30 @@ def test_the_demo_runs_over_mutual_tls(tiny_encoder, sample_events, tmp_path, re
         latest = run_demo(s, show_users=0, timeout_s=120)
     assert set(latest) == {e["user_id"] for e in sample_events}
     assert proxy.clients >= 5  # topic admin, catalogue producer, faust's consumer and producer, item-vectors consumer, ...
+
+
+@pytest.mark.e2e
+def test_the_worker_and_the_cli_work_over_sasl_and_log_no_password(tiny_encoder, sample_catalogue, tmp_path, request):
+    """The worker at debug log level and the CLI's commands, each a child process given the settings as
+    its environment, authenticate with SASL PLAIN; the password is in no log line and no output."""
+    with LocalBroker(tmp_path / "broker") as broker:
+        s = replace(settings_for(broker.address, tiny_encoder, tmp_path / "state", request.node.name),
+                    security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", log_level="debug", **SASL)
+        env = {**os.environ, **s.env()}
+
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+        worker = WorkerProcess(s, tmp_path / "worker.log").start()
+        try:
+            done = [cli("catalogue", str(SAMPLE / "catalogue.jsonl"))]
+            worker.wait_ready(min_items=len(sample_catalogue), timeout_s=120)
+            done.append(cli("produce", "--user", "u1", "--item", "run-000"))
+            done.append(cli("subscribe", "--from-beginning", "--count", "1", "--json", "--timeout", "60"))
+        finally:
+            worker.stop()
+    assert [r.returncode for r in done] == [0, 0, 0], [r.stderr[-2000:] for r in done]
+    assert Recommendation.from_json(done[-1].stdout.encode()).user_id == "u1"
+    log = (tmp_path / "worker.log").read_text()
+    assert "Authenticated as svc-interest via PLAIN" in log  # aiokafka's line: faust's clients and the worker's own
+    assert PASSWORD not in log and not [r for r in done if PASSWORD in r.stdout + r.stderr]
