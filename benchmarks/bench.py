@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -49,8 +49,8 @@ from benchmarks import encoder, micro, pipeline, reference
 from benchmarks.workload import EventSource, catalogue
 from cli.local_broker import LocalBroker
 from models.tiny_bert import build_tiny_bert
-from streams.settings import Settings, topic_settings
-from streams.topics import admin_client, bootstrap, ensure_topics
+from streams.settings import Settings, shown, topic_settings
+from streams.topics import admin_client, ensure_topics
 
 MINILM_DIM = 384  # the decay cost is for production-sized states
 
@@ -83,19 +83,18 @@ def bench_settings(base: Settings, broker: str, encoder_path: str) -> Settings:
 def run_reference(settings: Settings, n: int, broker_pid: int | None, value_sizes: tuple[int, int]) -> dict:
     """The reference loops, and aiokafka's loop again writing ``value_sizes`` bytes per event (a user state
     and a recommendation: the least the pipeline sends per event)."""
-    servers = bootstrap(settings)
     names = {k: f"{settings.app_id}-ref-{k}" for k in ("in", "out-aiokafka", "out-kafka-python", "out-pipeline-writes")}
     admin = admin_client(settings)
     admin.create_topics([NewTopic(t, settings.partitions, settings.replication_factor) for t in names.values()])
     admin.close()
     messages = [(key, value) for _, key, value in EventSource(10_000, 10_000, seed=1).take(n)]
-    out = {"events": n, "produce_only_events_per_s": asyncio.run(reference.fill(servers, names["in"], messages)),
+    out = {"events": n, "produce_only_events_per_s": asyncio.run(reference.fill(settings, names["in"], messages)),
            "pipeline_writes_bytes": value_sizes}
     loops = {
-        "aiokafka": lambda: asyncio.run(reference.aiokafka_loop(servers, names["in"], names["out-aiokafka"], n, f"{settings.app_id}-ref-aiokafka")),
-        "kafka_python": lambda: reference.kafka_python_loop(servers, names["in"], names["out-kafka-python"], n, f"{settings.app_id}-ref-kafka-python"),
+        "aiokafka": lambda: asyncio.run(reference.aiokafka_loop(settings, names["in"], names["out-aiokafka"], n, f"{settings.app_id}-ref-aiokafka")),
+        "kafka_python": lambda: reference.kafka_python_loop(settings, names["in"], names["out-kafka-python"], n, f"{settings.app_id}-ref-kafka-python"),
         "pipeline_writes": lambda: asyncio.run(reference.aiokafka_loop(
-            servers, names["in"], names["out-pipeline-writes"], n, f"{settings.app_id}-ref-pipeline-writes", value_sizes)),
+            settings, names["in"], names["out-pipeline-writes"], n, f"{settings.app_id}-ref-pipeline-writes", value_sizes)),
     }
     for name, loop in loops.items():
         broker_cpu = pipeline.cpu_seconds({"broker": [broker_pid]}) if broker_pid else {}
@@ -109,7 +108,7 @@ def run_reference(settings: Settings, n: int, broker_pid: int | None, value_size
 async def publish_items(settings: Settings, fleet: pipeline.Fleet, items: list[dict], catalogue_size: int) -> float:
     """Seconds from publishing ``items`` until every worker's catalogue has ``catalogue_size`` items."""
     start = time.time()
-    await reference.fill(bootstrap(settings), settings.items_topic, [(i["item_id"].encode(), json.dumps(i).encode()) for i in items])
+    await reference.fill(settings, settings.items_topic, [(i["item_id"].encode(), json.dumps(i).encode()) for i in items])
     fleet.wait_ready(min_items=catalogue_size, timeout_s=3600)
     return time.time() - start
 
@@ -169,9 +168,8 @@ async def run_pipeline(settings: Settings, args: argparse.Namespace, items: list
 def faust_floor(settings: Settings, n_events: int, work: Path) -> dict:
     """The framework floor (``benchmarks.faust_floor``) over the events the capacity phase produced."""
     out = work / "faust-floor.json"
-    topics = f"{settings.clicks_topic},{settings.purchases_topic}"
-    subprocess.run([sys.executable, "-m", "benchmarks.faust_floor", bootstrap(settings)[0], topics, str(n_events),
-                    str(settings.batch_max), str(settings.batch_wait_s), str(settings.fetch_backoff_s), str(out)], check=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "benchmarks.faust_floor", str(n_events), str(out)], env={**os.environ, **settings.env()},
+                   check=True, timeout=600)
     return json.loads(out.read_text())
 
 
@@ -260,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
         settings = bench_settings(base, broker, encoder_path)
         if not 1 <= args.workers <= settings.partitions:
             raise SystemExit(f"--workers {args.workers}: between 1 and the partitions ({settings.partitions}, INTEREST_PARTITIONS)")
-        results["settings"] = {k: str(v) for k, v in asdict(settings).items()}
+        results["settings"] = shown(settings)  # written to results/bench.json: the SASL password masked
 
         print(f"(a) the model's work alone, in-process, {args.reference_events:,} events ...", flush=True)
         model = results["model_work"] = micro.model_work(args.users, args.items, args.reference_events, MINILM_DIM, settings)

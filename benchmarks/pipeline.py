@@ -23,8 +23,8 @@ from benchmarks.workload import EventSource
 from cli.local_broker import free_port
 from cli.worker_process import WorkerProcess
 from state.user_state import decode
+from streams.connection import client_options
 from streams.settings import Settings
-from streams.topics import bootstrap
 from streams.user_table import iter_raw, latest_copies, table_files
 
 
@@ -176,7 +176,7 @@ class Producer:
     _producer: AIOKafkaProducer | None = field(default=None, init=False)
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap(self.settings), linger_ms=5, max_batch_size=256 * 1024)
+        self._producer = AIOKafkaProducer(**client_options(self.settings), linger_ms=5, max_batch_size=256 * 1024)
         await self._producer.start()
 
     async def stop(self) -> None:
@@ -211,7 +211,7 @@ def last_recommendation_time(settings: Settings, tail: int = 64) -> float:
     """The newest ``produced_at`` on the recommendations topic, from the last ``tail`` records of each
     partition (appended in time order, give or take two workers racing): reading the whole topic took
     minutes with 100,000 users."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap(settings), group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
     try:
         tps = [KafkaTopicPartition(settings.recommendations_topic, p) for p in consumer.partitions_for_topic(settings.recommendations_topic)]
         consumer.assign(tps)
@@ -250,7 +250,7 @@ async def capacity(settings: Settings, fleet: Fleet, producer: Producer, n_event
 
 async def latency(settings: Settings, fleet: Fleet, producer: Producer, rate: float, duration_s: float, consumed_before: float) -> dict:
     """Produce at ``rate`` events/s for ``duration_s``; latency of every recommendation of those events."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(settings), group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
     await consumer.start()
     tps = [TopicPartition(settings.recommendations_topic, p) for p in sorted(consumer.partitions_for_topic(settings.recommendations_topic) or [])]
     consumer.assign(tps)

@@ -10,13 +10,16 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaConsumer, KafkaProducer
 
+from streams.connection import client_options
+from streams.settings import Settings
+
 PRODUCER = {"linger_ms": 5}
 MAX_RECORDS = 2000
 
 
-async def fill(bootstrap: list[str], topic: str, messages: list[tuple[bytes, bytes]]) -> float:
+async def fill(settings: Settings, topic: str, messages: list[tuple[bytes, bytes]]) -> float:
     """Produce ``messages`` (key, value) as fast as aiokafka can; returns messages/s."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=256 * 1024, **PRODUCER)
+    producer = AIOKafkaProducer(**client_options(settings), max_batch_size=256 * 1024, **PRODUCER)
     await producer.start()
     try:
         start = time.perf_counter()
@@ -28,15 +31,15 @@ async def fill(bootstrap: list[str], topic: str, messages: list[tuple[bytes, byt
         await producer.stop()
 
 
-async def aiokafka_loop(bootstrap: list[str], src: str, dst: str, n: int, group: str,
+async def aiokafka_loop(settings: Settings, src: str, dst: str, n: int, group: str,
                         value_sizes: tuple[int, ...] = ()) -> tuple[float, float]:
     """(events/s, CPU seconds of this process), timed from the first fetched batch (group join excluded)
     to the last flush. Each event's value is passed through, or with ``value_sizes`` replaced by one
     message of each size (what the pipeline writes per event: a user state, a recommendation)."""
     payloads = [bytes(size) for size in value_sizes]
-    consumer = AIOKafkaConsumer(src, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(src, **client_options(settings), group_id=group, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=256 * 1024, **PRODUCER)
+    producer = AIOKafkaProducer(**client_options(settings), max_batch_size=256 * 1024, **PRODUCER)
     await consumer.start()
     await producer.start()
     try:
@@ -58,10 +61,10 @@ async def aiokafka_loop(bootstrap: list[str], src: str, dst: str, n: int, group:
         await consumer.stop()
 
 
-def kafka_python_loop(bootstrap: list[str], src: str, dst: str, n: int, group: str) -> tuple[float, float]:
-    consumer = KafkaConsumer(src, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+def kafka_python_loop(settings: Settings, src: str, dst: str, n: int, group: str) -> tuple[float, float]:
+    consumer = KafkaConsumer(src, **client_options(settings), group_id=group, enable_auto_commit=False,
                              auto_offset_reset="earliest")
-    producer = KafkaProducer(bootstrap_servers=bootstrap, batch_size=256 * 1024, **PRODUCER)
+    producer = KafkaProducer(**client_options(settings), batch_size=256 * 1024, **PRODUCER)
     try:
         seen, start, cpu = 0, 0.0, 0.0
         while seen < n:

@@ -18,13 +18,14 @@ from tqdm import tqdm
 from models.data import read_jsonl
 from models.records import Recommendation
 from state.faults import InterestStreamError
+from streams.connection import client_options
 from streams.settings import Settings
-from streams.topics import bootstrap, ensure_topics
+from streams.topics import ensure_topics
 
 
 def producer(settings: Settings) -> KafkaProducer:
     ensure_topics(settings)
-    return KafkaProducer(bootstrap_servers=bootstrap(settings), acks="all", linger_ms=5, batch_size=256 * 1024)
+    return KafkaProducer(**client_options(settings), acks="all", linger_ms=5, batch_size=256 * 1024)
 
 
 def event_topic(settings: Settings, event: dict) -> str:
@@ -125,7 +126,7 @@ def recommendations(settings: Settings, from_beginning: bool = False, timeout_s:
     that is not a recommendation (another producer's) is skipped with a line on stderr."""
     ensure_topics(settings)
     consumer = KafkaConsumer(
-        settings.recommendations_topic, bootstrap_servers=bootstrap(settings), group_id=None,
+        settings.recommendations_topic, **client_options(settings), group_id=None,
         auto_offset_reset="earliest" if from_beginning else "latest",
         consumer_timeout_ms=int(timeout_s * 1000) if timeout_s is not None else float("inf"),
     )

@@ -28,8 +28,9 @@ from tqdm import tqdm
 
 from cli.client import producer
 from state.faults import InterestStreamError
+from streams.connection import client_options
 from streams.settings import Settings
-from streams.topics import bootstrap, ensure_topics, topic_specs
+from streams.topics import ensure_topics, topic_specs
 
 REDRIVEN_FROM = "redriven-from"  # header of a re-published record: the dead letter's topic:partition:offset
 IN_FLIGHT = 256  # copies sent before waiting for their acknowledgements (then recording them)
@@ -286,7 +287,7 @@ def redrive(settings: Settings, selection: Selection, dry_run: bool = False, pro
 def select(settings: Settings, selection: Selection, summary: Summary, progress: bool = True) -> list[tuple[Source, Letter]]:
     """The dead letters to re-drive, in source order: a worker writes those of one batch by stage, not
     by offset, and one user's events must apply in their order. Counts the others in ``summary``."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap(settings), group_id=None, enable_auto_commit=False,
+    consumer = KafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False,
                              allow_auto_create_topics=False, client_id=f"{settings.app_id}-redrive")
     selected = []
     try:

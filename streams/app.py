@@ -18,12 +18,12 @@ import faust
 from streams import faust_compat
 from streams.catalogue_agents import CatalogueAgents
 from streams.checkpoints import Checkpoints
+from streams.connection import bootstrap, client_options, faust_credentials
 from streams.dead_letters import DeadLetterWriter
 from streams.event_agent import EventAgent
 from streams.observability import LagReporter
 from streams.runtime import Runtime
 from streams.settings import Settings
-from streams.topics import bootstrap
 from streams.user_table import UserTable
 from streams.web import add_pages
 
@@ -45,10 +45,10 @@ def build_app(settings: Settings) -> WorkerApp:
     faust_compat.check()
     faust_compat.back_off_empty_fetches(settings.fetch_backoff_s)
     s = settings
-    servers = bootstrap(s)
     app = faust.App(
         s.app_id,
-        broker=[f"kafka://{b}" for b in servers],
+        broker=[f"kafka://{b}" for b in bootstrap(s)],
+        broker_credentials=faust_credentials(s),
         store="rocksdb://",
         datadir=str(s.data_dir / "faust"),
         topic_partitions=s.partitions,
@@ -79,7 +79,7 @@ def build_app(settings: Settings) -> WorkerApp:
 
     runtime = Runtime(s, {s.clicks_topic: "click", s.purchases_topic: "purchase"})
     # Per input partition: the next offset to apply and what is durable; faust commits no further.
-    checkpoints = Checkpoints(app, s.app_id, servers, [s.clicks_topic, s.purchases_topic, s.erasures_topic, s.items_topic])
+    checkpoints = Checkpoints(app, s.app_id, client_options(s), [s.clicks_topic, s.purchases_topic, s.erasures_topic, s.items_topic])
     dead_letters = DeadLetterWriter(app, s.dead_letter_topic, s.max_message_bytes)
     events = EventAgent(app, s, table, ticks_topic, runtime, checkpoints, dead_letters)
     catalogue = CatalogueAgents(app, s, runtime, checkpoints, dead_letters)

@@ -27,6 +27,7 @@ from state.item_store import ItemVector
 from streams import heap, metrics
 from streams.boundary import contain
 from streams.checkpoints import Checkpoints, fail_stop, stop_worker
+from streams.connection import client_options
 from streams.dead_letters import DeadLetterWriter
 from streams.ingest import Message, item_step
 from streams.runtime import Runtime
@@ -111,7 +112,7 @@ class CatalogueAgents:
         await asyncio.get_running_loop().run_in_executor(None, self.runtime.load)  # the encoder takes seconds
         heap.settle()
         topic = self.settings.item_vectors_topic
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.checkpoints.bootstrap, enable_auto_commit=False, group_id=None)
+        consumer = AIOKafkaConsumer(**client_options(self.settings), enable_auto_commit=False, group_id=None)
         await consumer.start()
         try:
             await consumer.topics()  # fetches metadata for every topic

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import faust
 from aiokafka import TopicPartition
@@ -46,10 +46,10 @@ def fail_stop(batch: Sequence) -> Iterator[None]:
 
 
 class Checkpoints:
-    def __init__(self, app: faust.App, group: str, bootstrap: list[str], topics: Iterable[str]) -> None:
+    def __init__(self, app: faust.App, group: str, kafka: Mapping[str, Any], topics: Iterable[str]) -> None:
         self.app = app
         self.group = group  # the consumer group: faust's app id
-        self.bootstrap = bootstrap
+        self.kafka = kafka  # how its admin client connects: streams.connection.client_options
         self.progress = PartitionProgress(topics)
         # A batch's offsets become durable once the broker has what it produced, while the next batch runs.
         self.event_acks = AcksInOrder(self.progress.made_durable, lambda exc: stop_worker("a record of a batch was not delivered"))
@@ -91,7 +91,7 @@ class Checkpoints:
     async def committed_offsets(self, tps: list[TP]) -> dict[TP, int | None]:
         """The group's committed offset of each partition (the next to read), None where it has none."""
         if self._admin is None:
-            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.group}-checkpoints")
+            self._admin = AIOKafkaAdminClient(**self.kafka, client_id=f"{self.group}-checkpoints")
             await self._admin.start()
         found = await self._admin.list_consumer_group_offsets(self.group, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps])
         offsets = {(t.topic, t.partition): meta.offset for t, meta in found.items()}

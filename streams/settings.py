@@ -10,7 +10,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,11 @@ from streams.schemas import EventLimits
 
 PREFIX = "INTEREST_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SASL_SETTINGS = ("sasl_mechanism", "sasl_username", "sasl_password")
+TLS_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+MASK = "****"  # a secret's value wherever settings are shown
 log = logging.getLogger(__name__)
 
 
@@ -37,10 +42,15 @@ PORT_OR_OFF = (lambda v: 0 <= v < 65536), "a port number, or 0 for off"
 NAME = (lambda v: bool(v.strip())), "not empty"
 
 
-def setting(default: Any, help: str, valid: tuple[Callable[[Any], bool], str] | None = None) -> Any:
+def setting(default: Any, help: str, valid: tuple[Callable[[Any], bool], str] | None = None, secret: bool = False) -> Any:
     """A field of ``Settings``: its default, its meaning (the README's configuration table) and what a
-    valid value is."""
-    return field(default=default, metadata={"help": help, "valid": valid})
+    valid value is. A ``secret`` is masked wherever settings are shown (``config``, reports) and left out of
+    repr; it takes no ``valid``, whose error would print the value."""
+    return field(default=default, repr=not secret, metadata={"help": help, "valid": valid, "secret": secret})
+
+
+def _shown(f: Field, value: object) -> str:
+    return MASK if f.metadata["secret"] and value else str(value)
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,20 @@ class Settings:
     """One settings object; every field maps to ``INTEREST_<FIELD NAME UPPERCASE>``."""
 
     broker: str = setting("", "Kafka bootstrap servers (host:port,...). Empty: `demo` starts a local broker.")
+    security_protocol: str = setting(
+        "PLAINTEXT", "How every client reaches the broker: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over "
+        "TLS, as managed Kafka services want).", ((lambda v: v in SECURITY_PROTOCOLS), ", ".join(SECURITY_PROTOCOLS)))
+    sasl_mechanism: str = setting(
+        "", "With SASL_PLAINTEXT or SASL_SSL: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.",
+        ((lambda v: v in ("", *SASL_MECHANISMS)), ", ".join(SASL_MECHANISMS) + " (or empty)"))
+    sasl_username: str = setting("", "SASL user name (with SASL_PLAINTEXT or SASL_SSL).")
+    sasl_password: str = setting("", "SASL password (with SASL_PLAINTEXT or SASL_SSL). Never shown: `config` prints `****`.",
+                                 secret=True)
+    ssl_cafile: str = setting(
+        "", "With SSL or SASL_SSL: CA certificates (PEM file) the broker's certificate is checked against. Empty: the "
+        "system's CAs.")
+    ssl_certfile: str = setting("", "Mutual TLS: this client's certificate (PEM file). Empty: none.")
+    ssl_keyfile: str = setting("", "Mutual TLS: this client's private key (unencrypted PEM file), if not in INTEREST_SSL_CERTFILE.")
     app_id: str = setting("interest-stream", "faust app id = consumer group and changelog topic prefix.", NAME)
     partitions: int = setting(4, "Partitions of the event topics and the user table (upper bound on workers).", _at_least(1))
     replication_factor: int = setting(1, "Replication of created topics (3 on a production cluster).", _at_least(1))
@@ -135,6 +159,35 @@ class Settings:
         topics = [getattr(self, name) for name in topic_settings()]
         if len(set(topics)) != len(topics):
             raise ConfigError(f"the topics must all differ: {', '.join(topics)}")
+        self._check_security()
+
+    def _check_security(self) -> None:
+        """SASL needs all of its settings, TLS files must exist, and neither is set for a protocol that would
+        ignore it: the client would connect without the credentials it was given."""
+        protocol = f"{PREFIX}SECURITY_PROTOCOL={self.security_protocol}"
+        sasl, tls = self.uses_sasl, self.uses_tls
+        if sasl:
+            missing = [variable(name) for name in SASL_SETTINGS if not getattr(self, name)]
+            if missing:
+                raise ConfigError(f"{protocol} needs {', '.join(missing)}")
+        for names, used, what in ((SASL_SETTINGS, sasl, "SASL (SASL_PLAINTEXT or SASL_SSL)"), (TLS_FILES, tls, "TLS (SSL or SASL_SSL)")):
+            ignored = [variable(name) for name in names if getattr(self, name) and not used]
+            if ignored:
+                raise ConfigError(f"{', '.join(ignored)} set, but {protocol} uses no {what}")
+        for name in TLS_FILES:
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{variable(name)}={path!r}: no such file")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ConfigError(f"{variable('ssl_keyfile')} is set without {variable('ssl_certfile')}: the key needs its certificate")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -160,6 +213,11 @@ class Settings:
     def env(self) -> dict[str, str]:
         """These settings as environment variables, for starting child processes."""
         return {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def variable(name: str) -> str:
+    """The environment variable of setting ``name``."""
+    return PREFIX + name.upper()
 
 
 def _parse(variable: str, raw: str, kind: type) -> object:
@@ -193,8 +251,13 @@ def describe() -> list[tuple[str, str, str]]:
     return [(PREFIX + f.name.upper(), str(f.default), f.metadata["help"]) for f in fields(Settings)]
 
 
+def shown(settings: Settings) -> dict[str, str]:
+    """Every setting's value as text to print or write to a report, a secret masked."""
+    return {f.name: _shown(f, getattr(settings, f.name)) for f in fields(Settings)}
+
+
 def in_effect(settings: Settings, environ: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
-    """(variable, value in effect, where it came from: "environment" or "default") for every setting."""
+    """(variable, value in effect, where it came from: "environment" or "default") for every setting, a
+    secret masked."""
     environ = os.environ if environ is None else environ
-    return [(PREFIX + f.name.upper(), str(getattr(settings, f.name)),
-             "environment" if PREFIX + f.name.upper() in environ else "default") for f in fields(Settings)]
+    return [(variable(name), value, "environment" if variable(name) in environ else "default") for name, value in shown(settings).items()]

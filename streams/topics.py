@@ -16,13 +16,8 @@ from kafka.errors import (
 )
 
 from state.faults import InterestStreamError
+from streams.connection import client_options
 from streams.settings import Settings
-
-
-def bootstrap(settings: Settings) -> list[str]:
-    if not settings.broker:
-        raise InterestStreamError("no broker configured: set INTEREST_BROKER=host:port (or run `interest-stream demo`)")
-    return [b.removeprefix("kafka://") for b in settings.broker.split(",")]
 
 
 def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
@@ -46,7 +41,7 @@ def admin_client(settings: Settings, wait_s: float = 30.0) -> KafkaAdminClient:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return KafkaAdminClient(bootstrap_servers=bootstrap(settings), client_id=f"{settings.app_id}-admin")
+            return KafkaAdminClient(**client_options(settings), client_id=f"{settings.app_id}-admin")
         except (KafkaConnectionError, KafkaTimeoutError):
             if time.monotonic() > deadline:
                 raise InterestStreamError(f"no Kafka broker answers at {settings.broker} after {wait_s:.0f}s") from None

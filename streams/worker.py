@@ -8,9 +8,10 @@ from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 
 from state.local_dir import damaged, lock, set_aside
+from streams.connection import client_options
 from streams.faust_compat import changelog_topic, table_partition
 from streams.settings import Settings
-from streams.topics import bootstrap, ensure_topics
+from streams.topics import ensure_topics
 from streams.user_table import changelog_offset, table_files
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,10 @@ def run_worker(settings: Settings) -> None:
     hand over to faust (blocks until stopped). Raises ``DataDirInUse`` if another worker has the
     directory: checked before joining the consumer group, where it would take partitions."""
     # faust's format until faust sets up logging itself (it replaces the root handlers then).
-    logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    level = logging.getLevelName(settings.log_level.upper())
+    logging.basicConfig(level=level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    # kafka-python's debug log holds its whole configuration and the SASL exchange: the password in clear.
+    logging.getLogger("kafka").setLevel(max(level, logging.INFO))
     held = lock(settings.data_dir)  # noqa: F841 - held open for the life of the process
     if settings.metrics_port:
         from prometheus_client import start_http_server
@@ -66,7 +70,7 @@ def ahead_of_changelog(path: Path, ends: dict[int, int]) -> str | None:
 
 def changelog_ends(settings: Settings) -> dict[int, int]:
     """End offset of each partition of the user table's changelog ({} if it does not exist yet)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap(settings), group_id=None)
+    consumer = KafkaConsumer(**client_options(settings), group_id=None)
     try:
         topic = changelog_topic(settings.app_id)
         if topic not in consumer.topics():  # asking for its partitions could create it, with the wrong count

@@ -10,8 +10,8 @@ from kafka import KafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.records import Recommendation
+from streams.connection import client_options
 from streams.settings import Settings, topic_settings
-from streams.topics import bootstrap
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -41,7 +41,7 @@ def wait_until(predicate, timeout_s: float = 120.0, what: str = "condition", int
 
 def consume_all(settings: Settings, topic: str, idle_s: float = 3.0) -> list:
     """Every message on ``topic`` from the beginning until none arrives for ``idle_s``."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap(settings), group_id=None,
+    consumer = KafkaConsumer(topic, **client_options(settings), group_id=None,
                              auto_offset_reset="earliest", consumer_timeout_ms=int(idle_s * 1000))
     try:
         return list(consumer)
@@ -86,8 +86,8 @@ def group_progress(settings: Settings, topics: list[str]) -> dict[tuple[str, int
     """(topic, partition) -> (the worker group's committed offset or None, end offset)."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap(settings))
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap(settings))
+    admin = KafkaAdminClient(**client_options(settings))
+    consumer = KafkaConsumer(**client_options(settings))
     try:
         committed = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
         tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]

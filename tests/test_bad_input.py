@@ -22,9 +22,9 @@ from models.records import Event, Recommendation, Rejection
 from models.updater import Delivered, InterestUpdater, UpdaterConfig
 from state.item_store import ItemVector
 from state.user_state import decode
+from streams.connection import client_options
 from streams.ingest import EventStep
 from streams.schemas import EventLimits, parse_event
-from streams.topics import bootstrap
 from tests.conftest import SAMPLE
 from tests.helpers import dead_letters, metric_sum, scrape, wait_until
 
@@ -174,7 +174,7 @@ def test_a_corpus_of_bad_events_goes_to_the_dead_letter_topic_and_good_ones_arou
     try:
         publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
         worker.wait_ready(min_items=96)
-        out = KafkaProducer(bootstrap_servers=bootstrap(settings), max_request_size=2_000_000)
+        out = KafkaProducer(**client_options(settings), max_request_size=2_000_000)
         for n, event in enumerate(good):  # bad events interleaved between good ones
             out.send(settings.clicks_topic, key=event["user_id"].encode(), value=json.dumps(event).encode())
             if n % 2 == 1 and bad[n // 2 :]:

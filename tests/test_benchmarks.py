@@ -11,7 +11,6 @@ from benchmarks import micro, reference
 from benchmarks.workload import EventSource
 from streams import heap
 from streams.settings import Settings
-from streams.topics import bootstrap
 from tests.helpers import consume_all
 
 
@@ -25,10 +24,10 @@ def test_model_work_times_every_event_after_the_users_exist():
 
 @pytest.mark.e2e
 def test_writes_loop_sends_one_message_of_each_size_per_event(settings):
-    servers, source = bootstrap(settings), EventSource(10, 10)
+    source = EventSource(10, 10)
     messages = [(key, value) for _, key, value in source.take(40)]
-    asyncio.run(reference.fill(servers, settings.clicks_topic, messages))
-    rate, _ = asyncio.run(reference.aiokafka_loop(servers, settings.clicks_topic, settings.recommendations_topic, 40,
+    asyncio.run(reference.fill(settings, settings.clicks_topic, messages))
+    rate, _ = asyncio.run(reference.aiokafka_loop(settings, settings.clicks_topic, settings.recommendations_topic, 40,
                                                   settings.app_id, value_sizes=(300, 50)))
     out = consume_all(settings, settings.recommendations_topic)
     assert rate > 0

@@ -21,7 +21,8 @@ from cli.client import publish_catalogue
 from cli.worker_process import WorkerProcess
 from state.item_store import ItemStore
 from state.user_state import decode
-from streams.topics import bootstrap, ensure_topics
+from streams.connection import client_options
+from streams.topics import ensure_topics
 from streams.user_table import iter_raw, load_user_states, table_files
 from tests.conftest import SAMPLE, settings_for
 from tests.helpers import consume_all, dead_letters, metric_sum, scrape, wait_until
@@ -98,7 +99,7 @@ def run(broker, tiny_encoder, tmp_path_factory) -> Run:
     try:
         publish_catalogue(s, SAMPLE / "catalogue.jsonl", progress=False)
         worker.wait_ready(min_items=96)
-        out = KafkaProducer(bootstrap_servers=bootstrap(s), max_request_size=2_000_000)
+        out = KafkaProducer(**client_options(s), max_request_size=2_000_000)
 
         def send(topic: str, key: bytes | None, value: bytes | None) -> str:
             meta = out.send(topic, key=key, value=value).get(timeout=30)
@@ -191,7 +192,7 @@ def test_subscribe_shows_good_recommendations_and_skips_records_it_cannot_read(s
     ensure_topics(settings)
     good = {"user_id": "u1", "items": [{"item_id": "run-001", "score": 0.5}], "event_id": "e1", "event_time": T0,
             "model_version": "untrained", "produced_at": T0}
-    out = KafkaProducer(bootstrap_servers=bootstrap(settings))
+    out = KafkaProducer(**client_options(settings))
     for value in (b"not json", json.dumps({**good, "items": [{"item_id": "run-002", "score": None}]}).encode(), json.dumps(good).encode()):
         out.send(settings.recommendations_topic, key=b"u1", value=value)
     out.close()
@@ -215,7 +216,7 @@ def test_an_exception_anywhere_on_a_messages_path_dead_letters_that_message_only
     publish_catalogue(s, SAMPLE / "catalogue.jsonl", progress=False)
     worker.wait_ready(min_items=96)
     worker.stop()
-    out = KafkaProducer(bootstrap_servers=bootstrap(s))  # the key's partition, as the worker's table has it
+    out = KafkaProducer(**client_options(s))  # the key's partition, as the worker's table has it
     out.send(f"{s.app_id}-user-state-changelog", key=b"u-corrupt", value=b"\x09 not a user state").get(timeout=30)
     worker = WorkerProcess(s, tmp_path / "worker.log").start()  # recovers that record into its table
     try:

@@ -15,7 +15,7 @@ from models.interest import InterestModel, ModelConfig
 from models.records import CatalogueItem, Event
 from models.updater import Delivered, InterestUpdater, UpdaterConfig
 from state.item_store import ItemVector, text_hash
-from streams.topics import bootstrap
+from streams.connection import client_options
 from tests.conftest import SAMPLE
 from tests.helpers import latest_recommendations, wait_until
 
@@ -74,7 +74,7 @@ def test_worker_recommends_an_item_published_after_the_users_events(settings, sa
         assert "new-item" not in [i.item_id for i in latest_recommendations(settings)["cold-fan"].items]
 
         # The same product relisted under a new id: its text embeds exactly like the one the user keeps clicking.
-        producer = KafkaProducer(bootstrap_servers=bootstrap(settings))
+        producer = KafkaProducer(**client_options(settings))
         producer.send(settings.items_topic, key=b"new-item", value=json.dumps({"item_id": "new-item", "text": liked["text"]}).encode())
         producer.flush()
         producer.close()

@@ -17,7 +17,7 @@ from models.encoder import ItemEncoder
 from models.interest import InterestModel
 from models.updater import InterestUpdater
 from state.item_store import ItemStore
-from streams.topics import bootstrap
+from streams.connection import client_options
 from streams.user_table import load_user_states
 from tests.conftest import SAMPLE
 from tests.helpers import (
@@ -43,7 +43,7 @@ def test_replay_produces_recommendations_consistent_with_table_state(settings, s
         log.write_text(to_jsonl(sample_events + [{**first, "item_id": "no-such-item", "event_id": "x-unknown"}]))
         replay(settings, log, progress=False)
         # malformed input and a re-sent duplicate, straight onto the topics
-        raw = KafkaProducer(bootstrap_servers=bootstrap(settings))
+        raw = KafkaProducer(**client_options(settings))
         bad = [b"{not json", json.dumps({"event_id": "x-missing", "user_id": "user-01", "ts": first["ts"]}).encode(),
                json.dumps({**first, "type": "click"}).encode()]
         for value in bad:

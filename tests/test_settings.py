@@ -13,6 +13,10 @@ import pytest
 from streams.settings import ConfigError, Settings, in_effect
 
 ROOT = Path(__file__).resolve().parents[1]
+CA = str(ROOT / "tests" / "fixtures" / "tls" / "ca.pem")
+PASSWORD = "s3cret-Pa55"
+SASL_SSL = {"INTEREST_SECURITY_PROTOCOL": "SASL_SSL", "INTEREST_SASL_MECHANISM": "SCRAM-SHA-512",
+            "INTEREST_SASL_USERNAME": "svc-interest", "INTEREST_SASL_PASSWORD": PASSWORD}
 
 
 @pytest.mark.parametrize("variable, raw, says", [
@@ -30,6 +34,34 @@ def test_a_bad_value_fails_with_its_variable_and_value(variable, raw, says):
     with pytest.raises(ConfigError) as failure:
         Settings.from_env({variable: raw})
     assert says in str(failure.value)
+
+
+@pytest.mark.parametrize("environ, says", [
+    ({"INTEREST_SECURITY_PROTOCOL": "TLS"}, "INTEREST_SECURITY_PROTOCOL='TLS': must be PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+    ({**SASL_SSL, "INTEREST_SASL_MECHANISM": "GSSAPI"}, "INTEREST_SASL_MECHANISM='GSSAPI': must be PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+    ({"INTEREST_SECURITY_PROTOCOL": "SASL_SSL", "INTEREST_SASL_PASSWORD": PASSWORD},
+     "INTEREST_SECURITY_PROTOCOL=SASL_SSL needs INTEREST_SASL_MECHANISM, INTEREST_SASL_USERNAME"),
+    ({k: v for k, v in SASL_SSL.items() if k != "INTEREST_SECURITY_PROTOCOL"},
+     "INTEREST_SASL_MECHANISM, INTEREST_SASL_USERNAME, INTEREST_SASL_PASSWORD set, but INTEREST_SECURITY_PROTOCOL=PLAINTEXT uses no SASL"),
+    ({**SASL_SSL, "INTEREST_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "INTEREST_SSL_CAFILE": CA},
+     "INTEREST_SSL_CAFILE set, but INTEREST_SECURITY_PROTOCOL=SASL_PLAINTEXT uses no TLS"),
+    ({**SASL_SSL, "INTEREST_SSL_CAFILE": "/nonexistent/ca.pem"}, "INTEREST_SSL_CAFILE='/nonexistent/ca.pem': no such file"),
+    ({"INTEREST_SECURITY_PROTOCOL": "SSL", "INTEREST_SSL_KEYFILE": CA}, "INTEREST_SSL_KEYFILE is set without INTEREST_SSL_CERTFILE"),
+])
+def test_bad_tls_or_sasl_settings_fail_naming_the_variables_never_the_password(environ, says):
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env(environ)
+    assert says in str(failure.value) and PASSWORD not in str(failure.value)
+
+
+def test_the_password_is_masked_where_settings_are_shown_and_given_whole_to_a_child_process():
+    s = Settings.from_env({**SASL_SSL, "INTEREST_SSL_CAFILE": CA})
+    assert Settings().security_protocol == "PLAINTEXT" and s.uses_sasl and s.uses_tls
+    shown = {name: value for name, value, _ in in_effect(s, SASL_SSL)}
+    assert shown["INTEREST_SASL_PASSWORD"] == "****" and shown["INTEREST_SASL_USERNAME"] == "svc-interest"
+    assert {name: value for name, value, _ in in_effect(Settings(), {})}["INTEREST_SASL_PASSWORD"] == ""  # unset: nothing to mask
+    assert PASSWORD not in repr(s)
+    assert s.env()["INTEREST_SASL_PASSWORD"] == PASSWORD and Settings.from_env(s.env()) == s
 
 
 def test_values_are_parsed_by_type():
@@ -63,6 +95,9 @@ def test_the_cli_reports_a_users_error_in_one_line():
     assert missing.returncode == 1 and missing.stderr.strip() == "interest-stream replay: /nonexistent/log.jsonl: no such file"
     shown = cli("config", INTEREST_TOP_K="5")
     assert shown.returncode == 0 and "INTEREST_TOP_K=5" in shown.stdout and "environment" in shown.stdout
+    secret = cli("config", "--help-text", **SASL_SSL)
+    assert secret.returncode == 0 and "INTEREST_SASL_PASSWORD=****" in secret.stdout
+    assert PASSWORD not in secret.stdout + secret.stderr
 
 
 def test_any_other_exception_keeps_its_traceback(monkeypatch):
