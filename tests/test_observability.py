@@ -29,8 +29,12 @@ def test_metrics_move_during_a_replay(settings, sample_events, tmp_path):
         player = threading.Thread(target=replay, args=(settings, SAMPLE / "events.jsonl", span / 6.0), kwargs={"progress": False})
         player.start()
         consumed = lambda: metric_sum(scrape(settings.metrics_port), "interest_events_consumed_total")  # noqa: E731
-        wait_until(lambda: 0 < consumed() < len(sample_events), what="the replay under way", interval=0.1)
-        during = scrape(settings.metrics_port)
+        def under_way():  # a batch counts its events consumed before it is applied: wait for its recommendations too
+            m = scrape(settings.metrics_port)
+            moving = 0 < metric_sum(m, "interest_events_consumed_total") < len(sample_events)
+            return m if moving and metric_sum(m, "interest_recommendations_published_total") > 0 else None
+
+        during = wait_until(under_way, what="the replay under way", interval=0.1)
         player.join()
         wait_until(lambda: consumed() >= len(sample_events), what="the replay consumed")
         def reported_caught_up():  # the lag timer runs every 5 s; its last report must say 0 behind
