@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import zlib
+from collections import OrderedDict
+
 import numpy as np
 import torch
 
 from state.item_store import ItemVector
 
 
+def fingerprint(vector: np.ndarray) -> int:
+    """CRC-32 of a vector's float32 bytes: what a user's history remembers of the vector it added, to
+    notice that the item's vector changed since (an edited text, another encoder)."""
+    return zlib.crc32(np.ascontiguousarray(vector, np.float32).tobytes())
+
+
 class Catalogue:
     """Grows by doubling so adding items is amortised O(1) per row; ``version`` changes on every change,
     and each row remembers the version that last changed it, so that what is derived from the rows (the
-    scorer's item space and index) can follow a row at a time (``changed_since``)."""
+    scorer's item space and index) can follow a row at a time (``changed_since``).
 
-    def __init__(self, dim: int) -> None:
+    ``space`` names the encoder the vectors come from (``ItemEncoder.space``). Each row keeps its vector's
+    ``fingerprint``, and the catalogue remembers which items' vectors were replaced or retired at which
+    version (``replaced_since``), so that the users whose long-term vectors hold an old one can be found.
+    """
+
+    def __init__(self, dim: int, space: str = "") -> None:
         self.dim = dim
+        self.space = space
         self.ids: list[str] = []
         self.index: dict[str, int] = {}
         self._rows = torch.zeros((1024, dim))
         self._changed_at = np.zeros(1024, np.int64)  # row -> the version that last changed it
+        self._fingerprints = np.zeros(1024, np.uint32)  # row -> fingerprint of its vector
+        self._replaced: OrderedDict[str, int] = OrderedDict()  # item -> version its vector was replaced or retired, oldest first
         self.version = 0
 
     def changed_since(self, version: int) -> np.ndarray:
@@ -42,6 +59,7 @@ class Catalogue:
         self.version += 1
         for v in vectors:
             row = self.index.get(v.item_id)
+            new_fingerprint = fingerprint(v.vector)
             if row is None:
                 row = self.index[v.item_id] = len(self.ids)
                 self.ids.append(v.item_id)
@@ -50,8 +68,12 @@ class Catalogue:
                     grown[:row] = self._rows[:row]
                     self._rows = grown
                     self._changed_at = np.concatenate([self._changed_at, np.zeros_like(self._changed_at)])
+                    self._fingerprints = np.concatenate([self._fingerprints, np.zeros_like(self._fingerprints)])
+            elif self._fingerprints[row] != new_fingerprint:
+                self._mark_replaced(v.item_id)
             self._rows[row] = torch.from_numpy(v.vector)
             self._changed_at[row] = self.version
+            self._fingerprints[row] = new_fingerprint
 
     def remove(self, item_ids: list[str]) -> None:
         """Retire items: each one's row takes the last row's item, so rows stay dense. Unknown ids are ignored."""
@@ -61,13 +83,41 @@ class Catalogue:
         self.version += 1
         for item_id in known:
             row = self.index.pop(item_id)
+            self._mark_replaced(item_id)
             last = len(self.ids) - 1
             if row != last:
                 moved = self.ids[last]
                 self.ids[row], self.index[moved] = moved, row
                 self._rows[row] = self._rows[last]
                 self._changed_at[row] = self.version
+                self._fingerprints[row] = self._fingerprints[last]
             self.ids.pop()
+
+    def _mark_replaced(self, item_id: str) -> None:
+        self._replaced[item_id] = self.version
+        self._replaced.move_to_end(item_id)
+
+    def replaced_since(self, version: int) -> frozenset[str]:
+        """Items whose vector was replaced by another one, or that were retired, after ``version``."""
+        out = []
+        for item_id in reversed(self._replaced):  # newest first: stops at the first one not after ``version``
+            if self._replaced[item_id] <= version:
+                break
+            out.append(item_id)
+        return frozenset(out)
+
+    def forget_replaced(self, version: int) -> None:
+        """Forget the replacements up to ``version``: nobody will ask ``replaced_since`` about them again."""
+        while self._replaced and next(iter(self._replaced.values())) <= version:
+            self._replaced.popitem(last=False)
 
     def vectors(self, item_ids: list[str]) -> np.ndarray:
         return self._rows[[self.index[i] for i in item_ids]].numpy()
+
+    def rows(self, item_ids: list[str]) -> np.ndarray:
+        """int64 [len(item_ids)]: each item's row, -1 for an item the catalogue does not have."""
+        return np.array([self.index.get(i, -1) for i in item_ids], np.int64)
+
+    def fingerprints_at(self, rows: np.ndarray) -> np.ndarray:
+        """uint32 [len(rows)]: the fingerprint of the vector at each of ``rows`` (all valid)."""
+        return self._fingerprints[rows]

@@ -15,6 +15,30 @@ _HEADER = struct.Struct("<BIII")  # format version, json length, hidden size, lo
 
 
 @dataclass
+class History:
+    """What the long-term sum is made of, one entry per item, so that it can be recomputed when item
+    vectors change (``models.history``): the item, the event time its last touch counted at, its touches'
+    weights decayed-summed to that time, and the fingerprint of the vector its weight was added with.
+
+    Encoded after the long-term sum as float32 ages (``lt_time`` - time, seconds), float32 weights and
+    uint32 fingerprints, 12 bytes an entry, the ids in the JSON part.
+    """
+
+    items: list[str] = field(default_factory=list)
+    times: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # [L] unix seconds
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [L] at ``times``
+    fingerprints: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))  # [L] models.catalogue.fingerprint
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep the entries where ``mask`` [L] (bool) is set, in their order."""
+        self.items = [item for item, kept in zip(self.items, mask.tolist()) if kept]
+        self.times, self.weights, self.fingerprints = self.times[mask], self.weights[mask], self.fingerprints[mask]
+
+
+@dataclass
 class UserState:
     hidden: np.ndarray  # GRU hidden vector (short-term interest), float32 [H]
     lt_sum: np.ndarray  # decayed, weighted sum of item embeddings, float32 [D]
@@ -33,10 +57,14 @@ class UserState:
     # The last top-k published for the user, (item id, score), and when (unix seconds): what `inspect` shows.
     latest: list[tuple[str, float]] = field(default_factory=list)
     latest_at: float = 0.0
+    # The encoder space ``lt_sum`` and the history's fingerprints are in (``ItemEncoder.space``); "" for a
+    # state written before spaces were recorded.
+    space: str = ""
+    history: History = field(default_factory=History)
 
     @classmethod
-    def new(cls, hidden_size: int, embed_size: int, model_version: str) -> "UserState":
-        return cls(np.zeros(hidden_size, np.float32), np.zeros(embed_size, np.float32), model_version=model_version)
+    def new(cls, hidden_size: int, embed_size: int, model_version: str, space: str = "") -> "UserState":
+        return cls(np.zeros(hidden_size, np.float32), np.zeros(embed_size, np.float32), model_version=model_version, space=space)
 
     @property
     def long_term(self) -> np.ndarray:
@@ -55,18 +83,22 @@ class UserState:
 
 def encode(state: UserState) -> bytes:
     """The state as bytes; raises ``NonFinite`` rather than store a NaN or an infinity (the last guard)."""
+    history = state.history
+    ages = (state.lt_time - history.times).astype(np.float32)
     require_finite("the user state", state.hidden, state.lt_sum, state.lt_weight, state.lt_time, state.last_event_time,
-                   state.latest_at, *(score for _, score in state.latest))
+                   state.latest_at, *(score for _, score in state.latest), ages, history.weights)
     meta = {
         "lw": state.lt_weight, "lt": state.lt_time, "c": state.clicks, "p": state.purchases,
         "le": state.last_event_id, "let": state.last_event_time, "mv": state.model_version,
         "ap": state.applied, "ri": state.recent_items, "re": state.recent_event_ids,
         "lr": [(item, round(score, 5)) for item, score in state.latest], "la": state.latest_at,
+        "sp": state.space, "hi": history.items,
     }
     blob = orjson.dumps(meta)  # the same compact JSON as json.dumps, ~10x faster
     hidden = np.ascontiguousarray(state.hidden, np.float32)
     lt_sum = np.ascontiguousarray(state.lt_sum, np.float32)
-    return b"".join((_HEADER.pack(FORMAT_VERSION, len(blob), hidden.size, lt_sum.size), blob, hidden.tobytes(), lt_sum.tobytes()))
+    return b"".join((_HEADER.pack(FORMAT_VERSION, len(blob), hidden.size, lt_sum.size), blob, hidden.tobytes(), lt_sum.tobytes(),
+                     ages.tobytes(), history.weights.astype(np.float32).tobytes(), history.fingerprints.astype(np.uint32).tobytes()))
 
 
 def decode(raw: bytes) -> UserState:
@@ -78,9 +110,16 @@ def decode(raw: bytes) -> UserState:
     start += n_blob
     hidden = np.frombuffer(raw, np.float32, n_hidden, start).copy()
     lt_sum = np.frombuffer(raw, np.float32, n_lt, start + 4 * n_hidden).copy()
+    items = meta.get("hi", [])  # absent before the long-term refresh
+    n, start = len(items), start + 4 * (n_hidden + n_lt)
+    history = History(
+        items, meta["lt"] - np.frombuffer(raw, np.float32, n, start).astype(np.float64),
+        np.frombuffer(raw, np.float32, n, start + 4 * n).copy(), np.frombuffer(raw, np.uint32, n, start + 8 * n).copy(),
+    )
     return UserState(
         hidden=hidden, lt_sum=lt_sum, lt_weight=meta["lw"], lt_time=meta["lt"], clicks=meta["c"], purchases=meta["p"],
         last_event_id=meta["le"], last_event_time=meta["let"], model_version=meta["mv"], applied=meta["ap"],
         recent_items=meta["ri"], recent_event_ids=meta["re"],
         latest=[(item, score) for item, score in meta.get("lr", ())], latest_at=meta.get("la", 0.0),  # absent before 0.1.0's inspect
+        space=meta.get("sp", ""), history=history,
     )

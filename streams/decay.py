@@ -1,19 +1,27 @@
-"""Decay: every user's long-term vector decayed to the newest event time applied on their partition.
+"""A decay tick's pass over one partition's users: decay, and refresh.
 
-Event time, not the wall clock, so that a replayed log decays as it happened. Decaying changes the
-long-term weight only (the average stays), so a user is rewritten only once decay has taken
-``REWRITE_FRACTION`` of their weight since they were last written: writing every user on every tick
-would cost a changelog record per user per tick for a change that does not alter their ranking.
+Decay: every user's long-term vector decayed to the newest event time applied on their partition. Event
+time, not the wall clock, so that a replayed log decays as it happened. Decaying changes the long-term
+weight only (the average stays), so a user is rewritten only once decay has taken ``REWRITE_FRACTION``
+of their weight since they were last written: writing every user on every tick would cost a changelog
+record per user per tick for a change that does not alter their ranking.
+
+Refresh: the users whose long-term sum holds a vector the catalogue replaced or retired, or is in another
+encoder's space, are recomputed from their history (``InterestUpdater.refresh``), batched on the
+encoder's device. Which users are checked is ``RefreshScope``'s: ``streams.refresh`` decides it.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from models.updater import InterestUpdater
-from state.user_state import decode, encode
+import torch
+
+from models.updater import CPU, InterestUpdater
+from state.user_state import UserState, decode, encode
 
 REWRITE_FRACTION = 0.05
 
@@ -23,26 +31,49 @@ def min_elapsed_s(half_life_s: float) -> float:
     return -half_life_s * math.log2(1.0 - REWRITE_FRACTION)
 
 
+@dataclass(frozen=True)
+class RefreshScope:
+    """The users a pass checks for a refresh: all (``replaced`` None: what changed is unknown), or those
+    whose history holds one of ``replaced`` (none if it is empty). ``version``: the catalogue's when decided."""
+
+    version: int
+    replaced: frozenset[str] | None
+
+    @property
+    def empty(self) -> bool:
+        return self.replaced is not None and not self.replaced
+
+
+NO_REFRESH = RefreshScope(-1, frozenset())
+
+
 @dataclass
 class Decayed:
-    rows: dict[bytes, bytes] = field(default_factory=dict)  # user key -> decayed state, to rewrite
+    rows: dict[bytes, bytes] = field(default_factory=dict)  # user key -> decayed or refreshed state, to rewrite
     unreadable: list[bytes] = field(default_factory=list)  # user keys whose stored state does not decode
+    refreshed: Counter[str] = field(default_factory=Counter)  # long-term vectors recomputed, by cause
 
 
-def decay_step(rows: Iterable[tuple[bytes, bytes]], now: float, updater: InterestUpdater) -> Decayed:
-    """Stored (user key, state) rows -> the rows to rewrite, decayed to event time ``now``. A state that
-    does not decode is left as it is and named: it is that user's fault, not the partition's (their
-    events are dead-lettered by the event path)."""
-    due = now - min_elapsed_s(updater.config.half_life_s)
+def decay_step(rows: Iterable[tuple[bytes, bytes]], now: float | None, updater: InterestUpdater,
+               scope: RefreshScope = NO_REFRESH, device: torch.device = CPU) -> Decayed:
+    """Stored (user key, state) rows -> the rows to rewrite: refreshed within ``scope`` (on ``device``),
+    and decayed to event time ``now`` (None: no decay). A state that does not decode is left as it is and
+    named: it is that user's fault, not the partition's (their events are dead-lettered by the event path)."""
+    due = -math.inf if now is None else now - min_elapsed_s(updater.config.half_life_s)
     out = Decayed()
-    states = {}
+    stale: dict[bytes, UserState] = {}
+    decaying: dict[bytes, UserState] = {}
     for key, value in rows:
         try:
             state = decode(value)
         except Exception:  # noqa: BLE001 - any way a stored state can fail to decode
             out.unreadable.append(key)
             continue
+        if not scope.empty and updater.needs_refresh(state, scope.replaced):
+            stale[key] = state
         if state.lt_weight > 0 and state.lt_time < due:
-            states[key] = state
-    out.rows = {key: encode(state) for key, state in updater.decay(states, now).items()}
+            decaying[key] = state
+    out.refreshed = updater.refresh(stale.values(), device)
+    changed = {**stale, **(updater.decay(decaying, now) if now is not None else {})}
+    out.rows = {key: encode(state) for key, state in changed.items()}
     return out

@@ -2,8 +2,8 @@
 decay ticks on the same stream. A batch's path, top to bottom:
 
   ``run``: take a micro-batch -> admit it in offset order (``Checkpoints``) -> ``apply`` its events
-  inside the ingestion boundary -> ``decay`` each tick's partition -> hand what it sent to the acks that
-  make its offsets durable.
+  inside the ingestion boundary -> ``decay`` (and refresh) each tick's partition -> hand what it sent to
+  the acks that make its offsets durable.
   ``apply``: validate and read the users' states -> the updater, in the model thread (``EventStep``)
   -> dead letters (acknowledged before any state is written) -> states -> recommendations.
 """
@@ -27,6 +27,7 @@ from streams.checkpoints import Checkpoints, fail_stop
 from streams.dead_letters import DeadLetterWriter
 from streams.decay import decay_step
 from streams.ingest import Message
+from streams.refresh import RefreshPasses
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.user_table import UserTable
@@ -39,6 +40,11 @@ def observe_many(histogram, value: float, n: int) -> None:
         histogram.observe(value)
 
 
+def count_refreshed(causes: Counter[str]) -> None:
+    for cause, n in causes.items():
+        metrics.LONGTERM_REFRESHED.labels(cause).inc(n)
+
+
 class EventAgent:
     def __init__(self, app: faust.App, settings: Settings, table: UserTable, ticks: faust.TopicT, runtime: Runtime,
                  checkpoints: Checkpoints, dead_letters: DeadLetterWriter) -> None:
@@ -49,6 +55,7 @@ class EventAgent:
         self.runtime = runtime
         self.checkpoints = checkpoints
         self.dead_letters = dead_letters
+        self.passes = RefreshPasses()
 
     async def run(self, stream: faust.StreamT) -> None:
         s = self.settings
@@ -95,6 +102,7 @@ class EventAgent:
         self.table.set_many(out.states)
         sent += letters
         metrics.EVENTS_REDELIVERED.inc(out.redelivered)
+        count_refreshed(out.refreshed)
         for p, ts in out.watermarks.items():
             self.runtime.watermarks[p] = max(self.runtime.watermarks.get(p, 0.0), ts)
         sent_at = time.time()
@@ -117,16 +125,25 @@ class EventAgent:
             await self.ticks.send(value=b"", partition=partition)
 
     async def decay(self, partition: int) -> None:
-        """Decay every user of ``partition`` to the newest event time applied there (``streams.decay``)."""
+        """Decay every user of ``partition`` to the newest event time applied there, and recompute the
+        long-term vectors that hold replaced item vectors on the encoder's device (``streams.decay``)."""
         now = self.runtime.watermarks.get(partition)
-        if now is None:
+        updater = self.runtime.updater
+        scope = await self.runtime.in_model_thread(self.passes.scope, partition, updater.catalogue)
+        if now is None and scope.empty:
             return
         start = time.perf_counter()
         rows = self.table.partition_items(partition)
-        decayed = await self.runtime.in_model_thread(decay_step, rows, now, self.runtime.updater)
+        decayed = await self.runtime.in_model_thread(decay_step, rows, now, updater, scope, self.runtime.encoder.device)
         if decayed.unreadable:
             log.warning("partition %d: %d stored user states do not decode (e.g. %r); not decayed",
                         partition, len(decayed.unreadable), decayed.unreadable[0][:64])
             metrics.STATES_UNREADABLE.inc(len(decayed.unreadable))
         self.table.set_many({key: (partition, value) for key, value in decayed.rows.items()})
+        await self.runtime.in_model_thread(self.passes.done, partition, scope, updater.catalogue)
+        count_refreshed(decayed.refreshed)
         metrics.DECAY_DURATION.observe(time.perf_counter() - start)
+
+    async def forget_passes(self) -> None:
+        """After a rebalance: every partition's next pass checks all its users for a refresh (``streams.refresh``)."""
+        await self.runtime.in_model_thread(self.passes.forget)

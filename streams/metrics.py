@@ -31,7 +31,10 @@ BATCH_DURATION = Histogram("interest_batch_duration_seconds", "Micro-batch proce
 ENCODER_BATCH_DURATION = Histogram("interest_encoder_batch_duration_seconds", "Time to embed one batch of items", buckets=LATENCY_BUCKETS)
 ENCODER_ITEMS = Counter("interest_encoder_items_total", "Items embedded")
 ENCODER_ITEMS_PER_SECOND = Gauge("interest_encoder_items_per_second", "Items per second of the last encoder batch")
-DECAY_DURATION = Histogram("interest_decay_duration_seconds", "Time to decay one partition's users", buckets=LATENCY_BUCKETS)
+DECAY_DURATION = Histogram("interest_decay_duration_seconds", "Time of one partition's decay tick pass (decay and long-term refresh)", buckets=LATENCY_BUCKETS)
+LONGTERM_REFRESHED = Counter(
+    "interest_longterm_refreshed_total", "Users' long-term vectors recomputed from their history, by cause: item_vectors (an item's "
+    "vector changed or it was retired), encoder (the state was in another encoder's space)", ["cause"])
 CONSUMER_LAG = Gauge("interest_consumer_lag_messages", "Messages behind the end of each partition", ["topic", "partition"])
 CONSUMER_LAG_SECONDS = Gauge(
     "interest_consumer_lag_seconds", "Age of the last processed message while behind (0 when caught up)", ["topic", "partition"]

@@ -1,0 +1,94 @@
+"""A user's long-term history: what their decayed sum of item vectors is made of, kept so that the sum can
+be recomputed with the current vectors when item vectors change (an edited text, another encoder, a
+retired item).
+
+``models.longterm`` keeps S(T) = sum over events e of w_e 2^(-(T - t_e)/h) v(item_e), t_e being the time the
+sum counted the event at: its event time, or the user's newest time for a late event (``longterm.add``
+decays nothing backwards), so t_e never decreases for a user. Grouped by item,
+S(T) = sum over items i of W_i 2^(-(T - t_i)/h) v_i, with t_i the item's last touch and W_i its touches'
+weights decayed-summed to t_i (W <- W 2^(-(t - t_i)/h) + w at each touch, the same formula). A history
+(``state.user_state.History``) keeps (i, t_i, W_i, fingerprint of v_i), bounded: ``record`` merges touches,
+``prune`` drops what weighs least, ``recompute`` evaluates the sums with the catalogue's current vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from models.catalogue import Catalogue
+from state.user_state import History
+
+# An entry untouched for this many half-lives before the user's newest touch keeps under 1% of its weight.
+HORIZON_HALF_LIVES = math.log2(100)
+
+
+def record(history: History, item_id: str, t: float, weight: float, fingerprint: int, half_life_s: float) -> bool:
+    """Add a touch of ``item_id`` with ``weight``, counted at time ``t`` (unix seconds, never before the
+    history's newest); True if the item is new to the history. A touch of an item whose vector changed
+    since keeps the old fingerprint: its older weight was added with the old vector, so the history
+    stays stale until it is recomputed (``is_stale``)."""
+    try:
+        i = history.items.index(item_id)
+    except ValueError:
+        history.items.append(item_id)
+        history.times = np.append(history.times, t)
+        history.weights = np.append(history.weights, np.float32(weight))
+        history.fingerprints = np.append(history.fingerprints, np.uint32(fingerprint))
+        return True
+    history.weights[i] = history.weights[i] * 2.0 ** (-(t - history.times[i]) / half_life_s) + weight
+    history.times[i] = t
+    return False
+
+
+def prune(history: History, max_items: int, half_life_s: float) -> None:
+    """Bound ``history`` after a new item joined it (as its newest entry): drop the entries untouched for
+    ``HORIZON_HALF_LIVES`` before its newest touch, then, beyond ``max_items``, those of least decayed
+    weight, never the newest. Relative to the newest touch, not the clock, so an idle user keeps theirs:
+    every entry decays alike, and the average they make stays what it was."""
+    newest = float(history.times[-1])
+    keep = history.times >= newest - HORIZON_HALF_LIVES * half_life_s
+    keep[-1] = True
+    if keep.sum() > max_items:
+        decayed = np.where(keep, history.weights * np.exp2(-(newest - history.times) / half_life_s), -np.inf)
+        decayed[-1] = np.inf
+        keep[np.argsort(-decayed, kind="stable")[max_items:]] = False
+    if not keep.all():
+        history.keep(keep)
+
+
+def is_stale(history: History, catalogue: Catalogue) -> bool:
+    """Whether an item of ``history`` was retired or its vector is not the one it was added with."""
+    rows = catalogue.rows(history.items)
+    return bool((rows < 0).any() or (catalogue.fingerprints_at(rows) != history.fingerprints).any())
+
+
+def recompute(histories: Sequence[History], at: np.ndarray, catalogue: Catalogue, half_life_s: float,
+              device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """The long-term sums float32 [B, D] and weights float64 [B] of ``histories`` at event times ``at`` [B],
+    with the catalogue's current vectors: one sparse [B, items] x [items, D] product on ``device`` (only
+    the rows the histories use are moved there). Each history is brought up to date in place: entries of
+    retired items are dropped, fingerprints become the current vectors'."""
+    rows, users, decayed = [], [], []
+    for b, history in enumerate(histories):
+        r = catalogue.rows(history.items)
+        if (r < 0).any():
+            history.keep(r >= 0)
+            r = r[r >= 0]
+        history.fingerprints = catalogue.fingerprints_at(r)
+        rows.append(r)
+        users.append(np.full(len(r), b, np.int64))
+        decayed.append(history.weights * np.exp2(-(at[b] - history.times) / half_life_s))
+    n = len(histories)
+    if not n:
+        return np.zeros((0, catalogue.dim), np.float32), np.zeros(0)
+    user, weight = np.concatenate(users), np.concatenate(decayed).astype(np.float64)
+    used, column = np.unique(np.concatenate(rows), return_inverse=True)
+    vectors = catalogue.embeddings[torch.from_numpy(used)].to(device)  # [U, D]
+    mix = torch.sparse_coo_tensor(torch.from_numpy(np.stack([user, column])), torch.from_numpy(weight.astype(np.float32)),
+                                  (n, len(used)), device=device, check_invariants=False)  # valid by construction
+    sums = torch.sparse.mm(mix, vectors).cpu().numpy() if len(used) else np.zeros((n, catalogue.dim), np.float32)
+    return sums, np.bincount(user, weights=weight, minlength=n)
