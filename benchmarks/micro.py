@@ -12,6 +12,7 @@ import torch
 from rocksdict import Options, Rdict, WriteBatch
 
 from benchmarks.workload import EventSource
+from models import history
 from models.catalogue import Catalogue
 from models.interest import InterestModel
 from models.updater import InterestUpdater
@@ -23,7 +24,7 @@ from streams.settings import Settings
 
 
 def full_state(rng: np.random.Generator, hidden: int, dim: int, settings: Settings, n: int) -> UserState:
-    """A user with a full history: every list at its cap, offsets on both event topics."""
+    """A user with a full history: every list at its cap (the long-term history too), offsets on both event topics."""
     state = UserState.new(hidden, dim, "untrained")
     state.hidden = rng.standard_normal(hidden, np.float32)
     state.lt_sum = rng.standard_normal(dim, np.float32)
@@ -32,6 +33,9 @@ def full_state(rng: np.random.Generator, hidden: int, dim: int, settings: Settin
     state.applied = {f"{settings.clicks_topic}:{n % 4}": 10_000_000 + n, f"{settings.purchases_topic}:{n % 4}": 1_000_000 + n}
     for j in range(64):
         state.remember(f"e{n}-{j}", f"i{rng.integers(100_000)}", settings.recent_items)
+    for j in range(settings.history_items):  # a week of touches, none yet pruned
+        history.record(state.history, f"i{rng.integers(100_000)}", state.lt_time - 604_800 + 6_000 * j, float(rng.choice([1.0, 3.0])),
+                       int(rng.integers(2**32)), settings.half_life_s)
     return state
 
 

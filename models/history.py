@@ -35,9 +35,9 @@ def record(history: History, item_id: str, t: float, weight: float, fingerprint:
         i = history.items.index(item_id)
     except ValueError:
         history.items.append(item_id)
-        history.times = np.append(history.times, t)
-        history.weights = np.append(history.weights, np.float32(weight))
-        history.fingerprints = np.append(history.fingerprints, np.uint32(fingerprint))
+        history.times.append(t)
+        history.weights.append(weight)
+        history.fingerprints.append(fingerprint)
         return True
     history.weights[i] = history.weights[i] * 2.0 ** (-(t - history.times[i]) / half_life_s) + weight
     history.times[i] = t
@@ -49,21 +49,24 @@ def prune(history: History, max_items: int, half_life_s: float) -> None:
     ``HORIZON_HALF_LIVES`` before its newest touch, then, beyond ``max_items``, those of least decayed
     weight, never the newest. Relative to the newest touch, not the clock, so an idle user keeps theirs:
     every entry decays alike, and the average they make stays what it was."""
-    newest = float(history.times[-1])
-    keep = history.times >= newest - HORIZON_HALF_LIVES * half_life_s
-    keep[-1] = True
-    if keep.sum() > max_items:
-        decayed = np.where(keep, history.weights * np.exp2(-(newest - history.times) / half_life_s), -np.inf)
-        decayed[-1] = np.inf
-        keep[np.argsort(-decayed, kind="stable")[max_items:]] = False
-    if not keep.all():
-        history.keep(keep)
+    newest = history.times[-1]
+    horizon = newest - HORIZON_HALF_LIVES * half_life_s
+    if len(history) <= max_items and min(history.times) >= horizon:
+        return  # the usual case, at the cost of one min()
+    kept = [t >= horizon for t in history.times]
+    kept[-1] = True
+    if sum(kept) > max_items:
+        decayed = [w * 2.0 ** (-(newest - t) / half_life_s) if k else -math.inf for w, t, k in zip(history.weights, history.times, kept)]
+        decayed[-1] = math.inf
+        for i in sorted(range(len(decayed)), key=decayed.__getitem__, reverse=True)[max_items:]:
+            kept[i] = False
+    history.keep(kept)
 
 
 def is_stale(history: History, catalogue: Catalogue) -> bool:
     """Whether an item of ``history`` was retired or its vector is not the one it was added with."""
     rows = catalogue.rows(history.items)
-    return bool((rows < 0).any() or (catalogue.fingerprints_at(rows) != history.fingerprints).any())
+    return bool((rows < 0).any() or (catalogue.fingerprints_at(rows) != np.array(history.fingerprints, np.uint32)).any())
 
 
 def recompute(histories: Sequence[History], at: np.ndarray, catalogue: Catalogue, half_life_s: float,
@@ -76,12 +79,12 @@ def recompute(histories: Sequence[History], at: np.ndarray, catalogue: Catalogue
     for b, history in enumerate(histories):
         r = catalogue.rows(history.items)
         if (r < 0).any():
-            history.keep(r >= 0)
+            history.keep((r >= 0).tolist())
             r = r[r >= 0]
-        history.fingerprints = catalogue.fingerprints_at(r)
+        history.fingerprints = catalogue.fingerprints_at(r).tolist()
         rows.append(r)
         users.append(np.full(len(r), b, np.int64))
-        decayed.append(history.weights * np.exp2(-(at[b] - history.times) / half_life_s))
+        decayed.append(np.array(history.weights) * np.exp2(-(at[b] - np.array(history.times)) / half_life_s))
     n = len(histories)
     if not n:
         return np.zeros((0, catalogue.dim), np.float32), np.zeros(0)

@@ -17,25 +17,28 @@ _HEADER = struct.Struct("<BIII")  # format version, json length, hidden size, lo
 @dataclass
 class History:
     """What the long-term sum is made of, one entry per item, so that it can be recomputed when item
-    vectors change (``models.history``): the item, the event time its last touch counted at, its touches'
-    weights decayed-summed to that time, and the fingerprint of the vector its weight was added with.
+    vectors change (``models.history``): the item, the event time its last touch counted at (unix seconds),
+    its touches' weights decayed-summed to that time, and the fingerprint of the vector its weight was
+    added with. Python lists, not arrays: a state holds a few to ~100 entries, read and written per event.
 
     Encoded after the long-term sum as float32 ages (``lt_time`` - time, seconds), float32 weights and
     uint32 fingerprints, 12 bytes an entry, the ids in the JSON part.
     """
 
     items: list[str] = field(default_factory=list)
-    times: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # [L] unix seconds
-    weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [L] at ``times``
-    fingerprints: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))  # [L] models.catalogue.fingerprint
+    times: list[float] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    fingerprints: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def keep(self, mask: np.ndarray) -> None:
-        """Keep the entries where ``mask`` [L] (bool) is set, in their order."""
-        self.items = [item for item, kept in zip(self.items, mask.tolist()) if kept]
-        self.times, self.weights, self.fingerprints = self.times[mask], self.weights[mask], self.fingerprints[mask]
+    def keep(self, kept: list[bool]) -> None:
+        """Keep the entries where ``kept`` is true, in their order."""
+        self.items = [x for x, k in zip(self.items, kept) if k]
+        self.times = [x for x, k in zip(self.times, kept) if k]
+        self.weights = [x for x, k in zip(self.weights, kept) if k]
+        self.fingerprints = [x for x, k in zip(self.fingerprints, kept) if k]
 
 
 @dataclass
@@ -84,9 +87,11 @@ class UserState:
 def encode(state: UserState) -> bytes:
     """The state as bytes; raises ``NonFinite`` rather than store a NaN or an infinity (the last guard)."""
     history = state.history
-    ages = (state.lt_time - history.times).astype(np.float32)
+    n = len(history)
+    ages = [state.lt_time - t for t in history.times]
+    # one sum for the whole history: a NaN or an infinity anywhere makes it one
     require_finite("the user state", state.hidden, state.lt_sum, state.lt_weight, state.lt_time, state.last_event_time,
-                   state.latest_at, *(score for _, score in state.latest), ages, history.weights)
+                   state.latest_at, *(score for _, score in state.latest), sum(ages) + sum(history.weights))
     meta = {
         "lw": state.lt_weight, "lt": state.lt_time, "c": state.clicks, "p": state.purchases,
         "le": state.last_event_id, "let": state.last_event_time, "mv": state.model_version,
@@ -98,7 +103,7 @@ def encode(state: UserState) -> bytes:
     hidden = np.ascontiguousarray(state.hidden, np.float32)
     lt_sum = np.ascontiguousarray(state.lt_sum, np.float32)
     return b"".join((_HEADER.pack(FORMAT_VERSION, len(blob), hidden.size, lt_sum.size), blob, hidden.tobytes(), lt_sum.tobytes(),
-                     ages.tobytes(), history.weights.astype(np.float32).tobytes(), history.fingerprints.astype(np.uint32).tobytes()))
+                     struct.pack(f"<{n}f{n}f{n}I", *ages, *history.weights, *history.fingerprints)))
 
 
 def decode(raw: bytes) -> UserState:
@@ -111,11 +116,9 @@ def decode(raw: bytes) -> UserState:
     hidden = np.frombuffer(raw, np.float32, n_hidden, start).copy()
     lt_sum = np.frombuffer(raw, np.float32, n_lt, start + 4 * n_hidden).copy()
     items = meta.get("hi", [])  # absent before the long-term refresh
-    n, start = len(items), start + 4 * (n_hidden + n_lt)
-    history = History(
-        items, meta["lt"] - np.frombuffer(raw, np.float32, n, start).astype(np.float64),
-        np.frombuffer(raw, np.float32, n, start + 4 * n).copy(), np.frombuffer(raw, np.uint32, n, start + 8 * n).copy(),
-    )
+    n = len(items)
+    numbers = struct.unpack_from(f"<{n}f{n}f{n}I", raw, start + 4 * (n_hidden + n_lt))
+    history = History(items, [meta["lt"] - age for age in numbers[:n]], list(numbers[n : 2 * n]), list(numbers[2 * n :]))
     return UserState(
         hidden=hidden, lt_sum=lt_sum, lt_weight=meta["lw"], lt_time=meta["lt"], clicks=meta["c"], purchases=meta["p"],
         last_event_id=meta["le"], last_event_time=meta["let"], model_version=meta["mv"], applied=meta["ap"],
