@@ -14,6 +14,7 @@ from rocksdict import Options, Rdict, WriteBatch
 from benchmarks.workload import EventSource
 from models import history
 from models.catalogue import Catalogue
+from models.hardware import pick_device
 from models.interest import InterestModel
 from models.updater import InterestUpdater
 from state.item_store import ItemVector
@@ -41,7 +42,9 @@ def full_state(rng: np.random.Generator, hidden: int, dim: int, settings: Settin
 
 def decay_cost(n_users: int, dim: int, hidden: int, settings: Settings) -> dict:
     """What one decay tick costs for ``n_users`` users, step by step, as the worker runs it: read the
-    partition's RocksDB, decode, decay (batched numpy), encode, write back."""
+    partition's RocksDB, decode, decay (batched numpy), encode, write back. Then a refresh's worst case,
+    an encoder rollout's: every user's long-term vector recomputed from a full history on the encoder's
+    device (``InterestUpdater.refresh``, 100,000 items in the catalogue)."""
     rng = np.random.default_rng(0)
     states = [full_state(rng, hidden, dim, settings, n) for n in range(n_users)]
     encoded = [encode(s) for s in states]
@@ -64,10 +67,14 @@ def decay_cost(n_users: int, dim: int, hidden: int, settings: Settings) -> dict:
             db[k] = v
         t.append(time.perf_counter())
         db.close()
+    catalogue.upsert([ItemVector(f"i{n}", b"\0" * 16, v) for n, v in enumerate(rng.standard_normal((100_000, dim), np.float32))])
+    start = time.perf_counter()
+    updater.refresh(decoded.values(), pick_device(settings.encoder_device))
+    refresh_s = time.perf_counter() - start
     per_100k = 100_000 / n_users
     steps = dict(zip(("read_s", "decode_s", "decay_s", "encode_s", "write_s"), np.diff(t) * per_100k))
     return {"users": n_users, **steps, "total_s_per_100k_users": (t[-1] - t[0]) * per_100k,
-            "full_state_bytes": float(np.mean([len(b) for b in encoded]))}
+            "full_state_bytes": float(np.mean([len(b) for b in encoded])), "refresh_s_per_100k_users": refresh_s * per_100k}
 
 
 def model_work(n_users: int, n_items: int, n_events: int, dim: int, settings: Settings, seed: int = 0) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
+from itertools import repeat
 
 import numpy as np
 import torch
@@ -116,7 +117,7 @@ class Catalogue:
 
     def rows(self, item_ids: list[str]) -> np.ndarray:
         """int64 [len(item_ids)]: each item's row, -1 for an item the catalogue does not have."""
-        return np.array([self.index.get(i, -1) for i in item_ids], np.int64)
+        return np.fromiter(map(self.index.get, item_ids, repeat(-1)), np.int64, len(item_ids))
 
     def fingerprints_at(self, rows: np.ndarray) -> np.ndarray:
         """uint32 [len(rows)]: the fingerprint of the vector at each of ``rows`` (all valid)."""

@@ -24,6 +24,7 @@ from state.user_state import History
 
 # An entry untouched for this many half-lives before the user's newest touch keeps under 1% of its weight.
 HORIZON_HALF_LIVES = math.log2(100)
+PRUNE_TO = 0.9  # a history past its cap is cut to this share of it
 
 
 def record(history: History, item_id: str, t: float, weight: float, fingerprint: int, half_life_s: float) -> bool:
@@ -46,21 +47,23 @@ def record(history: History, item_id: str, t: float, weight: float, fingerprint:
 
 def prune(history: History, max_items: int, half_life_s: float) -> None:
     """Bound ``history`` after a new item joined it (as its newest entry): drop the entries untouched for
-    ``HORIZON_HALF_LIVES`` before its newest touch, then, beyond ``max_items``, those of least decayed
-    weight, never the newest. Relative to the newest touch, not the clock, so an idle user keeps theirs:
-    every entry decays alike, and the average they make stays what it was."""
-    newest = history.times[-1]
+    ``HORIZON_HALF_LIVES`` before its newest touch; then, beyond ``max_items``, those of least decayed
+    weight, never the newest, down to ``PRUNE_TO`` of ``max_items`` so that a user past the cap sorts
+    their history once every ~tenth new item rather than at each. Relative to the newest touch, not the
+    clock, so an idle user keeps theirs: every entry decays alike, and the average they make stays."""
+    times = history.times
+    newest = times[-1]
     horizon = newest - HORIZON_HALF_LIVES * half_life_s
-    if len(history) <= max_items and min(history.times) >= horizon:
+    if len(times) <= max_items and min(times) >= horizon:
         return  # the usual case, at the cost of one min()
-    kept = [t >= horizon for t in history.times]
+    at = np.array(times)
+    kept = at >= horizon
     kept[-1] = True
-    if sum(kept) > max_items:
-        decayed = [w * 2.0 ** (-(newest - t) / half_life_s) if k else -math.inf for w, t, k in zip(history.weights, history.times, kept)]
-        decayed[-1] = math.inf
-        for i in sorted(range(len(decayed)), key=decayed.__getitem__, reverse=True)[max_items:]:
-            kept[i] = False
-    history.keep(kept)
+    if kept.sum() > max_items:
+        decayed = np.where(kept, np.array(history.weights) * np.exp2(-(newest - at) / half_life_s), -np.inf)
+        decayed[-1] = np.inf
+        kept[np.argsort(-decayed, kind="stable")[max(1, int(PRUNE_TO * max_items)) :]] = False
+    history.keep(kept.tolist())
 
 
 def is_stale(history: History, catalogue: Catalogue) -> bool:
@@ -81,7 +84,7 @@ def recompute(histories: Sequence[History], at: np.ndarray, catalogue: Catalogue
         if (r < 0).any():
             history.keep((r >= 0).tolist())
             r = r[r >= 0]
-        history.fingerprints = catalogue.fingerprints_at(r).tolist()
+        history.fingerprints[:] = catalogue.fingerprints_at(r).tolist()
         rows.append(r)
         users.append(np.full(len(r), b, np.int64))
         decayed.append(np.array(history.weights) * np.exp2(-(at[b] - np.array(history.times)) / half_life_s))

@@ -24,6 +24,7 @@ from state.user_state import UserState
 
 K = TypeVar("K")  # a user's key: their id, or its bytes
 CPU = torch.device("cpu")
+REFRESH_BATCH = 4096  # users per recompute: bounds its memory (~100 entries each, and a [users, D] result)
 
 
 @dataclass(frozen=True)
@@ -213,10 +214,11 @@ class InterestUpdater:
                 continue
             causes["encoder" if x.space != self.catalogue.space else "item_vectors"] += 1
             due.append(x)
-        if due:
-            sums, weights = history.recompute([x.history for x in due], np.array([x.lt_time for x in due]), self.catalogue,
+        for start in range(0, len(due), REFRESH_BATCH):
+            chunk = due[start : start + REFRESH_BATCH]
+            sums, weights = history.recompute([x.history for x in chunk], np.array([x.lt_time for x in chunk]), self.catalogue,
                                               self.config.half_life_s, device)
-            for x, lt_sum, lt_weight in zip(due, sums, weights):
+            for x, lt_sum, lt_weight in zip(chunk, sums, weights):
                 x.lt_sum, x.lt_weight, x.space = lt_sum, float(lt_weight), self.catalogue.space
         return causes
 

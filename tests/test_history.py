@@ -4,6 +4,7 @@ long-term sum with the current item vectors, the same as the incremental sum whe
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 import torch
 
@@ -13,7 +14,7 @@ from models.interest import InterestModel
 from models.records import Event
 from models.updater import Delivered, InterestUpdater, UpdaterConfig
 from state.item_store import ItemVector
-from state.user_state import History, UserState, decode, encode
+from state.user_state import _HEADER, History, UserState, decode, encode
 from streams.decay import RefreshScope, decay_step
 from streams.refresh import RefreshPasses
 
@@ -86,8 +87,11 @@ def test_pruning_keeps_the_horizon_of_the_newest_touch_then_the_weightiest():
     history.record(h, "new", 7200.0, 0.1, 1, HALF_LIFE)
     history.prune(h, 10, HALF_LIFE)
     assert h.items == ["light", "heavy", "new"]  # 7200 s = 7.2 half-lives after "ancient": under 1% of its weight
-    history.prune(h, 2, HALF_LIFE)
-    assert h.items == ["heavy", "new"]  # the lightest goes first, never the touch just recorded
+    full = History()
+    for n in range(11):  # weights 10, 9, ... 1, then the newest touch, the lightest
+        history.record(full, f"w{10 - n}", 7000.0 + n, 10.0 - n if n < 10 else 0.5, 1, HALF_LIFE)
+    history.prune(full, 10, HALF_LIFE)
+    assert full.items == [*(f"w{10 - n}" for n in range(8)), "w0"]  # past the cap: cut to 90% of it, the lightest first, never the newest
     idle = History()
     history.record(idle, "a", 0.0, 1.0, 1, HALF_LIFE)
     history.record(idle, "b", 10.0, 1.0, 1, HALF_LIFE)
@@ -106,16 +110,24 @@ def test_the_updater_keeps_a_bounded_history():
 def test_the_history_round_trips_and_old_states_decode_without_one():
     state = UserState.new(4, DIM, "v", "enc@1")
     for i, t in enumerate([1.7e9, 1.7e9 + 3.5, 1.7e9 + 90_000.25]):
-        history.record(state.history, f"i{i}", t, 1.5 * (i + 1), 4_000_000_000 + i, 604800.0)
+        history.record(state.history, f"i-é{i}", t, 1.5 * (i + 1), 4_000_000_000 + i, 604800.0)
     state.lt_time = 1.7e9 + 100_000.0
-    back = decode(encode(state))
-    assert back.space == "enc@1" and back.history.items == state.history.items
-    assert np.allclose(back.history.times, state.history.times, rtol=0, atol=0.01)  # float32 ages
-    assert np.array_equal(back.history.weights, state.history.weights)
-    assert np.array_equal(back.history.fingerprints, state.history.fingerprints)
-    old = UserState.new(4, DIM, "v")
-    raw = encode(old)
-    assert len(raw) == len(encode(UserState.new(4, DIM, "v"))) and decode(raw).space == "" and len(decode(raw).history) == 0
+    raw = encode(state)
+    back = decode(raw)
+    assert back.space == "enc@1" and len(back.history) == 3 and back.history.items == state.history.items
+    assert np.allclose(back.history.times, state.history.times, rtol=0, atol=0.01)  # float32 offsets
+    assert back.history.weights == state.history.weights and back.history.fingerprints == state.history.fingerprints
+    unused = decode(raw)
+    unused.lt_time += 5_000.0  # a decay pass: the history is written back as it was, never unpacked
+    assert encode(unused)[-len(state.history.pack()):] == state.history.pack() and unused.history._block is not None
+
+    version, n_json, n_hidden, n_lt = _HEADER.unpack_from(raw)  # the same state as written before the refresh existed
+    meta = orjson.loads(raw[_HEADER.size : _HEADER.size + n_json])
+    del meta["sp"], meta["hb"]
+    blob = orjson.dumps(meta)
+    arrays = raw[_HEADER.size + n_json : _HEADER.size + n_json + 4 * (n_hidden + n_lt)]
+    old = decode(_HEADER.pack(version, len(blob), n_hidden, n_lt) + blob + arrays)
+    assert old.space == "" and len(old.history) == 0 and old.history.items == [] and old.lt_time == state.lt_time
 
 
 def test_recomputing_from_the_history_agrees_with_the_incremental_sum():
