@@ -203,16 +203,21 @@ class InterestUpdater:
     def refresh(self, states: Iterable[UserState], device: torch.device = CPU) -> Counter[str]:
         """Recompute the long-term sums and weights of ``states`` (in place) from their histories with the
         current vectors, batched on ``device``, at each state's ``lt_time``; returns how many were
-        recomputed by cause: ``encoder`` (another encoder's space) or ``item_vectors`` (a vector changed, an
-        item was retired). A state written before spaces were recorded (no space, no history) is taken as
-        this space's: there is nothing to recompute it from (README, Rolling out a new encoder)."""
+        recomputed by cause: ``encoder`` (another encoder's space: the short-term state restarts too, its
+        GRU was fed that encoder's vectors) or ``item_vectors`` (a vector changed, an item was retired). A
+        state written before spaces were recorded (no space, no history) is taken as this space's: there
+        is nothing to recompute it from (README, Rolling out a new encoder)."""
         causes: Counter[str] = Counter()
         due = []
         for x in states:
             if not x.space and not len(x.history) and x.lt_sum.size == self.catalogue.dim:
                 x.space = self.catalogue.space
                 continue
-            causes["encoder" if x.space != self.catalogue.space else "item_vectors"] += 1
+            if x.space != self.catalogue.space:
+                causes["encoder"] += 1
+                x.hidden = np.zeros(self.model.config.hidden, np.float32)  # the GRU was fed the other encoder's vectors
+            else:
+                causes["item_vectors"] += 1
             due.append(x)
         for start in range(0, len(due), REFRESH_BATCH):
             chunk = due[start : start + REFRESH_BATCH]

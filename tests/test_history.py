@@ -22,17 +22,18 @@ HALF_LIFE = 1000.0
 DIM = 8
 
 
-def vectors(n: int, seed: int) -> list[ItemVector]:
+def vectors(n: int, seed: int, dim: int = DIM) -> list[ItemVector]:
     rng = np.random.default_rng(seed)
-    out = rng.normal(size=(n, DIM)).astype(np.float32)
+    out = rng.normal(size=(n, dim)).astype(np.float32)
     return [ItemVector(f"i{i}", b"\0" * 16, v / np.linalg.norm(v)) for i, v in enumerate(out)]
 
 
-def updater(items: list[ItemVector], **config) -> InterestUpdater:
-    catalogue = Catalogue(DIM)
+def updater(items: list[ItemVector], space: str = "", **config) -> InterestUpdater:
+    dim = items[0].vector.size
+    catalogue = Catalogue(dim, space)
     catalogue.upsert(items)
     settings = {"half_life_s": HALF_LIFE, "max_lateness_s": 500.0, "purchase_weight": 3.0, **config}
-    return InterestUpdater(InterestModel.untrained(DIM, 6, "t"), catalogue, UpdaterConfig(**settings))
+    return InterestUpdater(InterestModel.untrained(dim, 6, "t"), catalogue, UpdaterConfig(**settings))
 
 
 def random_events(n: int, seed: int, users: int = 4, items: int = 12, gap_s: float = 300.0) -> list[list[Delivered]]:
@@ -217,6 +218,35 @@ def test_the_decay_pass_refreshes_the_users_in_its_scope_and_the_passes_narrow_i
     passes.done(0, scope, up.catalogue)
     passes.forget()
     assert passes.scope(0, up.catalogue).replaced is None
+
+
+def test_an_event_for_a_state_of_another_encoder_recomputes_it_in_this_ones_space_first():
+    batches = random_events(140, 7, gap_s=25.0)
+    states = run(updater(vectors(12, 0), "enc-a"), batches[:-1])
+    b = updater(vectors(12, 1, dim=12), "enc-b")  # another encoder: other vectors, another size
+    last = batches[-1][:1]
+    user = last[0].event.user_id
+    result = b.apply(last, {user: decode(encode(states[user]))})
+    assert result.refreshed == {"encoder": 1}
+    state, fresh = result.states[user], run(b, [*batches[:-1], last])[user]  # all of it in B's space from the start
+    assert state.space == "enc-b" and state.lt_sum.shape == (12,)
+    assert np.allclose(state.lt_sum, fresh.lt_sum, rtol=1e-5, atol=1e-5) and state.lt_weight == pytest.approx(fresh.lt_weight)
+    with torch.inference_mode():  # the short-term state restarted: one GRU step from zeros with B's vector
+        event = last[0].event
+        expected = b.model.step(torch.zeros(1, 6), torch.from_numpy(b.catalogue.vectors([event.item_id])),
+                                torch.tensor([int(event.type == "purchase")]))[0].numpy()
+    assert np.allclose(state.hidden, expected, atol=1e-6)
+
+
+def test_a_state_from_before_spaces_is_taken_as_this_encoders_unless_its_size_differs():
+    up = updater(vectors(12, 0), "enc-a")
+    legacy = UserState.new(6, DIM, "t")
+    legacy.lt_sum, legacy.lt_weight, legacy.hidden = np.ones(DIM, np.float32), 2.0, np.ones(6, np.float32)
+    assert up.needs_refresh(legacy, frozenset())
+    assert up.refresh([legacy]) == {} and legacy.space == "enc-a" and legacy.lt_weight == 2.0 and legacy.hidden[0] == 1.0
+    other = UserState.new(6, 12, "t")
+    other.lt_sum, other.lt_weight = np.ones(12, np.float32), 2.0
+    assert up.refresh([other]) == {"encoder": 1} and other.lt_sum.shape == (DIM,) and other.lt_weight == 0.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
