@@ -24,8 +24,9 @@ class Catalogue:
     scorer's item space and index) can follow a row at a time (``changed_since``).
 
     ``space`` names the encoder the vectors come from (``ItemEncoder.space``). Each row keeps its vector's
-    ``fingerprint``, and the catalogue remembers which items' vectors were replaced or retired at which
-    version (``replaced_since``), so that the users whose long-term vectors hold an old one can be found.
+    ``fingerprint``, and the catalogue remembers at which version each item's vector last came, changed or
+    went (``changed_items_since``), so that the users whose long-term vectors hold an old one, or miss one
+    that arrived, can be found.
     """
 
     def __init__(self, dim: int, space: str = "") -> None:
@@ -36,7 +37,7 @@ class Catalogue:
         self._rows = torch.zeros((1024, dim))
         self._changed_at = np.zeros(1024, np.int64)  # row -> the version that last changed it
         self._fingerprints = np.zeros(1024, np.uint32)  # row -> fingerprint of its vector
-        self._replaced: OrderedDict[str, int] = OrderedDict()  # item -> version its vector was replaced or retired, oldest first
+        self._changes: OrderedDict[str, int] = OrderedDict()  # item -> version its vector last came, changed or went; oldest first
         self.version = 0
 
     def changed_since(self, version: int) -> np.ndarray:
@@ -61,6 +62,8 @@ class Catalogue:
         for v in vectors:
             row = self.index.get(v.item_id)
             new_fingerprint = fingerprint(v.vector)
+            if row is None or self._fingerprints[row] != new_fingerprint:
+                self._mark_changed(v.item_id)
             if row is None:
                 row = self.index[v.item_id] = len(self.ids)
                 self.ids.append(v.item_id)
@@ -70,8 +73,6 @@ class Catalogue:
                     self._rows = grown
                     self._changed_at = np.concatenate([self._changed_at, np.zeros_like(self._changed_at)])
                     self._fingerprints = np.concatenate([self._fingerprints, np.zeros_like(self._fingerprints)])
-            elif self._fingerprints[row] != new_fingerprint:
-                self._mark_replaced(v.item_id)
             self._rows[row] = torch.from_numpy(v.vector)
             self._changed_at[row] = self.version
             self._fingerprints[row] = new_fingerprint
@@ -84,7 +85,7 @@ class Catalogue:
         self.version += 1
         for item_id in known:
             row = self.index.pop(item_id)
-            self._mark_replaced(item_id)
+            self._mark_changed(item_id)
             last = len(self.ids) - 1
             if row != last:
                 moved = self.ids[last]
@@ -94,23 +95,23 @@ class Catalogue:
                 self._fingerprints[row] = self._fingerprints[last]
             self.ids.pop()
 
-    def _mark_replaced(self, item_id: str) -> None:
-        self._replaced[item_id] = self.version
-        self._replaced.move_to_end(item_id)
+    def _mark_changed(self, item_id: str) -> None:
+        self._changes[item_id] = self.version
+        self._changes.move_to_end(item_id)
 
-    def replaced_since(self, version: int) -> frozenset[str]:
-        """Items whose vector was replaced by another one, or that were retired, after ``version``."""
+    def changed_items_since(self, version: int) -> frozenset[str]:
+        """Items added, given another vector, or retired after ``version``."""
         out = []
-        for item_id in reversed(self._replaced):  # newest first: stops at the first one not after ``version``
-            if self._replaced[item_id] <= version:
+        for item_id in reversed(self._changes):  # newest first: stops at the first one not after ``version``
+            if self._changes[item_id] <= version:
                 break
             out.append(item_id)
         return frozenset(out)
 
-    def forget_replaced(self, version: int) -> None:
-        """Forget the replacements up to ``version``: nobody will ask ``replaced_since`` about them again."""
-        while self._replaced and next(iter(self._replaced.values())) <= version:
-            self._replaced.popitem(last=False)
+    def forget_changes(self, version: int) -> None:
+        """Forget the changes up to ``version``: nobody will ask ``changed_items_since`` about them again."""
+        while self._changes and next(iter(self._changes.values())) <= version:
+            self._changes.popitem(last=False)
 
     def vectors(self, item_ids: list[str]) -> np.ndarray:
         return self._rows[[self.index[i] for i in item_ids]].numpy()

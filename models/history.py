@@ -9,6 +9,8 @@ S(T) = sum over items i of W_i 2^(-(T - t_i)/h) v_i, with t_i the item's last to
 weights decayed-summed to t_i (W <- W 2^(-(t - t_i)/h) + w at each touch, the same formula). A history
 (``state.user_state.History``) keeps (i, t_i, W_i, fingerprint of v_i), bounded: ``record`` merges touches,
 ``prune`` drops what weighs least, ``recompute`` evaluates the sums with the catalogue's current vectors.
+An item the catalogue does not have (retired, or not yet arrived in a catalogue still filling) keeps its
+entry, outside the sum, until pruned: dropping it would lose it for good.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from state.user_state import History
 # An entry untouched for this many half-lives before the user's newest touch keeps under 1% of its weight.
 HORIZON_HALF_LIVES = math.log2(100)
 PRUNE_TO = 0.9  # a history past its cap is cut to this share of it
+# The fingerprint of an entry whose item the catalogue did not have at the last recompute: its weight is
+# not in the sum, and comes back into it when the item does (a CRC-32 of 0 is a 1-in-2^32 collision).
+NOT_IN_SUM = 0
 
 
 def record(history: History, item_id: str, t: float, weight: float, fingerprint: int, half_life_s: float) -> bool:
@@ -66,28 +71,33 @@ def prune(history: History, max_items: int, half_life_s: float) -> None:
     history.keep(kept.tolist())
 
 
-def is_stale(history: History, catalogue: Catalogue) -> bool:
-    """Whether an item of ``history`` was retired or its vector is not the one it was added with."""
+def current_fingerprints(history: History, catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray]:
+    """Each entry's row (-1: the catalogue lacks the item) and the fingerprint its weight should have
+    been added with now (``NOT_IN_SUM`` for a lacking item)."""
     rows = catalogue.rows(history.items)
-    return bool((rows < 0).any() or (catalogue.fingerprints_at(rows) != np.array(history.fingerprints, np.uint32)).any())
+    return rows, np.where(rows >= 0, catalogue.fingerprints_at(rows), NOT_IN_SUM).astype(np.uint32)
+
+
+def is_stale(history: History, catalogue: Catalogue) -> bool:
+    """Whether an entry of ``history`` is in the sum with another vector than its item's current one, in it
+    while the catalogue lacks the item, or out of it while the catalogue has the item."""
+    return bool((current_fingerprints(history, catalogue)[1] != np.array(history.fingerprints, np.uint32)).any())
 
 
 def recompute(histories: Sequence[History], at: np.ndarray, catalogue: Catalogue, half_life_s: float,
               device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """The long-term sums float32 [B, D] and weights float64 [B] of ``histories`` at event times ``at`` [B],
     with the catalogue's current vectors: one sparse [B, items] x [items, D] product on ``device`` (only
-    the rows the histories use are moved there). Each history is brought up to date in place: entries of
-    retired items are dropped, fingerprints become the current vectors'."""
+    the rows the histories use are moved there). Each history's fingerprints become the current vectors'
+    (``NOT_IN_SUM`` for the items the catalogue lacks, left out of the sum)."""
     rows, users, decayed = [], [], []
     for b, history in enumerate(histories):
-        r = catalogue.rows(history.items)
-        if (r < 0).any():
-            history.keep((r >= 0).tolist())
-            r = r[r >= 0]
-        history.fingerprints[:] = catalogue.fingerprints_at(r).tolist()
-        rows.append(r)
-        users.append(np.full(len(r), b, np.int64))
-        decayed.append(np.array(history.weights) * np.exp2(-(at[b] - np.array(history.times)) / half_life_s))
+        r, fingerprints = current_fingerprints(history, catalogue)
+        history.fingerprints[:] = fingerprints.tolist()
+        present = r >= 0
+        rows.append(r[present])
+        users.append(np.full(int(present.sum()), b, np.int64))
+        decayed.append((np.array(history.weights) * np.exp2(-(at[b] - np.array(history.times)) / half_life_s))[present])
     n = len(histories)
     if not n:
         return np.zeros((0, catalogue.dim), np.float32), np.zeros(0)

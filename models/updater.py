@@ -190,13 +190,14 @@ class InterestUpdater:
 
     # -- long-term refresh: recompute from the history with the current item vectors --------------------------
 
-    def needs_refresh(self, state: UserState, replaced: Set[str] | None) -> bool:
-        """Whether ``state``'s long-term sum is in another encoder's space, or holds a vector the catalogue
-        no longer has. ``replaced``: the items whose vectors changed since the state was last checked
-        (``Catalogue.replaced_since``); None if unknown (every entry is compared)."""
+    def needs_refresh(self, state: UserState, changed: Set[str] | None) -> bool:
+        """Whether ``state``'s long-term sum is in another encoder's space, or is not its history's sum of
+        the catalogue's current vectors (``history.is_stale``). ``changed``: the items whose vectors came,
+        changed or went since the state was last checked (``Catalogue.changed_items_since``); None if
+        unknown (every entry is compared)."""
         if state.space != self.catalogue.space or state.lt_sum.size != self.catalogue.dim:
             return True
-        if replaced is not None and replaced.isdisjoint(state.history.items):
+        if changed is not None and not state.history.holds_any(changed):
             return False
         return history.is_stale(state.history, self.catalogue)
 
@@ -204,7 +205,7 @@ class InterestUpdater:
         """Recompute the long-term sums and weights of ``states`` (in place) from their histories with the
         current vectors, batched on ``device``, at each state's ``lt_time``; returns how many were
         recomputed by cause: ``encoder`` (another encoder's space: the short-term state restarts too, its
-        GRU was fed that encoder's vectors) or ``item_vectors`` (a vector changed, an item was retired). A
+        GRU was fed that encoder's vectors) or ``item_vectors`` (an item's vector changed, went or came). A
         state written before spaces were recorded (no space, no history) is taken as this space's: there
         is nothing to recompute it from (README, Rolling out a new encoder)."""
         causes: Counter[str] = Counter()

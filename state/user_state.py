@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Set
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,7 @@ _HEADER = struct.Struct("<BIII")  # format version, json length, hidden size, lo
 
 
 _HISTORY_HEADER = struct.Struct("<dI")  # base time (unix seconds), entries
+_SEARCHED_IDS = 16  # ``holds_any`` searches the packed ids for this many ids at most
 
 
 class History:
@@ -76,6 +78,14 @@ class History:
 
     def __len__(self) -> int:
         return _HISTORY_HEADER.unpack_from(self._block)[1] if self._block is not None else len(self._items)
+
+    def holds_any(self, item_ids: Set[str]) -> bool:
+        """Whether one of ``item_ids`` has an entry. A few ids are looked for in the packed ids (a byte
+        search per id, the block left packed); many, in the unpacked list."""
+        if self._block is None or len(item_ids) > _SEARCHED_IDS:
+            return not item_ids.isdisjoint(self.items)
+        framed = b"\0" + self._block[_HISTORY_HEADER.size + 12 * len(self) :] + b"\0"
+        return any(b"\0" + item_id.encode() + b"\0" in framed for item_id in item_ids)
 
     def keep(self, kept: list[bool]) -> None:
         """Keep the entries where ``kept`` is true, in their order."""

@@ -6,8 +6,8 @@ weight only (the average stays), so a user is rewritten only once decay has take
 of their weight since they were last written: writing every user on every tick would cost a changelog
 record per user per tick for a change that does not alter their ranking.
 
-Refresh: the users whose long-term sum holds a vector the catalogue replaced or retired, or is in another
-encoder's space, are recomputed from their history (``InterestUpdater.refresh``), batched on the
+Refresh: the users whose long-term sum holds a vector the catalogue replaced or retired (or lacks one it
+now has), or is in another encoder's space, are recomputed from their history (``InterestUpdater.refresh``), batched on the
 encoder's device. Which users are checked is ``RefreshScope``'s: ``streams.refresh`` decides it.
 """
 
@@ -33,15 +33,16 @@ def min_elapsed_s(half_life_s: float) -> float:
 
 @dataclass(frozen=True)
 class RefreshScope:
-    """The users a pass checks for a refresh: all (``replaced`` None: what changed is unknown), or those
-    whose history holds one of ``replaced`` (none if it is empty). ``version``: the catalogue's when decided."""
+    """The users a pass checks for a refresh: all (``changed`` None: what changed is unknown), or those
+    whose history holds one of the ``changed`` items (none if it is empty). ``version``: the catalogue's
+    when decided."""
 
     version: int
-    replaced: frozenset[str] | None
+    changed: frozenset[str] | None
 
     @property
     def empty(self) -> bool:
-        return self.replaced is not None and not self.replaced
+        return self.changed is not None and not self.changed
 
 
 NO_REFRESH = RefreshScope(-1, frozenset())
@@ -69,7 +70,7 @@ def decay_step(rows: Iterable[tuple[bytes, bytes]], now: float | None, updater: 
         except Exception:  # noqa: BLE001 - any way a stored state can fail to decode
             out.unreadable.append(key)
             continue
-        if not scope.empty and updater.needs_refresh(state, scope.replaced):
+        if not scope.empty and updater.needs_refresh(state, scope.changed):
             stale[key] = state
         if state.lt_weight > 0 and state.lt_time < due:
             decaying[key] = state

@@ -150,10 +150,10 @@ def test_a_replaced_vector_makes_its_users_stale_and_they_are_recomputed_with_it
     edited = ItemVector("i3", b"\1" * 16, vectors(1, 9)[0].vector)
     before = up.catalogue.version
     up.catalogue.upsert([edited, items[4]])  # i4 with the same vector: not a replacement
-    assert up.catalogue.replaced_since(before) == {"i3"}
+    assert up.catalogue.changed_items_since(before) == {"i3"}
     touched = {u for u, x in states.items() if "i3" in x.history.items}
     assert touched and touched != set(states)
-    assert {u for u, x in states.items() if up.needs_refresh(x, up.catalogue.replaced_since(before))} == touched
+    assert {u for u, x in states.items() if up.needs_refresh(x, up.catalogue.changed_items_since(before))} == touched
     assert {u for u, x in states.items() if up.needs_refresh(x, None)} == touched
     assert up.refresh([states[u] for u in touched]) == {"item_vectors": len(touched)}
 
@@ -165,22 +165,40 @@ def test_a_replaced_vector_makes_its_users_stale_and_they_are_recomputed_with_it
         assert not up.needs_refresh(states[u], None)
 
 
-def test_a_retired_item_leaves_the_history_and_the_long_term_sum():
+def test_a_retired_item_leaves_the_long_term_sum_and_comes_back_into_it_with_its_vector():
     items = vectors(40, 0)
     up = updater(items)
     states = run(up, random_events(140, 4, items=40, gap_s=25.0))
     up.catalogue.remove(["i5"])
     touched = [x for x in states.values() if "i5" in x.history.items]
     assert touched and len(touched) < len(states) and all(up.needs_refresh(x, frozenset({"i5"})) for x in touched)
-    expected = []
+    incremental, expected = [], []
     for x in touched:  # the incremental sum less i5's part
         i = x.history.items.index("i5")
         part = float(x.history.weights[i]) * 2 ** (-(x.lt_time - x.history.times[i]) / HALF_LIFE)
+        incremental.append((x.lt_sum.copy(), x.lt_weight))
         expected.append((x.lt_sum - part * items[5].vector, x.lt_weight - part))
     up.refresh(touched)
     for x, (lt_sum, lt_weight) in zip(touched, expected):
-        assert "i5" not in x.history.items
         assert np.allclose(x.lt_sum, lt_sum, rtol=1e-5, atol=1e-5) and x.lt_weight == pytest.approx(lt_weight, rel=1e-5)
+        assert x.history.fingerprints[x.history.items.index("i5")] == history.NOT_IN_SUM and not up.needs_refresh(x, None)
+    up.catalogue.upsert([items[5]])  # back (or late to arrive in a catalogue still filling): into the sums again
+    assert up.catalogue.changed_items_since(up.catalogue.version - 1) == {"i5"}
+    assert all(up.needs_refresh(x, frozenset({"i5"})) for x in touched)
+    up.refresh(touched)
+    for x, (lt_sum, lt_weight) in zip(touched, incremental):
+        assert np.allclose(x.lt_sum, lt_sum, rtol=1e-5, atol=1e-5) and x.lt_weight == pytest.approx(lt_weight, rel=1e-5)
+
+
+def test_a_packed_history_is_searched_for_a_few_items_without_unpacking():
+    h = History()
+    for n, item in enumerate(["i1", "i12", "a-é"]):
+        history.record(h, item, 100.0 + n, 1.0, 1, HALF_LIFE)
+    packed = History.packed(h.pack())
+    assert packed.holds_any({"i12"}) and packed.holds_any({"x", "a-é"}) and not packed.holds_any({"i", "2", "i123", "1"})
+    assert packed._block is not None  # still packed
+    many = {f"x{n}" for n in range(40)}
+    assert not packed.holds_any(many) and packed.holds_any(many | {"i1"})
 
 
 def test_the_catalogue_tracks_fingerprints_and_replacements_across_retirements():
@@ -191,10 +209,10 @@ def test_the_catalogue_tracks_fingerprints_and_replacements_across_retirements()
     rows = catalogue.rows(["i3", "i0", "i1"])
     assert rows[1] == -1 and catalogue.fingerprints_at(rows[[0, 2]]).tolist() == [fingerprint(items[3].vector), fingerprint(items[1].vector)]
     v1 = catalogue.version
-    catalogue.upsert([ItemVector("i1", b"\0" * 16, items[2].vector)])
-    assert catalogue.replaced_since(0) == {"i0", "i1"} and catalogue.replaced_since(v1) == {"i1"}
-    catalogue.forget_replaced(v1)
-    assert catalogue.replaced_since(0) == {"i1"}
+    catalogue.upsert([ItemVector("i1", b"\0" * 16, items[2].vector), items[3]])  # i3's vector again: no change
+    assert catalogue.changed_items_since(0) == {"i0", "i1", "i2", "i3"} and catalogue.changed_items_since(v1) == {"i1"}
+    catalogue.forget_changes(v1)
+    assert catalogue.changed_items_since(0) == {"i1"}
 
 
 def test_the_decay_pass_refreshes_the_users_in_its_scope_and_the_passes_narrow_it():
@@ -203,21 +221,21 @@ def test_the_decay_pass_refreshes_the_users_in_its_scope_and_the_passes_narrow_i
     rows = [(u.encode(), encode(x)) for u, x in states.items()]
     passes = RefreshPasses()
     first = passes.scope(0, up.catalogue)
-    assert first.replaced is None  # the first pass checks everyone
+    assert first.changed is None  # the first pass checks everyone
     assert decay_step(rows, None, up, first).rows == {}  # nothing changed: nobody rewritten
     passes.done(0, first, up.catalogue)
     assert passes.scope(0, up.catalogue).empty
     some = next(i for x in states.values() for i in x.history.items if any(i not in y.history.items for y in states.values()))
     up.catalogue.upsert([ItemVector(some, b"\1" * 16, vectors(1, 11)[0].vector)])
     scope = passes.scope(0, up.catalogue)
-    assert scope.replaced == {some}
+    assert scope.changed == {some}
     out = decay_step(rows, None, up, scope)
     touched = {u.encode() for u, x in states.items() if some in x.history.items}
     assert 0 < len(touched) < len(states) and set(out.rows) == touched and out.refreshed == {"item_vectors": len(touched)}
     assert not any(up.needs_refresh(decode(v), None) for v in out.rows.values())
     passes.done(0, scope, up.catalogue)
     passes.forget()
-    assert passes.scope(0, up.catalogue).replaced is None
+    assert passes.scope(0, up.catalogue).changed is None
 
 
 def test_an_event_for_a_state_of_another_encoder_recomputes_it_in_this_ones_space_first():
