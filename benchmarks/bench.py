@@ -16,7 +16,7 @@ One run, one broker (noida-db, or INTEREST_BROKER). It measures
       worker can recommend them;
   (c) the MiniLM encoder (or INTEREST_ENCODER_PATH), items/s on the CPU and on the GPU when torch sees one
       (``python -m benchmarks.encoder`` measures it alone, by batch size);
-  (d) the decay timer per 100k users (RocksDB read, decode, decay, encode, write);
+  (d) the decay timer per 100k users (RocksDB read, decode, decay, encode, write), and a long-term refresh of all of them;
   (e) bytes per user state (encoded, and on disk in RocksDB) and worker RSS against users with state.
 ``--encoder tiny`` (default) gives the worker a tiny random BERT, so that embedding the catalogue does
 not dominate the run; (c) measures MiniLM on its own. Worker settings come from INTEREST_* variables as
@@ -227,6 +227,7 @@ def summary(r: dict) -> list[tuple[str, str]]:
         d = r["decay"]
         rows.append(("decay timer per 100k users, s (read/decode/decay/encode/write)",
                      f"{d['total_s_per_100k_users']:.2f} ({d['read_s']:.2f}/{d['decode_s']:.2f}/{d['decay_s']:.2f}/{d['encode_s']:.2f}/{d['write_s']:.2f})"))
+        rows.append(("long-term refresh per 100k users, every one recomputed from a full history, s", f"{d['refresh_s_per_100k_users']:.2f}"))
         rows.append(("bytes per user state, full history (encoded)", f"{d['full_state_bytes']:,.0f}"))
     rows += [
         (f"bytes per user state in this run (encoded / RocksDB files), {table['users']:,} users",

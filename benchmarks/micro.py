@@ -12,7 +12,9 @@ import torch
 from rocksdict import Options, Rdict, WriteBatch
 
 from benchmarks.workload import EventSource
+from models import history
 from models.catalogue import Catalogue
+from models.hardware import pick_device
 from models.interest import InterestModel
 from models.updater import InterestUpdater
 from state.item_store import ItemVector
@@ -23,7 +25,7 @@ from streams.settings import Settings
 
 
 def full_state(rng: np.random.Generator, hidden: int, dim: int, settings: Settings, n: int) -> UserState:
-    """A user with a full history: every list at its cap, offsets on both event topics."""
+    """A user with a full history: every list at its cap (the long-term history too), offsets on both event topics."""
     state = UserState.new(hidden, dim, "untrained")
     state.hidden = rng.standard_normal(hidden, np.float32)
     state.lt_sum = rng.standard_normal(dim, np.float32)
@@ -32,12 +34,17 @@ def full_state(rng: np.random.Generator, hidden: int, dim: int, settings: Settin
     state.applied = {f"{settings.clicks_topic}:{n % 4}": 10_000_000 + n, f"{settings.purchases_topic}:{n % 4}": 1_000_000 + n}
     for j in range(64):
         state.remember(f"e{n}-{j}", f"i{rng.integers(100_000)}", settings.recent_items)
+    for j in range(settings.history_items):  # a week of touches, none yet pruned
+        history.record(state.history, f"i{rng.integers(100_000)}", state.lt_time - 604_800 + 6_000 * j, float(rng.choice([1.0, 3.0])),
+                       int(rng.integers(2**32)), settings.half_life_s)
     return state
 
 
 def decay_cost(n_users: int, dim: int, hidden: int, settings: Settings) -> dict:
     """What one decay tick costs for ``n_users`` users, step by step, as the worker runs it: read the
-    partition's RocksDB, decode, decay (batched numpy), encode, write back."""
+    partition's RocksDB, decode, decay (batched numpy), encode, write back. Then a refresh's worst case,
+    an encoder rollout's: every user's long-term vector recomputed from a full history on the encoder's
+    device (``InterestUpdater.refresh``, 100,000 items in the catalogue)."""
     rng = np.random.default_rng(0)
     states = [full_state(rng, hidden, dim, settings, n) for n in range(n_users)]
     encoded = [encode(s) for s in states]
@@ -60,10 +67,14 @@ def decay_cost(n_users: int, dim: int, hidden: int, settings: Settings) -> dict:
             db[k] = v
         t.append(time.perf_counter())
         db.close()
+    catalogue.upsert([ItemVector(f"i{n}", b"\0" * 16, v) for n, v in enumerate(rng.standard_normal((100_000, dim), np.float32))])
+    start = time.perf_counter()
+    updater.refresh(decoded.values(), pick_device(settings.encoder_device))
+    refresh_s = time.perf_counter() - start
     per_100k = 100_000 / n_users
     steps = dict(zip(("read_s", "decode_s", "decay_s", "encode_s", "write_s"), np.diff(t) * per_100k))
     return {"users": n_users, **steps, "total_s_per_100k_users": (t[-1] - t[0]) * per_100k,
-            "full_state_bytes": float(np.mean([len(b) for b in encoded]))}
+            "full_state_bytes": float(np.mean([len(b) for b in encoded])), "refresh_s_per_100k_users": refresh_s * per_100k}
 
 
 def model_work(n_users: int, n_items: int, n_events: int, dim: int, settings: Settings, seed: int = 0) -> dict:

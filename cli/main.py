@@ -43,6 +43,14 @@ def _catalogue(args: argparse.Namespace, settings: Settings) -> None:
     print(f"published {publish_catalogue(settings, args.file)} items")
 
 
+def _reembed(args: argparse.Namespace, settings: Settings) -> None:
+    from cli.reembed import reembed
+
+    done = reembed(settings)
+    print(f"{settings.item_vectors_topic}: {done.embedded} items embedded, {done.retired} retired"
+          + (f"; {done.rejected} catalogue records are not valid items (skipped)" if done.rejected else ""))
+
+
 def _subscribe(args: argparse.Namespace, settings: Settings) -> None:
     from cli.client import format_recommendation, recommendations
 
@@ -235,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("catalogue", help="publish catalogue items (JSON lines: item_id, text) to be embedded")
     p.add_argument("file")
     p.set_defaults(run=_catalogue)
+
+    p = sub.add_parser("reembed", help="embed the whole catalogue (the items topic) with INTEREST_ENCODER_PATH into "
+                       "INTEREST_ITEM_VECTORS_TOPIC: only what that topic lacks (README, Rolling out a new encoder)")
+    p.set_defaults(run=_reembed)
 
     p = sub.add_parser("subscribe", help="print recommendations as they arrive")
     p.add_argument("--user", help="only this user")

@@ -7,14 +7,15 @@ Pure computation, no Kafka: the worker's event step calls ``apply`` in its model
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-from models import longterm
+from models import history, longterm
 from models.catalogue import Catalogue
 from models.interest import InterestModel
 from models.records import Event, Recommendation, Rejection, ScoredItem
@@ -22,6 +23,8 @@ from models.scorer import Scorer, ScoringConfig
 from state.user_state import UserState
 
 K = TypeVar("K")  # a user's key: their id, or its bytes
+CPU = torch.device("cpu")
+REFRESH_BATCH = 4096  # users per recompute: bounds its memory (~100 entries each, and a [users, D] result)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class UpdaterConfig:
     top_k: int = 10  # recommendations per user
     exclude_seen: bool = True  # drop the user's recent items from their recommendations
     recent_items: int = 50  # recent items remembered per user
+    history_items: int = 100  # items a user's long-term history keeps, to recompute it (models.history)
     half_life_s: float = 7 * 86400.0  # of the long-term interest, seconds of event time
     click_weight: float = 1.0  # long-term weight of a click
     purchase_weight: float = 3.0  # of a purchase (times its quantity)
@@ -56,6 +60,7 @@ class BatchResult:
     recommendations: list[Recommendation] = field(default_factory=list)
     rejected: list[tuple[Delivered, Rejection]] = field(default_factory=list)
     redelivered: int = 0  # already applied before a crash/rebalance: skipped, not rejected
+    refreshed: Counter[str] = field(default_factory=Counter)  # long-term vectors recomputed, by cause (``refresh``)
 
 
 class InterestUpdater:
@@ -66,7 +71,7 @@ class InterestUpdater:
         self.scorer = Scorer(ScoringConfig(config.bf16_scoring, config.ann_min_items, config.ann_nprobe, config.scoring_device))
 
     def new_state(self) -> UserState:
-        return UserState.new(self.model.config.hidden, self.catalogue.dim, self.model.version)
+        return UserState.new(self.model.config.hidden, self.catalogue.dim, self.model.version, self.catalogue.space)
 
     # -- step 1: decide, per event, whether it is applied --------------------------------------------------
 
@@ -130,8 +135,12 @@ class InterestUpdater:
                 np.stack([x.lt_sum for x in st]), np.array([x.lt_weight for x in st]), np.array([x.lt_time for x in st]),
                 np.array([e.ts for e in events]), emb, weights, s.half_life_s,
             )
+            fingerprints = self.catalogue.fingerprints_at(self.catalogue.rows([e.item_id for e in events]))
             for i, (x, e) in enumerate(zip(st, events)):
                 x.hidden, x.lt_sum, x.lt_weight, x.lt_time = hidden[i], lt_sum[i], float(lt_weight[i]), float(lt_time[i])
+                # at lt_time: the time the sum counted the event at (a late one counts as of the user's newest)
+                if weights[i] > 0 and history.record(x.history, e.item_id, x.lt_time, float(weights[i]), int(fingerprints[i]), s.half_life_s):
+                    history.prune(x.history, s.history_items, s.half_life_s)
                 if e.type == "purchase":
                     x.purchases += 1
                 else:
@@ -166,6 +175,8 @@ class InterestUpdater:
         """Apply a micro-batch; ``states`` holds the stored state of each user in it (None if new)."""
         result = BatchResult()
         accepted = self._admit(batch, states, result)
+        # Never add to, or score with, a long-term sum of another encoder's space: recompute it in this one first.
+        result.refreshed = self.refresh([x for u in accepted if (x := result.states[u]).space != self.catalogue.space])
         self._advance(accepted, result.states)
         # A recommendation for every user with an applied event, and again for redelivered ones (at-least-once
         # output); none for a user whose events were all rejected: nothing changed for them.
@@ -176,6 +187,46 @@ class InterestUpdater:
             state.latest, state.latest_at = [(i.item_id, i.score) for i in items], now
             result.recommendations.append(Recommendation(user, items, state.last_event_id, state.last_event_time, self.model.version, now))
         return result
+
+    # -- long-term refresh: recompute from the history with the current item vectors --------------------------
+
+    def needs_refresh(self, state: UserState, changed: Set[str] | None) -> bool:
+        """Whether ``state``'s long-term sum is in another encoder's space, or is not its history's sum of
+        the catalogue's current vectors (``history.is_stale``). ``changed``: the items whose vectors came,
+        changed or went since the state was last checked (``Catalogue.changed_items_since``); None if
+        unknown (every entry is compared)."""
+        if state.space != self.catalogue.space or state.lt_sum.size != self.catalogue.dim:
+            return True
+        if changed is not None and not state.history.holds_any(changed):
+            return False
+        return history.is_stale(state.history, self.catalogue)
+
+    def refresh(self, states: Iterable[UserState], device: torch.device = CPU) -> Counter[str]:
+        """Recompute the long-term sums and weights of ``states`` (in place) from their histories with the
+        current vectors, batched on ``device``, at each state's ``lt_time``; returns how many were
+        recomputed by cause: ``encoder`` (another encoder's space: the short-term state restarts too, its
+        GRU was fed that encoder's vectors) or ``item_vectors`` (an item's vector changed, went or came). A
+        state written before spaces were recorded (no space, no history) is taken as this space's: there
+        is nothing to recompute it from (README, Rolling out a new encoder)."""
+        causes: Counter[str] = Counter()
+        due = []
+        for x in states:
+            if not x.space and not len(x.history) and x.lt_sum.size == self.catalogue.dim:
+                x.space = self.catalogue.space
+                continue
+            if x.space != self.catalogue.space:
+                causes["encoder"] += 1
+                x.hidden = np.zeros(self.model.config.hidden, np.float32)  # the GRU was fed the other encoder's vectors
+            else:
+                causes["item_vectors"] += 1
+            due.append(x)
+        for start in range(0, len(due), REFRESH_BATCH):
+            chunk = due[start : start + REFRESH_BATCH]
+            sums, weights = history.recompute([x.history for x in chunk], np.array([x.lt_time for x in chunk]), self.catalogue,
+                                              self.config.half_life_s, device)
+            for x, lt_sum, lt_weight in zip(chunk, sums, weights):
+                x.lt_sum, x.lt_weight, x.space = lt_sum, float(lt_weight), self.catalogue.space
+        return causes
 
     def decay(self, states: dict[K, UserState], now: float) -> dict[K, UserState]:
         """Decay long-term vectors to event time ``now``; returns the states that changed."""

@@ -20,6 +20,7 @@ from state.faults import require_finite, store_errors
 
 _HEADER = struct.Struct("<16sI")  # text hash, vector length
 _OFFSET_PREFIX = b"\x00offset:"  # never a valid item key: item keys are UTF-8 ids without NUL
+_SOURCE_KEY = b"\x00source"
 
 
 def text_hash(text: str) -> bytes:
@@ -53,12 +54,27 @@ class ItemVector:
 
 
 class ItemStore:
-    """RocksDB (rocksdict) map item id -> ItemVector, plus the item-vectors topic offsets read so far.
-    Its writes raise ``StoreFailure`` when RocksDB fails."""
+    """RocksDB (rocksdict) map item id -> ItemVector, plus the item-vectors topic offsets read so far and
+    the source they come from (the topic and the encoder's space). Its writes raise ``StoreFailure`` when
+    RocksDB fails."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._db = Rdict(str(path))
+
+    def source(self) -> str | None:
+        """What ``reset`` named the store's source; None for a store from before sources were recorded."""
+        raw = self._db.get(_SOURCE_KEY)
+        return None if raw is None else cast(bytes, raw).decode()
+
+    def reset(self, source: str) -> None:
+        """Empty the store (vectors and offsets) to fill it from ``source``."""
+        self._db.close()
+        Rdict.destroy(str(self._path))
+        self._db = Rdict(str(self._path))
+        with store_errors("item store"):
+            self._db[_SOURCE_KEY] = source.encode()
 
     def apply(self, vectors: list[ItemVector], retired: list[str], offsets: dict[int, int]) -> None:
         """Store ``vectors``, delete the ``retired`` item ids, and remember how far the topic was read,

@@ -85,6 +85,7 @@ def build_app(settings: Settings) -> WorkerApp:
     catalogue = CatalogueAgents(app, s, runtime, checkpoints, dead_letters)
 
     app.agent(events_topic, name="update_interests")(events.run)
+    table.on_recover(events.forget_passes)
     app.timer(interval=s.decay_interval_s, on_leader=True, name="tick_all_partitions")(events.tick_all_partitions)
     app.agent(items_topic, name="embed_items")(catalogue.embed_items)
     app.task(catalogue.follow_item_vectors)

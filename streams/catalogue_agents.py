@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import cast
 
@@ -33,24 +34,37 @@ from streams.ingest import Message, item_step
 from streams.runtime import Runtime
 from streams.schemas import check_id
 from streams.settings import Settings
+from streams.topics import ENCODER_HEADER, encoder_of
 
 log = logging.getLogger(__name__)
 
 
-def read_vectors(records: Sequence[ConsumerRecord], dim: int) -> tuple[list[ItemVector], list[str], dict[int, int]]:
-    """item-vectors records -> (vectors, retired item ids, next offset per partition); raises for a record
-    that is not a finite ``dim``-d vector, or a null (retirement), under a valid item id."""
-    vectors, retired, offsets = [], [], {}
+@dataclass
+class VectorRecords:
+    vectors: list[ItemVector] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)
+    offsets: dict[int, int] = field(default_factory=dict)  # next offset to read per partition
+    foreign: int = 0  # vectors of another encoder, skipped
+
+
+def read_vectors(records: Sequence[ConsumerRecord], dim: int, space: str) -> VectorRecords:
+    """item-vectors records -> the vectors of encoder ``space`` (records without an encoder header are
+    taken as its: they predate it), the retired item ids (null values), how far they reach; another
+    encoder's vectors are skipped and counted, their numbers mean nothing in this space. Raises for a
+    record that is not a finite ``dim``-d vector, or a null, under a valid item id."""
+    out = VectorRecords()
     for r in records:
         item_id = check_id(r.key.decode(), "item id")
         if isinstance(item_id, Rejection):
             raise ValueError(item_id.detail)
         if r.value is None:
-            retired.append(item_id)
+            out.retired.append(item_id)
+        elif encoder_of(r) not in (None, space):
+            out.foreign += 1
         else:
-            vectors.append(ItemVector.decode(item_id, r.value, dim))
-        offsets[r.partition] = r.offset + 1
-    return vectors, retired, offsets
+            out.vectors.append(ItemVector.decode(item_id, r.value, dim))
+        out.offsets[r.partition] = r.offset + 1
+    return out
 
 
 class CatalogueAgents:
@@ -83,8 +97,9 @@ class CatalogueAgents:
         for rejected in out.rejected:
             sent.append(await self.dead_letters.send(rejected.message, rejected.rejection))
         topic = self.settings.item_vectors_topic
+        headers = [(ENCODER_HEADER, self.runtime.encoder.space.encode())]
         for key, value in out.vectors:
-            sent.append(await self.app.producer.send(topic, key, value, None, None, None))
+            sent.append(await self.app.producer.send(topic, key, value, None, None, headers))
         for key in out.retired:
             sent.append(await self.app.producer.send(topic, key, None, None, None, None))
 
@@ -139,15 +154,19 @@ class CatalogueAgents:
             await consumer.stop()
 
     async def _update_catalogue(self, records: Sequence[ConsumerRecord]) -> None:
-        vectors, retired, offsets = read_vectors(records, self.runtime.encoder.dim)
+        read = read_vectors(records, self.runtime.encoder.dim, self.runtime.encoder.space)
 
         def update() -> None:
-            self.runtime.store.apply(vectors, retired, offsets)
-            self.runtime.updater.catalogue.upsert(vectors)
-            self.runtime.updater.catalogue.remove(retired)
+            self.runtime.store.apply(read.vectors, read.retired, read.offsets)
+            self.runtime.updater.catalogue.upsert(read.vectors)
+            self.runtime.updater.catalogue.remove(read.retired)
 
         await self.runtime.in_model_thread(update)
-        metrics.ITEMS_RETIRED.inc(len(retired))
+        if read.foreign:
+            log.warning("item-vectors: %d vectors of another encoder than %s skipped (README, Rolling out a new encoder)",
+                        read.foreign, self.runtime.encoder.space)
+            metrics.ITEM_VECTORS_IGNORED.inc(read.foreign)
+        metrics.ITEMS_RETIRED.inc(len(read.retired))
         metrics.CATALOGUE_ITEMS.set(len(self.runtime.updater.catalogue))
 
     async def _skip_vector(self, record: ConsumerRecord, rejection: Rejection) -> None:

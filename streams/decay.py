@@ -1,20 +1,30 @@
-"""Decay: every user's long-term vector decayed to the newest event time applied on their partition;
-the same pass over the partition expires idle users and deletes erasure markers (``streams.erasure``).
+"""A decay tick's pass over one partition's users: decay, refresh, and erasure's last steps.
 
-Event time, not the wall clock, so that a replayed log decays as it happened. Decaying changes the
-long-term weight only (the average stays), so a user is rewritten only once decay has taken
-``REWRITE_FRACTION`` of their weight since they were last written: writing every user on every tick
-would cost a changelog record per user per tick for a change that does not alter their ranking.
+Decay: every user's long-term vector decayed to the newest event time applied on their partition. Event
+time, not the wall clock, so that a replayed log decays as it happened. Decaying changes the long-term
+weight only (the average stays), so a user is rewritten only once decay has taken ``REWRITE_FRACTION``
+of their weight since they were last written: writing every user on every tick would cost a changelog
+record per user per tick for a change that does not alter their ranking.
+
+Refresh: the users whose long-term sum holds a vector the catalogue replaced or retired (or lacks one it
+now has), or is in another encoder's space, are recomputed from their history (``InterestUpdater.refresh``), batched on the
+encoder's device. Which users are checked is ``RefreshScope``'s: ``streams.refresh`` decides it.
+
+Erasure (``streams.erasure``): users idle for ``INTEREST_USER_TTL_S`` are replaced by their erasure
+marker, and markers the consumer group has committed past are deleted.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from models.updater import InterestUpdater
-from state.user_state import decode, encode
+import torch
+
+from models.updater import CPU, InterestUpdater
+from state.user_state import UserState, decode, encode
 from streams.erasure import expired, forgettable, marker
 
 REWRITE_FRACTION = 0.05
@@ -25,23 +35,44 @@ def min_elapsed_s(half_life_s: float) -> float:
     return -half_life_s * math.log2(1.0 - REWRITE_FRACTION)
 
 
+@dataclass(frozen=True)
+class RefreshScope:
+    """The users a pass checks for a refresh: all (``changed`` None: what changed is unknown), or those
+    whose history holds one of the ``changed`` items (none if it is empty). ``version``: the catalogue's
+    when decided."""
+
+    version: int
+    changed: frozenset[str] | None
+
+    @property
+    def empty(self) -> bool:
+        return self.changed is not None and not self.changed
+
+
+NO_REFRESH = RefreshScope(-1, frozenset())
+
+
 @dataclass
 class Decayed:
-    rows: dict[bytes, bytes] = field(default_factory=dict)  # user key -> decayed state, or an expired user's marker, to rewrite
+    rows: dict[bytes, bytes] = field(default_factory=dict)  # user key -> decayed or refreshed state, or an expired user's marker
     expired: list[bytes] = field(default_factory=list)  # user keys expired (their marker is in rows)
     forgotten: list[bytes] = field(default_factory=list)  # erasure markers to delete
     unreadable: list[bytes] = field(default_factory=list)  # user keys whose stored state does not decode
+    refreshed: Counter[str] = field(default_factory=Counter)  # long-term vectors recomputed, by cause
 
 
-def decay_step(rows: Iterable[tuple[bytes, bytes]], now: float | None, updater: InterestUpdater, ttl_s: float = 0.0,
+def decay_step(rows: Iterable[tuple[bytes, bytes]], now: float | None, updater: InterestUpdater,
+               scope: RefreshScope = NO_REFRESH, device: torch.device = CPU, ttl_s: float = 0.0,
                committed: Mapping[str, int | None] | None = None) -> Decayed:
-    """Stored (user key, state) rows -> what to rewrite and delete: states decayed to event time ``now``
-    (None: no event applied yet, nothing decays or expires), users idle for ``ttl_s`` replaced by their
-    erasure marker, markers ``committed`` past deleted. A state that does not decode is left as it is and
-    named: it is that user's fault, not the partition's (their events are dead-lettered by the event path)."""
+    """Stored (user key, state) rows -> the rows to rewrite and delete: refreshed within ``scope`` (on
+    ``device``), decayed to event time ``now`` (None: no decay, no expiry), users idle for ``ttl_s``
+    replaced by their erasure marker, markers ``committed`` past deleted. A state that does not decode is
+    left as it is and named: it is that user's fault, not the partition's (their events are dead-lettered
+    by the event path)."""
+    due = -math.inf if now is None else now - min_elapsed_s(updater.config.half_life_s)
     out = Decayed()
-    due = None if now is None else now - min_elapsed_s(updater.config.half_life_s)
-    states = {}
+    stale: dict[bytes, UserState] = {}
+    decaying: dict[bytes, UserState] = {}
     for key, value in rows:
         try:
             state = decode(value)
@@ -50,11 +81,16 @@ def decay_step(rows: Iterable[tuple[bytes, bytes]], now: float | None, updater: 
             continue
         if committed is not None and forgettable(state, committed):
             out.forgotten.append(key)
-        elif now is not None and expired(state, now, ttl_s):
+            continue
+        if now is not None and expired(state, now, ttl_s):
             out.expired.append(key)
             out.rows[key] = encode(marker(state))
-        elif due is not None and state.lt_weight > 0 and state.lt_time < due:
-            states[key] = state
-    if now is not None:
-        out.rows.update({key: encode(state) for key, state in updater.decay(states, now).items()})
+            continue
+        if not scope.empty and updater.needs_refresh(state, scope.changed):
+            stale[key] = state
+        if state.lt_weight > 0 and state.lt_time < due:
+            decaying[key] = state
+    out.refreshed = updater.refresh(stale.values(), device)
+    changed = {**stale, **(updater.decay(decaying, now) if now is not None else {})}
+    out.rows.update({key: encode(state) for key, state in changed.items()})
     return out

@@ -28,7 +28,8 @@ def marker(state: UserState, request: tuple[str, int] | None = None) -> UserStat
     applied = dict(state.applied)
     if request is not None:
         applied[request[0]] = request[1]
-    return UserState(np.zeros_like(state.hidden), np.zeros_like(state.lt_sum), model_version=state.model_version, applied=applied)
+    return UserState(np.zeros_like(state.hidden), np.zeros_like(state.lt_sum), model_version=state.model_version, space=state.space,
+                     applied=applied)
 
 
 def is_marker(state: UserState) -> bool:

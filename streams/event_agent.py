@@ -2,8 +2,8 @@
 erasure requests and decay ticks on the same stream. A batch's path, top to bottom:
 
   ``run``: take a micro-batch -> admit it in offset order (``Checkpoints``) -> ``apply`` its events
-  inside the ingestion boundary -> ``erase`` its erasure requests -> ``decay`` each tick's partition ->
-  hand what it sent to the acks that make its offsets durable.
+  inside the ingestion boundary -> ``erase`` its erasure requests -> ``decay`` (and refresh) each tick's
+  partition -> hand what it sent to the acks that make its offsets durable.
   ``apply``: validate and read the users' states -> the updater, in the model thread (``EventStep``)
   -> dead letters (acknowledged before any state is written) -> states -> recommendations.
   ``erase``: erasure markers (``streams.erasure``) -> a null recommendation per user.
@@ -30,6 +30,7 @@ from streams.checkpoints import Checkpoints, fail_stop
 from streams.dead_letters import DeadLetterWriter
 from streams.decay import decay_step
 from streams.ingest import Message, erasure_step
+from streams.refresh import RefreshPasses
 from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.user_table import UserTable
@@ -42,6 +43,11 @@ def observe_many(histogram, value: float, n: int) -> None:
         histogram.observe(value)
 
 
+def count_refreshed(causes: Counter[str]) -> None:
+    for cause, n in causes.items():
+        metrics.LONGTERM_REFRESHED.labels(cause).inc(n)
+
+
 class EventAgent:
     def __init__(self, app: faust.App, settings: Settings, table: UserTable, ticks: faust.TopicT, runtime: Runtime,
                  checkpoints: Checkpoints, dead_letters: DeadLetterWriter) -> None:
@@ -52,6 +58,7 @@ class EventAgent:
         self.runtime = runtime
         self.checkpoints = checkpoints
         self.dead_letters = dead_letters
+        self.passes = RefreshPasses()
 
     async def run(self, stream: faust.StreamT) -> None:
         s = self.settings
@@ -100,6 +107,7 @@ class EventAgent:
         self.table.set_many(out.states)
         sent += letters
         metrics.EVENTS_REDELIVERED.inc(out.redelivered)
+        count_refreshed(out.refreshed)
         for p, ts in out.watermarks.items():
             self.runtime.watermarks[p] = max(self.runtime.watermarks.get(p, 0.0), ts)
         sent_at = time.time()
@@ -140,15 +148,20 @@ class EventAgent:
         await self.decay(ticks[0].partition, sent)
 
     async def decay(self, partition: int, sent: list[Awaitable]) -> None:
-        """Decay every user of ``partition`` to the newest event time applied there (``streams.decay``),
-        expire those idle for ``INTEREST_USER_TTL_S`` and delete the erasure markers committed past."""
+        """Decay every user of ``partition`` to the newest event time applied there, recompute the long-term
+        vectors that hold replaced item vectors on the encoder's device, expire the users idle for
+        ``INTEREST_USER_TTL_S`` and delete the erasure markers committed past (``streams.decay``). The pass
+        runs even before the partition has an event time: markers go, and changed items are refreshed."""
         s = self.settings
-        start = time.perf_counter()
         now = self.runtime.watermarks.get(partition)
+        updater = self.runtime.updater
+        scope = await self.runtime.in_model_thread(self.passes.scope, partition, updater.catalogue)
+        start = time.perf_counter()
         sources = [TP(topic, partition) for topic in (s.clicks_topic, s.purchases_topic, s.erasures_topic)]
         committed = {f"{tp.topic}:{tp.partition}": offset for tp, offset in (await self.checkpoints.committed_offsets(sources)).items()}
         rows = self.table.partition_items(partition)
-        done = await self.runtime.in_model_thread(decay_step, rows, now, self.runtime.updater, s.user_ttl_s, committed)
+        done = await self.runtime.in_model_thread(decay_step, rows, now, updater, scope, self.runtime.encoder.device, s.user_ttl_s,
+                                                  committed)
         if done.unreadable:
             log.warning("partition %d: %d stored user states do not decode (e.g. %r); not decayed",
                         partition, len(done.unreadable), done.unreadable[0][:64])
@@ -157,4 +170,10 @@ class EventAgent:
         self.table.delete_many(dict.fromkeys(done.forgotten, partition))
         await self._unpublish(dict.fromkeys(done.expired, partition), sent)
         metrics.USERS_ERASED.labels("expired").inc(len(done.expired))
+        await self.runtime.in_model_thread(self.passes.done, partition, scope, updater.catalogue)
+        count_refreshed(done.refreshed)
         metrics.DECAY_DURATION.observe(time.perf_counter() - start)
+
+    async def forget_passes(self) -> None:
+        """After a rebalance: every partition's next pass checks all its users for a refresh (``streams.refresh``)."""
+        await self.runtime.in_model_thread(self.passes.forget)

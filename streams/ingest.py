@@ -7,6 +7,7 @@ agents then write what they return: dead letters, then user states, then recomme
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -61,6 +62,7 @@ class EventsOutput:
     recommendations: list[tuple[bytes, bytes, Message]] = field(default_factory=list)  # key, value, the event's message
     rejected: list[Rejected] = field(default_factory=list)
     redelivered: int = 0  # already applied before a crash or rebalance: skipped
+    refreshed: Counter[str] = field(default_factory=Counter)  # long-term vectors recomputed, by cause
     watermarks: dict[int, float] = field(default_factory=dict)  # partition -> newest event time applied
 
 
@@ -109,7 +111,7 @@ class EventStep:
         origin = admitted.origin
         states = {user: None if (raw := stored[user.encode()]) is None else decode(raw) for user in origin}
         result = self.updater.apply(admitted.delivered, states)
-        out.redelivered = result.redelivered
+        out.redelivered, out.refreshed = result.redelivered, result.refreshed
         out.rejected += [Rejected(admitted.message_of[(d.source, d.offset)], rejection) for d, rejection in result.rejected]
         for user, state in result.states.items():
             out.states[user.encode()] = (origin[user].partition, fits(encode(state), self.max_record_bytes))

@@ -12,7 +12,8 @@ EVENTS_CONSUMED = Counter("interest_events_consumed_total", "Event messages cons
 EVENTS_DEAD_LETTERED = Counter("interest_events_dead_lettered_total", "Messages sent to the dead-letter topic, by reason and source topic", ["reason", "topic"])
 EVENTS_REDELIVERED = Counter("interest_events_redelivered_total", "Redelivered events skipped as already applied")
 BATCH_SPLITS = Counter("interest_batch_splits_total", "Micro-batches that failed and were retried in halves to find the message at fault", ["topic"])
-ITEM_VECTORS_IGNORED = Counter("interest_item_vectors_ignored_total", "item-vectors records that are not a vector of this encoder's size (skipped)")
+ITEM_VECTORS_IGNORED = Counter(
+    "interest_item_vectors_ignored_total", "item-vectors records that are not a vector of this encoder's size, or are another encoder's (skipped)")
 ITEMS_RETIRED = Counter("interest_items_retired_total", "Catalogue items removed by a null value (tombstone) on the items topic")
 STORE_REBUILDS = Counter("interest_local_store_rebuilds_total", "Damaged local stores set aside at start and rebuilt from the broker", ["store"])
 STATES_UNREADABLE = Counter("interest_decay_states_unreadable_total", "Stored user states the decay timer found that do not decode (left as they are)")
@@ -32,7 +33,10 @@ BATCH_DURATION = Histogram("interest_batch_duration_seconds", "Micro-batch proce
 ENCODER_BATCH_DURATION = Histogram("interest_encoder_batch_duration_seconds", "Time to embed one batch of items", buckets=LATENCY_BUCKETS)
 ENCODER_ITEMS = Counter("interest_encoder_items_total", "Items embedded")
 ENCODER_ITEMS_PER_SECOND = Gauge("interest_encoder_items_per_second", "Items per second of the last encoder batch")
-DECAY_DURATION = Histogram("interest_decay_duration_seconds", "Time to decay one partition's users", buckets=LATENCY_BUCKETS)
+DECAY_DURATION = Histogram("interest_decay_duration_seconds", "Time of one partition's decay tick pass (decay and long-term refresh)", buckets=LATENCY_BUCKETS)
+LONGTERM_REFRESHED = Counter(
+    "interest_longterm_refreshed_total", "Users' long-term vectors recomputed from their history, by cause: item_vectors (an item's "
+    "vector changed or it was retired), encoder (the state was in another encoder's space)", ["cause"])
 CONSUMER_LAG = Gauge("interest_consumer_lag_messages", "Messages behind the end of each partition", ["topic", "partition"])
 CONSUMER_LAG_SECONDS = Gauge(
     "interest_consumer_lag_seconds", "Age of the last processed message while behind (0 when caught up)", ["topic", "partition"]

@@ -55,7 +55,13 @@ class Runtime:
         else:
             model = InterestModel.untrained(self.encoder.dim, s.hidden_size, self.encoder.name)
         self.store = ItemStore(s.data_dir / "items")
-        catalogue = Catalogue(self.encoder.dim)
+        source = f"{s.item_vectors_topic} {self.encoder.space}"
+        if self.store.source() != source:
+            # Another topic's offsets, or another encoder's vectors (README, Rolling out a new encoder): read
+            # the topic again from its start, keeping this encoder's vectors only.
+            log.info("item store was filled from %s; read again from %s", self.store.source() or "an unnamed source", source)
+            self.store.reset(source)
+        catalogue = Catalogue(self.encoder.dim, self.encoder.space)
         catalogue.upsert(list(self.store))
         self.updater = InterestUpdater(model, catalogue, s.updater_config())
         self.events = EventStep(self.updater, self.event_types, s.limits(), s.max_message_bytes)  # type: ignore[arg-type]

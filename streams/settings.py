@@ -96,6 +96,9 @@ class Settings:
     top_k: int = setting(10, "Recommendations published per user.", _at_least(1))
     exclude_seen: bool = setting(True, "Drop the user's recent items from their recommendations.")
     recent_items: int = setting(50, "Recent items remembered per user (for exclusion).", _at_least(0))
+    history_items: int = setting(
+        100, "Items a user's long-term history keeps (event time, decayed weight), to recompute the long-term vector when "
+        "item vectors change; the least weighty go first (README, Long-term refresh).", _at_least(1))
     half_life_s: float = setting(604800.0, "Half-life of the long-term interest, seconds of event time.", POSITIVE)
     click_weight: float = setting(1.0, "Long-term weight of a click.", _at_least(0))
     purchase_weight: float = setting(3.0, "Long-term weight of a purchase.", _at_least(0))

@@ -7,6 +7,7 @@ would break co-partitioning of events, ticks and the user table.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import (
@@ -18,6 +19,14 @@ from kafka.errors import (
 from state.faults import InterestStreamError
 from streams.connection import client_options
 from streams.settings import Settings
+
+ENCODER_HEADER = "encoder"  # on item-vectors records: the space (``ItemEncoder.space``) the vector is in
+
+
+def encoder_of(record: Any) -> str | None:
+    """The ``encoder`` header of an item-vectors record (aiokafka's or kafka-python's); None on records
+    written before it existed."""
+    return next((value.decode(errors="replace") for key, value in record.headers or () if key == ENCODER_HEADER), None)
 
 
 def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:

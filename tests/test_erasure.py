@@ -31,7 +31,7 @@ def test_an_erasure_keeps_only_the_applied_offsets_and_is_not_applied_twice():
     ann = decode(out.states[b"ann"][1])
     assert is_marker(ann) and ann.applied == {"clicks:0": 4, "erasures:0": 7}
     assert (ann.clicks, ann.recent_items, ann.recent_event_ids, ann.latest, ann.lt_weight) == (0, [], [], [], 0.0)
-    assert not ann.hidden.any() and not ann.lt_sum.any()
+    assert not ann.hidden.any() and not ann.lt_sum.any() and len(ann.history) == 0
     assert decode(out.states[b"bad"][1]).applied == {"erasures:0": 9}  # a state that does not decode is erased too
     assert b"bob" not in out.states  # nothing stored: nothing to mark
     # The same request read again after a crash: the marker already holds it; later events must stay.
