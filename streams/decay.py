@@ -10,8 +10,8 @@ Refresh: the users whose long-term sum holds a vector the catalogue replaced or 
 now has), or is in another encoder's space, are recomputed from their history (``InterestUpdater.refresh``), batched on the
 encoder's device. Which users are checked is ``RefreshScope``'s: ``streams.refresh`` decides it.
 
-Erasure (``streams.erasure``): users idle for ``INTEREST_USER_TTL_S`` are replaced by their erasure
-marker, and markers the consumer group has committed past are deleted.
+Erasure (``streams.erasure``): users without an event for ``INTEREST_USER_TTL_S`` (wall clock) are
+replaced by their erasure marker, and markers the consumer group has committed past are deleted.
 """
 
 from __future__ import annotations
@@ -62,11 +62,11 @@ class Decayed:
 
 
 def decay_step(rows: Iterable[tuple[bytes, bytes]], now: float | None, updater: InterestUpdater,
-               scope: RefreshScope = NO_REFRESH, device: torch.device = CPU, ttl_s: float = 0.0,
+               scope: RefreshScope = NO_REFRESH, device: torch.device = CPU, idle_before: float | None = None,
                committed: Mapping[str, int | None] | None = None) -> Decayed:
     """Stored (user key, state) rows -> the rows to rewrite and delete: refreshed within ``scope`` (on
-    ``device``), decayed to event time ``now`` (None: no decay, no expiry), users idle for ``ttl_s``
-    replaced by their erasure marker, markers ``committed`` past deleted. A state that does not decode is
+    ``device``), decayed to event time ``now`` (None: no decay), users with no event since ``idle_before``
+    (wall clock; None: none expire) replaced by their erasure marker, markers ``committed`` past deleted. A state that does not decode is
     left as it is and named: it is that user's fault, not the partition's (their events are dead-lettered
     by the event path)."""
     due = -math.inf if now is None else now - min_elapsed_s(updater.config.half_life_s)
@@ -82,7 +82,7 @@ def decay_step(rows: Iterable[tuple[bytes, bytes]], now: float | None, updater: 
         if committed is not None and forgettable(state, committed):
             out.forgotten.append(key)
             continue
-        if now is not None and expired(state, now, ttl_s):
+        if idle_before is not None and expired(state, idle_before):
             out.expired.append(key)
             out.rows[key] = encode(marker(state))
             continue

@@ -1,5 +1,5 @@
-"""Erasure of a user, on request (`interest-stream erase`) or after ``INTEREST_USER_TTL_S`` without an
-event, in two steps, without Kafka or faust:
+"""Erasure of a user, on request (`interest-stream erase`) or after ``INTEREST_USER_TTL_S`` (wall clock)
+without an event, in two steps, without Kafka or faust:
 
 1. Their state is replaced by an *erasure marker*: none of their data (vectors, items, event ids,
    recommendations, counts), only the offsets already applied to them (``UserState.applied``), and the
@@ -42,6 +42,9 @@ def forgettable(state: UserState, committed: Mapping[str, int | None]) -> bool:
     return is_marker(state) and all(offset < (committed.get(source) or 0) for source, offset in state.applied.items())
 
 
-def expired(state: UserState, now: float, ttl_s: float) -> bool:
-    """No event for ``ttl_s`` of event time before ``now`` (0: never expires)."""
-    return ttl_s > 0 and not is_marker(state) and state.last_event_time < now - ttl_s
+def expired(state: UserState, idle_before: float) -> bool:
+    """No event applied since ``idle_before`` (wall clock, unix seconds): the time the user's last
+    recommendation was published, or for a state written before that was kept, their last event time.
+    The wall clock, not event time: a partition that receives no more events must still expire its users,
+    and a replayed log's old timestamps must not expire them at once."""
+    return not is_marker(state) and (state.latest_at or state.last_event_time) < idle_before

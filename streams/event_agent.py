@@ -160,7 +160,8 @@ class EventAgent:
         sources = [TP(topic, partition) for topic in (s.clicks_topic, s.purchases_topic, s.erasures_topic)]
         committed = {f"{tp.topic}:{tp.partition}": offset for tp, offset in (await self.checkpoints.committed_offsets(sources)).items()}
         rows = self.table.partition_items(partition)
-        done = await self.runtime.in_model_thread(decay_step, rows, now, updater, scope, self.runtime.encoder.device, s.user_ttl_s,
+        idle_before = time.time() - s.user_ttl_s if s.user_ttl_s > 0 else None
+        done = await self.runtime.in_model_thread(decay_step, rows, now, updater, scope, self.runtime.encoder.device, idle_before,
                                                   committed)
         if done.unreadable:
             log.warning("partition %d: %d stored user states do not decode (e.g. %r); not decayed",

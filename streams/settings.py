@@ -103,7 +103,8 @@ class Settings:
     click_weight: float = setting(1.0, "Long-term weight of a click.", _at_least(0))
     purchase_weight: float = setting(3.0, "Long-term weight of a purchase.", _at_least(0))
     user_ttl_s: float = setting(
-        0.0, "Users without an event for this long (event time, seconds) are erased as on request. 0: kept until erased.",
+        0.0, "Users with no event applied for this long (seconds, wall clock) are erased as on request, at a decay pass. "
+        "0: kept until erased.",
         _at_least(0))
     max_future_s: float = setting(300.0, "Events stamped further ahead of the wall clock are rejected.", _at_least(0))
     max_lateness_s: float = setting(86400.0, "Events older than the user's last event by more are rejected.", _at_least(0))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from state.user_state import decode
+from state.user_state import decode, encode
 from streams.decay import decay_step
 from streams.erasure import forgettable, is_marker
 from streams.ingest import EventStep, erasure_step
@@ -48,16 +48,26 @@ def test_a_marker_goes_once_the_group_committed_past_every_offset_it_holds():
     assert not forgettable(decode(applied_state("bob", [1], 1e9)), {"clicks:0": 99})  # a user, not a marker
 
 
+def last_seen(raw: bytes, at: float) -> bytes:
+    """The state with its last recommendation published at ``at`` (wall clock): when it last had an event."""
+    state = decode(raw)
+    state.latest_at = at
+    return encode(state)
+
+
 def test_the_decay_pass_expires_idle_users_and_deletes_committed_markers():
-    now = 1_700_000_000.0
+    now = 1_700_000_000.0  # event time and wall clock alike here
     marker = erasure_step([Msg("erasures", 0, 7, b"gone", b"{}")], lambda keys: {b"gone": applied_state("gone", [1], now - 9e4)},
                           make_updater().new_state).states[b"gone"][1]
-    rows = [(b"idle", applied_state("idle", [2], now - 3 * 86400)), (b"active", applied_state("active", [5], now - 60)),
-            (b"gone", marker)]
-    out = decay_step(rows, now, make_updater(half_life_s=86400.0), ttl_s=86400.0, committed={"clicks:0": 6, "erasures:0": 8})
+    rows = [(b"idle", last_seen(applied_state("idle", [2], now - 3 * 86400), now - 3 * 86400)),
+            (b"active", last_seen(applied_state("active", [5], now - 60), now - 60)), (b"gone", marker)]
+    out = decay_step(rows, now, make_updater(half_life_s=86400.0), idle_before=now - 86400.0, committed={"clicks:0": 6, "erasures:0": 8})
     assert out.expired == [b"idle"] and out.forgotten == [b"gone"]
     idle = decode(out.rows[b"idle"])
-    assert is_marker(idle) and idle.applied == {"clicks:0": 2} and idle.recent_items == []
+    assert is_marker(idle) and idle.applied == {"clicks:0": 2} and idle.recent_items == [] and len(idle.history) == 0
     assert b"active" not in out.rows  # decayed less than 5% in a minute: not rewritten
-    kept = decay_step(rows, now, make_updater(half_life_s=86400.0), ttl_s=0.0, committed={"clicks:0": 2})
+    kept = decay_step(rows, now, make_updater(half_life_s=86400.0), committed={"clicks:0": 2})
     assert kept.expired == [] and kept.forgotten == [] and b"idle" in kept.rows  # no TTL: decayed, not expired
+    # Old event times alone (a replayed log) do not expire a user who had an event a minute ago.
+    replayed = [(b"replayed", last_seen(applied_state("replayed", [3], now - 3 * 86400), now - 60))]
+    assert decay_step(replayed, now, make_updater(half_life_s=86400.0), idle_before=now - 86400.0).expired == []
