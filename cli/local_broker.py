@@ -51,6 +51,10 @@ class BrokerProcess:
         raise NotImplementedError
 
     def start(self) -> "BrokerProcess":
+        # Otherwise wait_for_port below would take another process's listener for this broker.
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise InterestStreamError(f"port {self.port} is in use (another broker, or another `interest-stream dev`?)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "broker.log", "ab")
         self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -47,6 +47,8 @@ class WorkerProcess:
             if self._proc is not None and self._proc.poll() is not None:
                 raise InterestStreamError(f"worker exited with {self._proc.returncode}:\n{self.log_tail()}")
             status = self.readiness()
+            if status and status.get("pid") not in (None, self.pid):
+                raise InterestStreamError(f"another worker (pid {status['pid']}) answers on INTEREST_WEB_PORT={self.settings.web_port}")
             if status and status.get("ready") and status.get("catalogue_items", 0) >= min_items:
                 return
             time.sleep(0.25)

@@ -60,8 +60,8 @@ class ScoredItem:
 class Recommendation:
     user_id: str
     items: list[ScoredItem]
-    event_id: str  # the event that triggered this recommendation
-    event_time: float
+    event_id: str  # the user's newest event applied when it was made (by event time)
+    event_time: float  # that event's time, unix seconds
     model_version: str
     produced_at: float = field(default_factory=time.time)
 

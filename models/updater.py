@@ -101,8 +101,8 @@ class InterestUpdater:
                 state.hidden = np.zeros(self.model.config.hidden, np.float32)
                 state.model_version = self.model.version
             state.remember(ev.event_id, ev.item_id, self.config.recent_items)
-            state.last_event_time = max(state.last_event_time, ev.ts)
-            state.last_event_id = ev.event_id
+            if ev.ts >= state.last_event_time:  # the newest event by event time, with its own time (a late one is not it)
+                state.last_event_id, state.last_event_time = ev.event_id, ev.ts
             accepted[ev.user_id].append(ev)
         return accepted
 

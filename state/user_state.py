@@ -117,8 +117,8 @@ class UserState:
     lt_time: float = 0.0  # event time lt_sum/lt_weight were decayed to
     clicks: int = 0
     purchases: int = 0
-    last_event_id: str = ""
-    last_event_time: float = 0.0
+    last_event_id: str = ""  # the user's newest applied event by event time ("" until one is applied)
+    last_event_time: float = 0.0  # its event time, unix seconds
     model_version: str = ""  # the GRU that produced ``hidden``; another version restarts it
     # Source "topic:partition" -> last applied offset. Replayed (redelivered) messages are skipped by it,
     # which makes applying an event idempotent across crashes and rebalances.

@@ -4,6 +4,7 @@ views are switched off in the app's settings (``streams.app``): they would serve
 
 from __future__ import annotations
 
+import os
 import time
 
 import faust
@@ -38,7 +39,9 @@ def add_pages(app: faust.App, runtime: Runtime, table: UserTable, partitions: in
     @app.page("/ready")
     async def ready(self, request):
         ok = runtime.ready.is_set()
-        return self.json({"ready": ok, "catalogue_items": len(runtime.updater.catalogue) if ok else 0}, status=200 if ok else 503)
+        # The pid lets a parent tell its own worker's answer from another one's on the same port.
+        return self.json({"ready": ok, "catalogue_items": len(runtime.updater.catalogue) if ok else 0, "pid": os.getpid()},
+                         status=200 if ok else 503)
 
     @app.page("/users/{user}")
     @app.table_route(table=table, match_info="user")  # asked of any worker, answered by the one holding the user

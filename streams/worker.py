@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
+from state.faults import InterestStreamError
 from state.local_dir import damaged, lock, set_aside
 from streams.connection import client_options
 from streams.faust_compat import changelog_topic, table_partition
@@ -27,10 +29,16 @@ def run_worker(settings: Settings) -> None:
     # kafka-python's debug log holds its whole configuration and the SASL exchange: the password in clear.
     logging.getLogger("kafka").setLevel(max(level, logging.INFO))
     held = lock(settings.data_dir)  # noqa: F841 - held open for the life of the process
+    # faust binds its web port only once the app runs, and fails there with a traceback naming no setting.
+    require_free_port(settings.web_port, "INTEREST_WEB_PORT")
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.metrics_port)
+        try:
+            start_http_server(settings.metrics_port)
+        except OSError as exc:
+            raise InterestStreamError(f"INTEREST_METRICS_PORT={settings.metrics_port}: {exc.strerror} (another worker here? "
+                                      "give each its own port, or 0 for none)") from None
     ensure_topics(settings)
     set_aside_damaged_stores(settings)
     from streams.app import build_app
@@ -38,6 +46,16 @@ def run_worker(settings: Settings) -> None:
 
     worker = build_app(settings)
     Worker(worker.app, settings.stop_timeout_s, loglevel=settings.log_level).execute_from_commandline()
+
+
+def require_free_port(port: int, variable: str) -> None:
+    """Raise ``InterestStreamError`` naming ``variable`` if something listens on ``port`` already."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a port in TIME_WAIT is free
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            raise InterestStreamError(f"{variable}={port}: {exc.strerror} (another worker here? give each its own port)") from None
 
 
 def set_aside_damaged_stores(settings: Settings) -> None:

@@ -108,6 +108,7 @@ def encoder_b(tmp_path_factory, sample_catalogue):
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-b"), [i["text"] for i in sample_catalogue], seed=1)
 
 
+@pytest.mark.broker_bug("tansu-list-offsets")  # worker B reads the table's changelog from where A's local copy stopped
 def test_a_new_encoder_is_rolled_out_without_mixing_spaces(settings, encoder_b, sample_events, sample_catalogue, tmp_path):
     a = WorkerProcess(settings, tmp_path / "a.log").start()
     try:
