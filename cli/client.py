@@ -9,6 +9,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 
@@ -121,9 +122,17 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + " UTC" if ts else "never"
 
 
-def recommendations(settings: Settings, from_beginning: bool = False, timeout_s: float | None = None) -> Iterator[Recommendation]:
-    """Recommendations as they arrive; stops after ``timeout_s`` without one (never, if None). A record
-    that is not a recommendation (another producer's) is skipped with a line on stderr."""
+@dataclass(frozen=True)
+class Erased:
+    """A null on the recommendations topic: the user was erased (``interest-stream erase`` or expiry)."""
+
+    user_id: str
+
+
+def recommendations(settings: Settings, from_beginning: bool = False,
+                    timeout_s: float | None = None) -> Iterator[Recommendation | Erased]:
+    """Recommendations and erasures as they arrive; stops after ``timeout_s`` without one (never, if
+    None). A record that is not a recommendation (another producer's) is skipped with a line on stderr."""
     ensure_topics(settings)
     consumer = KafkaConsumer(
         settings.recommendations_topic, **client_options(settings), group_id=None,
@@ -132,7 +141,9 @@ def recommendations(settings: Settings, from_beginning: bool = False, timeout_s:
     )
     try:
         for message in consumer:
-            if message.value is None:  # the user was erased
+            if message.value is None:
+                if message.key:
+                    yield Erased(message.key.decode(errors="replace"))
                 continue
             try:
                 rec = Recommendation.from_json(message.value)

@@ -50,7 +50,10 @@ def run_demo(settings: Settings, show_users: int = 4, timeout_s: float = 180.0) 
         latest: dict[str, Recommendation] = {}
         # Recommendations are coalesced per user and micro-batch: read them all, until none comes for 10 s.
         for rec in recommendations(settings, from_beginning=True, timeout_s=10.0):
-            latest[rec.user_id] = rec
+            if isinstance(rec, Recommendation):
+                latest[rec.user_id] = rec
+            else:  # erased
+                latest.pop(rec.user_id, None)
         missing = users - set(latest)
         if missing:
             raise InterestStreamError(f"no recommendation for {len(missing)} users:\n{worker.log_tail()}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -52,13 +53,16 @@ def _reembed(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _subscribe(args: argparse.Namespace, settings: Settings) -> None:
-    from cli.client import format_recommendation, recommendations
+    from cli.client import Erased, format_recommendation, recommendations
 
     shown = 0
     for rec in recommendations(settings, args.from_beginning, args.timeout):
         if args.user and rec.user_id != args.user:
             continue
-        print(rec.to_json().decode() if args.json else format_recommendation(rec), flush=True)
+        if isinstance(rec, Erased):
+            print(json.dumps({"user_id": rec.user_id, "erased": True}) if args.json else f"user {rec.user_id} erased", flush=True)
+        else:
+            print(rec.to_json().decode() if args.json else format_recommendation(rec), flush=True)
         shown += 1
         if args.count and shown >= args.count:
             break
@@ -330,6 +334,9 @@ def main(argv: list[str] | None = None) -> None:
     except InterestStreamError as exc:  # an error the user can act on: its message, no traceback
         print(f"interest-stream {args.command}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    except BrokenPipeError:  # the reader left (`... | head`): nothing more to print, and no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
 
 
 if __name__ == "__main__":

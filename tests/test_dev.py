@@ -53,6 +53,11 @@ def test_dev_stays_up_for_other_commands_and_keeps_its_state_across_restarts(set
         send_events(client, [{"event_id": "e1", "user_id": "u1", "item_id": "run-000", "type": "purchase", "ts": time.time()}],
                     progress=False)
         assert wait_until(lambda: inspect_user(client, "u1"), what="u1's event applied")["purchases"] == 1
+        # A second dev on the same port stops at once, naming it, instead of taking this broker for its own.
+        env = {**os.environ, **settings.env(), "INTEREST_BROKER": ""}
+        second = subprocess.run([sys.executable, "-m", "cli.main", "dev", "--dir", str(tmp_path / "other"), "--port", str(port)],
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and f"port {port} is in use" in second.stderr, second.stdout + second.stderr
     finally:
         code = interrupt(proc)
     assert code == 0 and not listening(port) and not listening(settings.web_port)  # broker and worker stopped

@@ -16,6 +16,7 @@ from rocksdict import Options, Rdict
 from cli.client import publish_catalogue, send_events
 from cli.local_broker import free_port
 from cli.worker_process import WorkerProcess
+from state.faults import InterestStreamError
 from state.item_store import ItemStore
 from streams.user_table import OFFSET_KEY, load_user_states, table_files
 from tests.brokers import new_broker
@@ -97,6 +98,15 @@ def test_a_second_worker_on_the_same_data_directory_exits_1_before_joining_the_g
         wait_until(lambda: second.exit_code is not None, timeout_s=60, what="the second worker to exit")
         assert second.exit_code == 1 and "in use by another worker" in second.log_tail(), second.log_tail()
         assert "joined" not in second.log_tail(200).lower() and "Assigned" not in second.log_tail(200)
+        # Its own directory but the first one's ports: the setting is named, and the readiness seen on that
+        # port is not taken for its own.
+        for name, port_of in (("web", {"metrics_port": free_port()}), ("metrics", {"web_port": free_port()})):
+            clash = WorkerProcess(replace(settings, data_dir=tmp_path / name, **port_of), tmp_path / f"{name}.log").start()
+            if name == "web":
+                with pytest.raises(InterestStreamError, match=f"another worker \\(pid {first.pid}\\)"):
+                    clash.wait_ready()
+            wait_until(lambda w=clash: w.exit_code is not None, timeout_s=60, what=f"the worker on a taken {name} port to exit")
+            assert clash.exit_code == 1 and f"INTEREST_{name.upper()}_PORT=" in clash.log_tail(), clash.log_tail()
         events = click_log(sample_catalogue, users=5, per_user=4, seed=8)  # the first keeps every partition
         send_events(settings, events, progress=False)
         wait_caught_up(settings, first, "the first worker applied everything", timeout_s=60)
