@@ -4,6 +4,7 @@ and after a restart from the changelog alone they stay erased (privacy requests 
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from dataclasses import replace
 
@@ -24,6 +25,15 @@ def events(user: str, items: list[str], ts: float, kind: str = "click") -> list[
 
 def last_changelog_values(settings) -> dict[bytes, bytes | None]:
     return {m.key: m.value for m in consume_all(settings, changelog_topic(settings.app_id), idle_s=2.0)}
+
+
+def keep_active(settings, user: str, stop: threading.Event) -> None:
+    """An event for ``user`` every second until ``stop``."""
+    n = 0
+    while not stop.wait(1.0 if n else 0.0):
+        send_events(settings, [{"event_id": f"{user}-{n}", "user_id": user, "item_id": "run-001", "type": "click", "ts": time.time() - 1}],
+                    progress=False)
+        n += 1
 
 
 def start(settings, log, catalogue: bool = False) -> WorkerProcess:
@@ -85,12 +95,16 @@ def test_idle_users_expire_and_stay_gone_after_a_restart(settings, tmp_path):
     try:
         old_ts = time.time() - 30 * 86400  # a replayed log's old event time does not expire anyone by itself
         send_events(settings, events("old", ["run-000"], old_ts), progress=False)
-        sent = time.monotonic()
         wait_until(lambda: inspect_user(settings, "old"), what="old's event applied")
-        time.sleep(max(0.0, sent + ttl / 2 - time.monotonic()))
-        send_events(settings, events("new", ["run-001"], time.time() - 60), progress=False)
-        wait_until(lambda: inspect_user(settings, "old") is None, what="old expired at a decay pass", explain=worker.log_tail)
-        assert inspect_user(settings, "new")["clicks"] == 1  # half a TTL younger: still there
+        stop_event = threading.Event()
+        active = threading.Thread(target=keep_active, args=(settings, "new", stop_event))
+        active.start()
+        try:
+            wait_until(lambda: inspect_user(settings, "old") is None, what="old expired at a decay pass", explain=worker.log_tail)
+            assert inspect_user(settings, "new")["clicks"] >= 1  # an event every second: never idle for the TTL
+        finally:
+            stop_event.set()
+            active.join()
         assert metric_sum(scrape(settings.metrics_port), "interest_users_erased_total", cause="expired") >= 1
         wait_until(lambda: last_changelog_values(settings).get(b"old", b"") is None, timeout_s=60, what="old's changelog tombstone")
     finally:
