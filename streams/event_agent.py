@@ -21,6 +21,7 @@ from functools import partial
 from typing import cast
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.streams import Stream
 from faust.types import TP
 
@@ -158,7 +159,11 @@ class EventAgent:
         scope = await self.runtime.in_model_thread(self.passes.scope, partition, updater.catalogue)
         start = time.perf_counter()
         sources = [TP(topic, partition) for topic in (s.clicks_topic, s.purchases_topic, s.erasures_topic)]
-        committed = {f"{tp.topic}:{tp.partition}": offset for tp, offset in (await self.checkpoints.committed_offsets(sources)).items()}
+        committed: dict[str, int | None] | None = None  # unknown: no marker is deleted this pass
+        try:
+            committed = {f"{tp.topic}:{tp.partition}": offset for tp, offset in (await self.checkpoints.committed_offsets(sources)).items()}
+        except KafkaError as exc:  # deleting markers can wait for the next pass; decay and refresh need no broker
+            log.warning("partition %d: committed offsets unavailable (%r); erasure markers kept until the next pass", partition, exc)
         rows = self.table.partition_items(partition)
         idle_before = time.time() - s.user_ttl_s if s.user_ttl_s > 0 else None
         done = await self.runtime.in_model_thread(decay_step, rows, now, updater, scope, self.runtime.encoder.device, idle_before,
