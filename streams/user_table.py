@@ -4,7 +4,7 @@ disk for tools and tests that look at a stopped worker's state (faust's per-part
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
@@ -55,32 +55,30 @@ class UserTable(faust.Table):
 
     def set_many(self, values: dict[bytes, tuple[int, bytes]]) -> None:
         """Store each key's (partition, value) locally, then send it to the changelog."""
+        self._write(values)
+
+    def delete_many(self, keys: dict[bytes, int]) -> None:
+        """Delete each key (key -> its partition) locally, then tombstone it on the changelog (faust's
+        recovery deletes a key whose last changelog record is null, and compaction drops it)."""
+        self._write({key: (partition, None) for key, partition in keys.items()})
+
+    def _write(self, values: Mapping[bytes, tuple[int, bytes | None]]) -> None:
+        """One WriteBatch per partition (None: delete the key), then the changelog records, and the users counted."""
         batches: dict[int, WriteBatch] = defaultdict(lambda: WriteBatch(raw_mode=True))
         for key, (partition, value) in values.items():
-            batches[partition].put(key, value)
+            if value is None:
+                batches[partition].delete(key)
+            else:
+                batches[partition].put(key, value)
         with store_errors("user table"):
             for partition, batch in batches.items():
                 partition_db(self, partition).write(batch)
         for key, (partition, value) in values.items():
             self._unconfirmed.append(self.send_changelog(partition, key, value))
-            if key in self._absent:
-                self._absent.discard(key)
-                if partition in self._users:
-                    self._users[partition] += 1
-
-    def delete_many(self, keys: dict[bytes, int]) -> None:
-        """Delete each key (key -> its partition) locally, then tombstone it on the changelog (faust's
-        recovery deletes a key whose last changelog record is null, and compaction drops it)."""
-        batches: dict[int, WriteBatch] = defaultdict(lambda: WriteBatch(raw_mode=True))
-        for key, partition in keys.items():
-            batches[partition].delete(key)
-        with store_errors("user table"):
-            for partition, batch in batches.items():
-                partition_db(self, partition).write(batch)
-        for key, partition in keys.items():
-            self._unconfirmed.append(self.send_changelog(partition, key, None))
-            if partition in self._users:
-                self._users[partition] -= 1
+            added = value is not None and key in self._absent
+            self._absent.discard(key)
+            if partition in self._users and (added or value is None):
+                self._users[partition] += 1 if added else -1
 
     def partition_items(self, partition: int) -> list[tuple[bytes, bytes]]:
         """Every (key, value) stored for ``partition`` on this worker."""
