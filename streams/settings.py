@@ -157,9 +157,9 @@ class Settings:
         for f in fields(self):
             value, valid = getattr(self, f.name), f.metadata["valid"]
             if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{PREFIX}{f.name.upper()}={value!r}: must be a finite number")
+                raise ConfigError(f"{variable(f.name)}={value!r}: must be a finite number")
             if valid is not None and not valid[0](value):
-                raise ConfigError(f"{PREFIX}{f.name.upper()}={value!r}: must be {valid[1]}")
+                raise ConfigError(f"{variable(f.name)}={value!r}: must be {valid[1]}")
         topics = [getattr(self, name) for name in topic_settings()]
         if len(set(topics)) != len(topics):
             raise ConfigError(f"the topics must all differ: {', '.join(topics)}")
@@ -168,7 +168,7 @@ class Settings:
     def _check_security(self) -> None:
         """SASL needs all of its settings, TLS files must exist, and neither is set for a protocol that would
         ignore it: the client would connect without the credentials it was given."""
-        protocol = f"{PREFIX}SECURITY_PROTOCOL={self.security_protocol}"
+        protocol = f"{variable('security_protocol')}={self.security_protocol}"
         sasl, tls = self.uses_sasl, self.uses_tls
         if sasl:
             missing = [variable(name) for name in SASL_SETTINGS if not getattr(self, name)]
@@ -199,11 +199,11 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):
-            raw = environ.get(PREFIX + f.name.upper())
+            raw = environ.get(variable(f.name))
             if raw is not None:
-                values[f.name] = _parse(PREFIX + f.name.upper(), raw, type(f.default))
+                values[f.name] = _parse(variable(f.name), raw, type(f.default))
         for name in unknown_variables(environ):
-            close = difflib.get_close_matches(name, [PREFIX + f.name.upper() for f in fields(cls)], n=1)
+            close = difflib.get_close_matches(name, [variable(f.name) for f in fields(cls)], n=1)
             log.warning("%s is not a setting; ignored%s", name, f" (did you mean {close[0]}?)" if close else "")
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
@@ -216,7 +216,7 @@ class Settings:
 
     def env(self) -> dict[str, str]:
         """These settings as environment variables, for starting child processes."""
-        return {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+        return {variable(f.name): str(getattr(self, f.name)) for f in fields(self)}
 
 
 def variable(name: str) -> str:
@@ -246,13 +246,13 @@ def topic_settings() -> list[str]:
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    known = {PREFIX + f.name.upper() for f in fields(Settings)}
+    known = {variable(f.name) for f in fields(Settings)}
     return sorted(name for name in environ if name.startswith(PREFIX) and name not in known)
 
 
 def describe() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every setting: the README's configuration table."""
-    return [(PREFIX + f.name.upper(), str(f.default), f.metadata["help"]) for f in fields(Settings)]
+    return [(variable(f.name), str(f.default), f.metadata["help"]) for f in fields(Settings)]
 
 
 def shown(settings: Settings) -> dict[str, str]:
