@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from models import longterm
 from models.catalogue import Catalogue
 from state.user_state import History
 
@@ -45,6 +46,7 @@ def record(history: History, item_id: str, t: float, weight: float, fingerprint:
         history.weights.append(weight)
         history.fingerprints.append(fingerprint)
         return True
+    # longterm.decay_factor's formula in Python floats: numpy's per-call cost would dominate here, once per event
     history.weights[i] = history.weights[i] * 2.0 ** (-(t - history.times[i]) / half_life_s) + weight
     history.times[i] = t
     return False
@@ -65,7 +67,7 @@ def prune(history: History, max_items: int, half_life_s: float) -> None:
     kept = at >= horizon
     kept[-1] = True
     if kept.sum() > max_items:
-        decayed = np.where(kept, np.array(history.weights) * np.exp2(-(newest - at) / half_life_s), -np.inf)
+        decayed = np.where(kept, np.array(history.weights) * longterm.decay_factor(newest - at, half_life_s), -np.inf)
         decayed[-1] = np.inf
         kept[np.argsort(-decayed, kind="stable")[max(1, int(PRUNE_TO * max_items)) :]] = False
     history.keep(kept.tolist())
@@ -97,7 +99,7 @@ def recompute(histories: Sequence[History], at: np.ndarray, catalogue: Catalogue
         present = r >= 0
         rows.append(r[present])
         users.append(np.full(int(present.sum()), b, np.int64))
-        decayed.append((np.array(history.weights) * np.exp2(-(at[b] - np.array(history.times)) / half_life_s))[present])
+        decayed.append((np.array(history.weights) * longterm.decay_factor(at[b] - np.array(history.times), half_life_s))[present])
     n = len(histories)
     if not n:
         return np.zeros((0, catalogue.dim), np.float32), np.zeros(0)
