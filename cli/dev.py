@@ -14,13 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from cli.client import publish_catalogue
+from cli.demo import SAMPLE
 from cli.local_broker import LocalBroker
 from cli.worker_process import WorkerProcess
 from models.data import read_jsonl
 from state.faults import InterestStreamError
 from streams.settings import Settings
 
-SAMPLE_CATALOGUE = Path(__file__).parent / "sample" / "catalogue.jsonl"
+SAMPLE_CATALOGUE = SAMPLE / "catalogue.jsonl"
 
 
 def run_dev(settings: Settings, folder: Path, port: int, sample: bool = True, ready_timeout_s: float = 300.0) -> None:
@@ -36,12 +37,10 @@ def run_dev(settings: Settings, folder: Path, port: int, sample: bool = True, re
         worker = WorkerProcess(settings, folder / "worker.log").start()
         stack.callback(worker.stop)
         published = folder / "sample-published"
-        items = 0
+        items = sum(1 for _ in read_jsonl(SAMPLE_CATALOGUE)) if sample else 0
         if sample and not published.exists():
-            items = publish_catalogue(settings, SAMPLE_CATALOGUE, progress=False)
+            publish_catalogue(settings, SAMPLE_CATALOGUE, progress=False)
             published.touch()
-        elif sample:
-            items = sum(1 for _ in read_jsonl(SAMPLE_CATALOGUE))
         try:
             worker.wait_ready(min_items=items, timeout_s=ready_timeout_s)
             print(f"broker {settings.broker}, worker ready ({items} sample items); data in {folder}/ (worker.log, state/)\n"
