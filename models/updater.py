@@ -148,17 +148,31 @@ class InterestUpdater:
 
     # -- step 3: fuse, score the catalogue, keep the top k --------------------------------------------------
 
+    def _query(self, states: list[UserState]) -> torch.Tensor:
+        """The fused query [B, dim] each state ranks the item space with (call under inference mode)."""
+        return self.model.query(
+            torch.from_numpy(np.stack([x.hidden for x in states])),
+            torch.from_numpy(np.stack([x.long_term for x in states])),
+            torch.tensor([x.lt_weight for x in states], dtype=torch.float32),
+        )
+
+    def scores(self, states: list[UserState]) -> np.ndarray:
+        """Every catalogue item's score for each state: [len(states), len(catalogue)] float32, columns in
+        ``catalogue.ids`` order, higher is better; exact fp32, nothing excluded. ``recommend``'s top-k is these
+        scores' top-k with the exclusions (up to bf16 near-ties, and ANN misses in a large catalogue)."""
+        if not states or not len(self.catalogue):
+            return np.zeros((len(states), len(self.catalogue)), np.float32)
+        self.scorer.sync(self.catalogue, self.model)
+        with torch.inference_mode():
+            return (self._query(states).to(self.scorer.device) @ self.scorer.space.T).cpu().numpy()
+
     def recommend(self, states: list[UserState], k: int | None = None) -> list[list[ScoredItem]]:
         """Top-k over the full catalogue for each state, the user's recent items excluded if configured."""
         k = k or self.config.top_k
         if not states or not len(self.catalogue):
             return [[] for _ in states]
         with torch.inference_mode():
-            q = self.model.query(
-                torch.from_numpy(np.stack([x.hidden for x in states])),
-                torch.from_numpy(np.stack([x.long_term for x in states])),
-                torch.tensor([x.lt_weight for x in states], dtype=torch.float32),
-            )
+            q = self._query(states)
             exclude = None
             if self.config.exclude_seen:
                 row = self.catalogue.index.get
