@@ -47,7 +47,7 @@ from tqdm import tqdm
 from models.catalogue import Catalogue
 from models.interest import InterestModel
 from models.records import CatalogueItem, Event
-from models.train import validation_cutoff
+from models.train import TrainConfig, validation_cutoff
 from models.updater import Delivered, InterestUpdater, UpdaterConfig
 from state.faults import InterestStreamError
 from state.item_store import ItemVector, text_hash
@@ -56,7 +56,7 @@ from state.user_state import UserState
 K = 20  # the deepest cut-off among the metrics
 LIST = 10  # the list a group's precision, recall and F1 are of
 WARM_CHUNK = 8192  # training-period events per warm-up batch (any size gives the same states)
-VAL_FRACTION = 0.1  # the training period's last part by time that tunes the peers, as models.train validates
+VAL_FRACTION = TrainConfig.val_fraction  # the training period's last part by time that tunes the peers: where training validates
 EVENT_METRICS = ("HR@10", "NDCG@10", "Recall@20", "MRR@20", "AUC")
 GROUP_METRICS = ("Precision@10", "Recall@10", "F1@10")
 METRICS = EVENT_METRICS + GROUP_METRICS

@@ -1,7 +1,8 @@
 """The data path for one micro-batch: events -> user states -> recommendations.
 
 Pure computation, no Kafka: the worker's event step calls ``apply`` in its model thread, and
-``models.evaluate`` calls the same ``recommend``/``apply`` in-process, so what is measured is what is served.
+``models.evaluate`` calls the same ``apply`` in-process and ranks ``scores`` (``recommend``'s query over the
+whole catalogue), so what is measured is what is served.
 """
 
 from __future__ import annotations
