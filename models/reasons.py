@@ -1,7 +1,9 @@
 """Why a user got an item: its score split into named terms, and the user's recent item nearest to it.
 
-Computed for the published top-k only, batched over users: a few hundred vectors per user, never the
-catalogue. A new score term (an item bias, a re-buy term) becomes a new named part in ``score_parts``.
+Computed for the published top-k only, batched over users: a few dozen vectors per user, never the
+catalogue. The parts are the query's terms (``InterestModel.query_parts``); a score term that is not of
+the query (an item bias, a re-buy term) joins them in ``score_parts`` as another named part, so that the
+parts still add up to the score.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def nearest(items: torch.Tensor, rows: torch.Tensor, recent: torch.Tensor, recen
     if not recent.shape[1]:  # no user has a recent item
         return torch.full(rows.shape, -1), torch.zeros(rows.shape)
     unit = torch.nn.functional.normalize  # a zero vector stays zero: similarity 0
-    similarity = torch.bmm(unit(items, dim=-1), unit(recent, dim=-1).transpose(1, 2))  # [B, k, R]
+    similarity = torch.bmm(unit(items, dim=-1), unit(recent, dim=-1).transpose(1, 2)).clamp(-1.0, 1.0)  # [B, k, R]; rounding aside
     usable = (recent_rows != NO_ITEM).unsqueeze(1) & (recent_rows.unsqueeze(1) != rows.unsqueeze(2))
     best, position = similarity.masked_fill(~usable, float("-inf")).max(-1)
     none = best == float("-inf")

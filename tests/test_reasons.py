@@ -43,15 +43,19 @@ def published(updater: InterestUpdater, user_items: dict[str, list[str]]) -> dic
     return {rec.user_id: rec.items for rec in result.recommendations}
 
 
-@pytest.mark.parametrize("ann_min_items", [100_000, 1000], ids=["exact", "ann"])
-def test_parts_add_up_to_the_score_and_nearest_is_the_most_similar_recent_item(ann_min_items):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path is checked where one is lent")
+
+
+@pytest.mark.parametrize(("ann_min_items", "device"), [(100_000, "cpu"), (1000, "cpu"), pytest.param(100_000, "cuda", marks=CUDA)],
+                         ids=["exact", "ann", "cuda"])
+def test_parts_add_up_to_the_score_and_nearest_is_the_most_similar_recent_item(ann_min_items, device):
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     model = InterestModel(ModelConfig(embed_dim=12, dim=8, hidden=6, encoder="t")).eval()  # a random item tower
     embeddings = rng.standard_normal((3000, 12)).astype(np.float32)
     catalogue = catalogue_of(embeddings)
     user_items = {f"u{u}": [f"i{n}" for n in rng.choice(3000, size=1 + u % 7, replace=False)] for u in range(40)}
-    config = UpdaterConfig(top_k=10, ann_min_items=ann_min_items, bf16_scoring=False)
+    config = UpdaterConfig(top_k=10, ann_min_items=ann_min_items, bf16_scoring=False, scoring_device=device)
     with_reasons = published(InterestUpdater(model, catalogue, replace(config, reasons=True)), user_items)
     without = published(InterestUpdater(model, catalogue, config), user_items)
 
