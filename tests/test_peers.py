@@ -59,6 +59,14 @@ def test_ease_scores_are_x_u_times_b_by_hand():
     np.testing.assert_allclose(ease.scores([ev(14, "u4", "a")])[0, :4], (x[3] + [0, 1, 0, 0]) @ b, rtol=1e-5, atol=1e-6)
 
 
+def test_ease_solves_over_the_most_popular_items_only():
+    ease = EASE(["rare", "a", "b", "c"], reg_weight=1.0, max_items=3)
+    ease.observe(log([("u1", "a"), ("u1", "b"), ("u2", "b"), ("u2", "c"), ("u3", "a"), ("u3", "c"), ("u3", "rare")]))
+    scores = ease.scores([ev(10, "u3", "x")])[0]
+    assert ease.weights is not None and ease.weights.shape == (3, 3)
+    assert scores[0] == FLOOR and np.all(scores[1:] > FLOOR)
+
+
 CYCLE_CONFIG = SASRecConfig(dim=16, heads=1, dropout=0.0, max_len=8, epochs=40, patience=3, batch_size=16, lr=1e-2, val_fraction=0.2)
 
 
