@@ -90,6 +90,15 @@ def test_sasrec_learns_a_cycle():
     assert np.all(scores[:, 3:] == FLOOR)  # d, e: never seen
 
 
+def test_sasrec_embeds_the_most_popular_items_only():
+    ids, events = cycle_log(users=6, length=5)
+    rec = SASRecPlus(ids, SASRecConfig(dim=8, max_len=4, epochs=1), max_items=2)
+    rec.observe(events + [ev(500, "u0", "a"), ev(501, "u1", "a")])
+    scores = rec.scores([ev(502, "u0", "x")])[0]
+    assert rec.model is not None and rec.model.item.num_embeddings == 3  # padding + 2
+    assert (scores > FLOOR).sum() == 2 and scores[ids.index("a")] > FLOOR
+
+
 def test_sasrec_is_deterministic_under_a_seed():
     ids, events = cycle_log(users=8, length=6)
     config = SASRecConfig(dim=8, max_len=4, epochs=3, batch_size=4, dropout=0.3, seed=7)
