@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from models import sasrec
 from models.peers import DAY, EASE, FLOOR, OwnThenPopular, SASRecPlus
 from models.records import Event
 from models.sasrec import SASRecConfig
@@ -90,13 +91,18 @@ def test_sasrec_learns_a_cycle():
     assert np.all(scores[:, 3:] == FLOOR)  # d, e: never seen
 
 
-def test_sasrec_embeds_the_most_popular_items_only():
+def test_sasrec_embeds_the_most_popular_items_only(monkeypatch):
     ids, events = cycle_log(users=6, length=5)
+    trained_on = []
+    fit = sasrec.fit
+    monkeypatch.setattr(sasrec, "fit", lambda seqs, times, *rest: trained_on.append((seqs, times)) or fit(seqs, times, *rest))
     rec = SASRecPlus(ids, SASRecConfig(dim=8, max_len=4, epochs=1), max_items=2)
     rec.observe(events + [ev(500, "u0", "a"), ev(501, "u1", "a")])
     scores = rec.scores([ev(502, "u0", "x")])[0]
     assert rec.model is not None and rec.model.item.num_embeddings == 3  # padding + 2
     assert (scores > FLOOR).sum() == 2 and scores[ids.index("a")] > FLOOR
+    seqs, times = trained_on[0]
+    assert all(0 not in s and len(s) == len(t) for s, t in zip(seqs, times))  # the third item is left out, not padding
 
 
 def test_sasrec_is_deterministic_under_a_seed():
