@@ -140,14 +140,14 @@ def ndcg_at_10(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, batch
 
 def _train(seqs: list[list[int]], n_items: int, config: SASRecConfig, epochs: int,
            validation: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[SASRec, list[dict]]:
-    """``epochs`` of Adam on next-item cross-entropy; with ``validation`` (contexts, targets), stop after
+    """``epochs`` of Adam on next-item cross-entropy; with ``validation`` windows (inputs, targets), stop after
     ``patience`` epochs without a better NDCG@10 and keep the best epoch's weights."""
     torch.manual_seed(config.seed)
     model = SASRec(n_items, config)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     inputs, targets = windows(seqs, config.max_len)
     history: list[dict] = []
-    best, best_state = -1.0, None
+    best, best_epoch, best_state = -1.0, 0, None
     started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
@@ -167,8 +167,8 @@ def _train(seqs: list[list[int]], n_items: int, config: SASRecConfig, epochs: in
         if validation is not None:
             row["val_ndcg@10"] = ndcg_at_10(model, *validation)
             if row["val_ndcg@10"] > best:
-                best, best_state = row["val_ndcg@10"], copy.deepcopy(model.state_dict())
-            elif epoch - max(history, key=lambda r: r["val_ndcg@10"])["epoch"] >= config.patience:
+                best, best_epoch, best_state = row["val_ndcg@10"], epoch, copy.deepcopy(model.state_dict())
+            elif epoch - best_epoch >= config.patience:
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
