@@ -40,9 +40,10 @@ class EASE:
     ``FLOOR``; a user with none of B's items gets the items' training-period popularity.
 
     Cost: a dense M x M float32 Cholesky solve, M = min(max_items, items in X): two M x M matrices alive
-    at once (M = 10,000: 0.8 GB) and about M³ flops; on 2 busy cores M = 1,682 took ~1-4 s, M = 19,868 six
-    minutes, hence the cap. The items left out are the rarest: bought by one user, their column of B rests
-    on that user's basket alone.
+    at once (M = 10,000: 0.8 GB) and about M³ flops. Measured on a busy 2-core machine, one torch thread:
+    M = 1,616 0.2 s, M = 10,000 ~10 s; two threads were slower there (M = 19,868: six minutes), hence the
+    cap. The items left out are the rarest: bought by one user, their column of B rests on that user's
+    basket alone.
     """
 
     independent_users = True  # B is frozen at the first scores call; x_u holds the user's own events only
