@@ -28,17 +28,18 @@ Per group, with T its distinct target items and L the top 10 shown before it:
   Precision@10 = |L ∩ T| / 10;  Recall@10 = |L ∩ T| / |T|;  F1@10 = 2 P R / (P + R), 0 when P = R = 0.
 Each is averaged over events (groups), overall and split into users with / without training-period history.
 
-Peers (popular items, item-kNN, or any ``Peer``) are tuned on the training period's last 10% by time, the
-part ``models.train`` validates on (``tune``), then built once more on the whole training period.
+Peers (``models.peers``: popular items, item-kNN, EASE, SASRec+, own re-buys; or any ``Peer``) are tuned on
+the training period's last 10% by time, the part ``models.train`` validates on (``tune``), then built once
+more on the whole training period. A peer given one grid point (``models.peers.with_params``) skips tuning.
 """
 
 from __future__ import annotations
 
 import copy
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +47,8 @@ from tqdm import tqdm
 
 from models.catalogue import Catalogue
 from models.interest import InterestModel
+from models.peers import Peer, default_peers
+from models.recommender import Recommender
 from models.records import CatalogueItem, Event
 from models.train import TrainConfig, validation_cutoff
 from models.updater import Delivered, InterestUpdater, UpdaterConfig
@@ -60,28 +63,6 @@ VAL_FRACTION = TrainConfig.val_fraction  # the training period's last part by ti
 EVENT_METRICS = ("HR@10", "NDCG@10", "Recall@20", "MRR@20", "AUC")
 GROUP_METRICS = ("Precision@10", "Recall@10", "F1@10")
 METRICS = EVENT_METRICS + GROUP_METRICS
-
-
-class Recommender(Protocol):
-    name: str
-    independent_users: bool  # a user's scores depend on their own events only: any per-user-ordered packing is exact
-
-    def observe(self, events: list[Event]) -> None:
-        """Apply time-ordered events (several per user allowed)."""
-
-    def scores(self, events: list[Event]) -> np.ndarray:
-        """[len(events), N] float32: each event's user's score for every catalogue item (``catalogue.ids``
-        order), finite, higher is better, before the event; raw, nothing excluded. One event per user."""
-
-
-@dataclass(frozen=True)
-class Peer:
-    """A recommender to compare the models with: ``make(params)`` builds it afresh (nothing observed) for
-    each point of ``grid``; the point with the best validation NDCG@10 is kept (``tune``)."""
-
-    name: str
-    make: Callable[[dict[str, Any]], Recommender]
-    grid: list[dict[str, Any]]
 
 
 class StreamRecommender:
@@ -103,72 +84,6 @@ class StreamRecommender:
 
     def scores(self, events: list[Event]) -> np.ndarray:
         return self.updater.scores([self.states.get(e.user_id, self.cold) for e in events])
-
-
-class Popular:
-    """Most events in the last ``window_s`` of event time (all time if None), counts moving with the replay;
-    every user gets the same scores."""
-
-    independent_users = False
-
-    def __init__(self, name: str, ids: list[str], window_s: float | None) -> None:
-        self.name, self.window_s = name, window_s
-        self.index = {i: n for n, i in enumerate(ids)}
-        self.counts = np.zeros(len(ids), np.float32)
-        self.window: deque[tuple[float, int]] = deque()
-
-    def observe(self, events: list[Event]) -> None:
-        for e in events:
-            row = self.index[e.item_id]
-            self.counts[row] += 1
-            self.window.append((e.ts, row))
-        if self.window_s is not None:
-            while self.window and self.window[0][0] < events[-1].ts - self.window_s:
-                self.counts[self.window.popleft()[1]] -= 1
-
-    def scores(self, events: list[Event]) -> np.ndarray:
-        return np.repeat(self.counts[None], len(events), axis=0)
-
-
-class ItemKNN:
-    """Item-to-item co-occurrence in the user histories seen so far, cosine-normalised; a user's score for an
-    item is its summed similarity to their ``recent`` last distinct items, plus a popularity share below 1e-6
-    that breaks ties (alone it ranks a user without history). Dense: N^2 float32 (2 GB at 22k items)."""
-
-    independent_users = False
-
-    def __init__(self, name: str, ids: list[str], recent: int) -> None:
-        self.name, self.recent = name, recent
-        self.index = {i: n for n, i in enumerate(ids)}
-        self.co = np.zeros((len(ids), len(ids)), np.float32)
-        self.count = np.zeros(len(ids), np.float32)  # users who had the item
-        self.history: dict[str, list[int]] = defaultdict(list)  # distinct items, oldest first
-
-    def observe(self, events: list[Event]) -> None:
-        for e in events:
-            row, hist = self.index[e.item_id], self.history[e.user_id]
-            if row in hist:
-                continue
-            self.co[row, hist] += 1
-            self.co[hist, row] += 1
-            self.count[row] += 1
-            hist.append(row)
-
-    def scores(self, events: list[Event]) -> np.ndarray:
-        norm = np.sqrt(np.maximum(self.count, 1.0))
-        out = np.empty((len(events), len(self.count)), np.float32)
-        for b, e in enumerate(events):
-            recent = self.history[e.user_id][-self.recent :]
-            out[b] = (self.co[recent] / norm[recent, None]).sum(0) / norm if recent else 0.0
-        return out + 1e-6 * self.count / max(self.count.max(), 1.0)
-
-
-def default_peers(ids: list[str]) -> list[Peer]:
-    """Popular items (window: a day, a week, 30 days or all time) and item-kNN (the last 5, 20 or 100 items)."""
-    return [
-        Peer("popular", lambda p: Popular("popular", ids, **p), [{"window_s": d * 86400.0} for d in (1, 7, 30)] + [{"window_s": None}]),
-        Peer("item-knn", lambda p: ItemKNN("item-knn", ids, **p), [{"recent": r} for r in (5, 20, 100)]),
-    ]
 
 
 def groups(events: list[Event]) -> list[list[int]]:
@@ -360,9 +275,10 @@ def evaluate(
     models: dict[str, InterestModel], serving: UpdaterConfig, config: EvalConfig = EvalConfig(),
     peers: list[Peer] | None = None, progress: bool = False,
 ) -> dict[str, dict]:
-    """Metrics per recommender (the models, then ``peers``, by default ``default_peers``): under "all",
-    "users_with_history" and "new_users" (with / without training-period events); a peer also has "tuning":
-    the chosen "params", their "validation NDCG@10", and each grid point's ("grid")."""
+    """Metrics per recommender (the models, then ``peers``, by default ``default_peers`` for
+    ``config.exclude_seen``): under "all", "users_with_history" and "new_users" (with / without training-period
+    events); a peer also has "tuning": the chosen "params" and, where there was a choice, their "validation
+    NDCG@10" and each grid point's ("grid"); a one-point grid is given, not tuned: "validation NDCG@10" None."""
     catalogue = build_catalogue(items, embeddings)
     serving = replace(serving, top_k=K, exclude_seen=config.exclude_seen, recent_items=len(catalogue))
     index = {item_id: n for n, item_id in enumerate(catalogue.ids)}
@@ -376,12 +292,20 @@ def evaluate(
 
     for name, model in models.items():
         results[name] = run(StreamRecommender(name, model, catalogue, serving))
-    for peer in default_peers(catalogue.ids) if peers is None else peers:
-        params, ndcg = tune(peer.make, peer.grid, train, index, config.exclude_seen, progress)
-        results[peer.name] = run(peer.make(params))
-        results[peer.name]["tuning"] = {"params": params, "validation NDCG@10": max(ndcg),
-                                        "grid": [{"params": p, "NDCG@10": v} for p, v in zip(peer.grid, ndcg)]}
+    for peer in default_peers(catalogue.ids, config.exclude_seen) if peers is None else peers:
+        tuning: dict[str, Any]
+        if len(peer.grid) == 1:  # nothing to choose: no validation replay (one costs SASRec+ a training)
+            params, tuning = peer.grid[0], {"params": peer.grid[0], "validation NDCG@10": None}
+        else:
+            params, ndcg = tune(peer.make, peer.grid, train, index, config.exclude_seen, progress)
+            tuning = {"params": params, "validation NDCG@10": max(ndcg), "grid": [{"params": p, "NDCG@10": v} for p, v in zip(peer.grid, ndcg)]}
+        results[peer.name] = {**run(peer.make(params)), "tuning": tuning}
     return results
+
+
+def chosen_params(results: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """Each peer's params in ``evaluate``'s ``results``: what ``models.peers.with_params`` takes to rerun them."""
+    return {name: r["tuning"]["params"] for name, r in results.items() if "tuning" in r}
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -403,5 +327,6 @@ def format_table(results: dict[str, dict]) -> str:
     for name, r in results.items():
         if "tuning" in r:
             chosen = ", ".join(f"{k}={v}" for k, v in r["tuning"]["params"].items())
-            lines.append(f"{name}: {chosen} (validation NDCG@10 {r['tuning']['validation NDCG@10']:.4f})")
+            ndcg = r["tuning"]["validation NDCG@10"]
+            lines.append(f"{name}: {chosen} " + ("(given, not tuned)" if ndcg is None else f"(validation NDCG@10 {ndcg:.4f})"))
     return "\n".join(lines)

@@ -1,22 +1,26 @@
-"""Published recommenders the evaluation compares the stream's models with: EASE, SASRec+ and the user's own
-re-buys, then popular.
+"""The recommenders the evaluation compares the stream's models with: popular items, item-kNN, EASE, SASRec+
+and the user's own re-buys, then popular; ``default_peers`` lists them, each with the grid it is tuned over.
 
-Each follows ``models.evaluate``'s ``Recommender``: built from the catalogue ``ids`` (an item's index is its
+Each follows ``models.recommender.Recommender``: built from the catalogue ``ids`` (an item's index is its
 position) and its hyperparameters, it ``observe``s time-ordered events and ``scores`` one event per user:
-[len(events), len(ids)] float32, higher is better, raw (excluding seen items is the evaluator's job). Each
-has a ``GRID`` of constructor keyword arguments for the evaluator to tune over.
+[len(events), len(ids)] float32, higher is better, raw (excluding seen items is the evaluator's job).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
 
 from models import sasrec
 from models.longterm import decay_factor
+from models.recommender import Recommender
 from models.records import Event
+from state.faults import InterestStreamError
 
 # The score of an item a model learned nothing about (never seen in its training period): finite, below
 # every learned score, so such items come last, in catalogue order.
@@ -27,6 +31,66 @@ DAY = 86400.0
 def most_popular(popularity: np.ndarray, k: int) -> np.ndarray:
     """Catalogue rows, ascending, of the (at most) ``k`` items with the most events (ties to the lower row)."""
     return np.sort(np.argsort(-popularity, kind="stable")[: min(k, np.count_nonzero(popularity))])
+
+
+class Popular:
+    """Most events in the last ``window_s`` of event time (all time if None), counts moving with the replay;
+    every user gets the same scores."""
+
+    name = "popular"
+    independent_users = False
+
+    def __init__(self, ids: list[str], window_s: float | None = None) -> None:
+        self.window_s = window_s
+        self.index = {i: n for n, i in enumerate(ids)}
+        self.counts = np.zeros(len(ids), np.float32)
+        self.window: deque[tuple[float, int]] = deque()
+
+    def observe(self, events: list[Event]) -> None:
+        for e in events:
+            row = self.index[e.item_id]
+            self.counts[row] += 1
+            self.window.append((e.ts, row))
+        if self.window_s is not None and events:
+            while self.window and self.window[0][0] < events[-1].ts - self.window_s:
+                self.counts[self.window.popleft()[1]] -= 1
+
+    def scores(self, events: list[Event]) -> np.ndarray:
+        return np.repeat(self.counts[None], len(events), axis=0)
+
+
+class ItemKNN:
+    """Item-to-item co-occurrence in the user histories seen so far, cosine-normalised; a user's score for an
+    item is its summed similarity to their ``recent`` last distinct items, plus a popularity share below 1e-6
+    that breaks ties (alone it ranks a user without history). Dense: N^2 float32 (2 GB at 22k items)."""
+
+    name = "item-knn"
+    independent_users = False
+
+    def __init__(self, ids: list[str], recent: int = 20) -> None:
+        self.recent = recent
+        self.index = {i: n for n, i in enumerate(ids)}
+        self.co = np.zeros((len(ids), len(ids)), np.float32)
+        self.count = np.zeros(len(ids), np.float32)  # users who had the item
+        self.history: dict[str, list[int]] = defaultdict(list)  # distinct items, oldest first
+
+    def observe(self, events: list[Event]) -> None:
+        for e in events:
+            row, hist = self.index[e.item_id], self.history[e.user_id]
+            if row in hist:
+                continue
+            self.co[row, hist] += 1
+            self.co[hist, row] += 1
+            self.count[row] += 1
+            hist.append(row)
+
+    def scores(self, events: list[Event]) -> np.ndarray:
+        norm = np.sqrt(np.maximum(self.count, 1.0))
+        out = np.empty((len(events), len(self.count)), np.float32)
+        for b, e in enumerate(events):
+            recent = self.history[e.user_id][-self.recent :]
+            out[b] = (self.co[recent] / norm[recent, None]).sum(0) / norm if recent else 0.0
+        return out + 1e-6 * self.count / max(self.count.max(), 1.0)
 
 
 class EASE:
@@ -46,10 +110,10 @@ class EASE:
     basket alone.
     """
 
+    name = "EASE"
     independent_users = True  # B is frozen at the first scores call; x_u holds the user's own events only
 
     def __init__(self, ids: list[str], reg_weight: float = 500.0, max_items: int = 10_000) -> None:
-        self.name = "EASE"
         self.ids, self.reg_weight, self.max_items = ids, reg_weight, max_items
         self.index = {item: n for n, item in enumerate(ids)}
         self.items: dict[str, set[int]] = defaultdict(set)  # catalogue rows each user had
@@ -103,10 +167,10 @@ class SASRecPlus:
     of the embedded items gets the items' training-period popularity.
     """
 
+    name = "SASRec+"
     independent_users = True  # frozen weights; a user's sequence holds their own events only
 
     def __init__(self, ids: list[str], config: sasrec.SASRecConfig, max_items: int = 10_000) -> None:
-        self.name = "SASRec+"
         self.ids, self.config, self.max_items = ids, config, max_items
         self.index = {item: n for n, item in enumerate(ids)}
         self.items: dict[str, list[int]] = defaultdict(list)  # catalogue rows, oldest first
@@ -161,30 +225,24 @@ class OwnThenPopular:
     (items, weights, litres), a line is one decision to buy.
     """
 
+    name = "own re-buys, then popular"
     independent_users = False  # popularity moves with the replay
 
     def __init__(self, ids: list[str], half_life_s: float | None = None, window_s: float | None = None) -> None:
-        self.name = "own re-buys, then popular"
-        self.ids, self.half_life_s, self.window_s = ids, half_life_s, window_s
-        self.index = {item: n for n, item in enumerate(ids)}
+        self.ids, self.half_life_s = ids, half_life_s
+        self.popular = Popular(ids, window_s)  # n(i)
         self.items: dict[str, list[int]] = defaultdict(list)  # catalogue rows, oldest first
         self.times: dict[str, list[float]] = defaultdict(list)
-        self.counts = np.zeros(len(ids))
-        self.window: deque[tuple[float, int]] = deque()
 
     def observe(self, events: list[Event]) -> None:
+        self.popular.observe(events)
         for e in events:
-            row = self.index[e.item_id]
-            self.items[e.user_id].append(row)
+            self.items[e.user_id].append(self.popular.index[e.item_id])
             self.times[e.user_id].append(e.ts)
-            self.counts[row] += 1
-            self.window.append((e.ts, row))
-        if self.window_s is not None and events:
-            while self.window and self.window[0][0] < events[-1].ts - self.window_s:
-                self.counts[self.window.popleft()[1]] -= 1
 
     def scores(self, events: list[Event]) -> np.ndarray:
-        out = np.tile(self.counts / (self.counts.max(initial=0.0) + 1.0), (len(events), 1))
+        counts = self.popular.counts.astype(np.float64)  # whole numbers: exact in either type
+        out = np.tile(counts / (counts.max(initial=0.0) + 1.0), (len(events), 1))
         for n, e in enumerate(events):
             rows = self.items.get(e.user_id, [])
             if self.half_life_s is None:
@@ -196,7 +254,47 @@ class OwnThenPopular:
         return out.astype(np.float32)
 
 
-EASE_GRID: list[dict[str, object]] = [{"reg_weight": r} for r in (50.0, 200.0, 500.0, 1000.0, 3000.0)]
-SASREC_GRID: list[dict[str, object]] = [{"config": sasrec.SASRecConfig(dropout=d)} for d in (0.2, 0.5)]
-OWN_GRID: list[dict[str, object]] = [{"half_life_s": h, "window_s": w} for h in (None, 7 * DAY, 30 * DAY)
-                                     for w in (7 * DAY, 30 * DAY, None)]
+# Each grid: points of constructor keyword arguments (SASRec+'s: of its SASRecConfig), JSON values all, so a
+# report can hand the chosen point to a later run (``with_params``).
+POPULAR_GRID: list[dict[str, Any]] = [{"window_s": d * DAY} for d in (1, 7, 30)] + [{"window_s": None}]
+KNN_GRID: list[dict[str, Any]] = [{"recent": r} for r in (5, 20, 100)]
+EASE_GRID: list[dict[str, Any]] = [{"reg_weight": r} for r in (50.0, 200.0, 500.0, 1000.0, 3000.0)]
+SASREC_GRID: list[dict[str, Any]] = [{"dropout": d} for d in (0.2, 0.5)]
+OWN_GRID: list[dict[str, Any]] = [{"half_life_s": h, "window_s": w} for h in (None, 7 * DAY, 30 * DAY) for w in (7 * DAY, 30 * DAY, None)]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A recommender to compare the models with: ``make(params)`` builds it afresh (nothing observed) for
+    each point of ``grid``; of several points the one with the best validation NDCG@10 is kept
+    (``models.evaluate.tune``), a single point is taken as given. ``seeded``: its result depends on the
+    seed (trained from a random start); the others give the same result every run."""
+
+    name: str
+    make: Callable[[dict[str, Any]], Recommender]
+    grid: list[dict[str, Any]]
+    seeded: bool = False
+
+
+def default_peers(ids: list[str], exclude_seen: bool = True, seed: int = 0) -> list[Peer]:
+    """Popular items (window: a day, a week, 30 days or all time), item-kNN (the last 5, 20 or 100 items),
+    EASE, SASRec+ (trained under ``seed``) and, only where re-buys count (not ``exclude_seen``: with the
+    user's items excluded it would be popular items again), own re-buys then popular."""
+    peers = [
+        Peer(Popular.name, lambda p: Popular(ids, **p), POPULAR_GRID),
+        Peer(ItemKNN.name, lambda p: ItemKNN(ids, **p), KNN_GRID),
+        Peer(EASE.name, lambda p: EASE(ids, **p), EASE_GRID),
+        Peer(SASRecPlus.name, lambda p: SASRecPlus(ids, sasrec.SASRecConfig(**p, seed=seed)), SASREC_GRID, seeded=True),
+    ]
+    if not exclude_seen:
+        peers.append(Peer(OwnThenPopular.name, lambda p: OwnThenPopular(ids, **p), OWN_GRID))
+    return peers
+
+
+def with_params(peers: list[Peer], chosen: dict[str, dict[str, Any]]) -> list[Peer]:
+    """``peers`` with the grid of each one ``chosen`` names cut to its given params (say, those an earlier
+    run tuned): no tuning for those. Raises ``InterestStreamError`` for a name that is not one of ``peers``."""
+    unknown = sorted(set(chosen) - {p.name for p in peers})
+    if unknown:
+        raise InterestStreamError(f"params given for {', '.join(unknown)}: not among the peers ({', '.join(p.name for p in peers)})")
+    return [replace(p, grid=[chosen[p.name]]) if p.name in chosen else p for p in peers]

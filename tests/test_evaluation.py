@@ -9,10 +9,7 @@ from models.encoder import ItemEncoder
 from models.evaluate import (
     METRICS,
     EvalConfig,
-    ItemKNN,
     K,
-    Peer,
-    Popular,
     StreamRecommender,
     ablate,
     build_catalogue,
@@ -26,6 +23,7 @@ from models.evaluate import (
     tune,
 )
 from models.interest import InterestModel, ModelConfig
+from models.peers import ItemKNN, Peer, Popular
 from models.records import CatalogueItem, Event
 from models.updater import Delivered, InterestUpdater, UpdaterConfig
 
@@ -129,22 +127,6 @@ def test_rounds_hold_one_group_per_user_in_each_users_order():
     assert list(rounds(events, independent_users=True)) == [[[0], [1, 3], [5]], [[2]], [[4, 6]]]  # every user's n-th group
 
 
-def test_popular_counts_a_moving_window():
-    pop = Popular("p", ["a", "b", "c"], window_s=1.5)
-    pop.observe([ev(0, "u1", "a", 0.0), ev(1, "u1", "b", 1.0), ev(2, "u2", "b", 2.0)])
-    assert pop.scores([ev(3, "u2", "c"), ev(4, "u3", "c")]).tolist() == [[0, 2, 0], [0, 2, 0]]  # t=0 left the window at t=2
-
-
-def test_item_knn_scores_by_co_occurrence_with_recent_items():
-    knn = ItemKNN("k", ["a", "b", "c", "d"], recent=20)
-    knn.observe([ev(0, "u1", "a"), ev(1, "u1", "b"), ev(2, "u2", "a"), ev(3, "u2", "b"), ev(4, "u3", "a"), ev(5, "u3", "c"),
-                 ev(6, "u4", "a")])
-    known, new = knn.scores([ev(7, "u4", "d"), ev(8, "new", "d")])
-    # b: 2 / sqrt(4 * 2) = 0.71, c: 1 / sqrt(4 * 1) = 0.5, d: never co-occurs; plus popularity below 1e-6
-    assert known == pytest.approx([0.0 + 1e-6, 2 / math.sqrt(8) + 0.5e-6, 0.5 + 0.25e-6, 0.0], abs=1e-7)
-    assert np.argsort(-new, kind="stable").tolist() == [0, 1, 2, 3]  # no history: by popularity
-
-
 def popularity_log() -> list[Event]:
     """Item a was popular long ago, b lately; the validation part (the last 10% by time) buys b."""
     early = [ev(n, f"u{n}", "i0", float(n)) for n in range(10)]
@@ -154,7 +136,7 @@ def popularity_log() -> list[Event]:
 
 def test_tuning_picks_the_best_validation_ndcg_the_first_on_ties():
     def make(p):
-        return Popular("p", IDS, **p)
+        return Popular(IDS, **p)
 
     day, shorter = {"window_s": 86_400.0}, {"window_s": 50_000.0}
     params, ndcg = tune(make, [{"window_s": None}, day, shorter], popularity_log(), INDEX)
@@ -204,8 +186,8 @@ def test_evaluate_reports_every_recommender_on_the_same_events(sample):
     items, emb, events = sample
     untrained = InterestModel.untrained(32, 16, "tiny")
     ids = [i.item_id for i in items]
-    peers = [Peer("popular", lambda p: Popular("popular", ids, **p), [{"window_s": 3600.0}, {"window_s": None}]),
-             Peer("knn", lambda p: ItemKNN("knn", ids, **p), [{"recent": 5}])]
+    peers = [Peer("popular", lambda p: Popular(ids, **p), [{"window_s": 3600.0}, {"window_s": None}]),
+             Peer("knn", lambda p: ItemKNN(ids, **p), [{"recent": 5}])]
     results = evaluate(events[:500], events[500:], items, emb, {"untrained": untrained, "long": ablate(untrained, "long")},
                        UpdaterConfig(), EvalConfig(), peers)
     assert list(results) == ["untrained", "long", "popular", "knn"]

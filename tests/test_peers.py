@@ -1,11 +1,29 @@
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from models import sasrec
-from models.peers import DAY, EASE, FLOOR, OwnThenPopular, SASRecPlus
+from models.peers import (
+    DAY,
+    EASE,
+    EASE_GRID,
+    FLOOR,
+    KNN_GRID,
+    POPULAR_GRID,
+    SASREC_GRID,
+    ItemKNN,
+    OwnThenPopular,
+    Popular,
+    SASRecPlus,
+    default_peers,
+    with_params,
+)
 from models.records import Event
 from models.sasrec import SASRecConfig
+from state.faults import InterestStreamError
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +41,22 @@ def ev(n: int, user: str, item: str, ts: float | None = None) -> Event:
 
 def log(pairs: list[tuple[str, str]]) -> list[Event]:
     return [ev(n, u, i) for n, (u, i) in enumerate(pairs)]
+
+
+def test_popular_counts_a_moving_window():
+    pop = Popular(["a", "b", "c"], window_s=1.5)
+    pop.observe([ev(0, "u1", "a", 0.0), ev(1, "u1", "b", 1.0), ev(2, "u2", "b", 2.0)])
+    assert pop.scores([ev(3, "u2", "c"), ev(4, "u3", "c")]).tolist() == [[0, 2, 0], [0, 2, 0]]  # t=0 left the window at t=2
+
+
+def test_item_knn_scores_by_co_occurrence_with_recent_items():
+    knn = ItemKNN(["a", "b", "c", "d"], recent=20)
+    knn.observe([ev(0, "u1", "a"), ev(1, "u1", "b"), ev(2, "u2", "a"), ev(3, "u2", "b"), ev(4, "u3", "a"), ev(5, "u3", "c"),
+                 ev(6, "u4", "a")])
+    known, new = knn.scores([ev(7, "u4", "d"), ev(8, "new", "d")])
+    # b: 2 / sqrt(4 * 2) = 0.71, c: 1 / sqrt(4 * 1) = 0.5, d: never co-occurs; plus popularity below 1e-6
+    assert known == pytest.approx([0.0 + 1e-6, 2 / math.sqrt(8) + 0.5e-6, 0.5 + 0.25e-6, 0.0], abs=1e-7)
+    assert np.argsort(-new, kind="stable").tolist() == [0, 1, 2, 3]  # no history: by popularity
 
 
 def test_ease_has_a_zero_diagonal_and_recovers_a_planted_co_occurrence():
@@ -157,3 +191,29 @@ def test_scores_are_float32_finite_or_the_floor(peer):
     rec.observe(events)
     scores = rec.scores([ev(100, "u0", "a"), ev(101, "stranger", "a")])
     assert scores.dtype == np.float32 and scores.shape == (2, len(ids)) and np.all(np.isfinite(scores))
+
+
+@pytest.mark.parametrize("exclude_seen, names", [
+    (True, ["popular", "item-knn", "EASE", "SASRec+"]),
+    (False, ["popular", "item-knn", "EASE", "SASRec+", "own re-buys, then popular"]),  # only where re-buys count
+])
+def test_the_peers_of_each_mode(exclude_seen, names):
+    ids = ["a", "b", "c"]
+    peers = default_peers(ids, exclude_seen, seed=5)
+    assert [p.name for p in peers] == names
+    assert [p.name for p in peers if p.seeded] == ["SASRec+"]
+    for peer in peers:
+        json.dumps(peer.grid)  # a report can hand the chosen point on
+        built = [peer.make(params) for params in peer.grid]
+        assert len(built) > 1 and all(rec.name == peer.name for rec in built)  # a choice to tune
+    sasrec_peer = peers[names.index("SASRec+")]
+    assert {rec.config.seed for rec in map(sasrec_peer.make, sasrec_peer.grid)} == {5}
+    assert [rec.config.dropout for rec in map(sasrec_peer.make, sasrec_peer.grid)] == [p["dropout"] for p in SASREC_GRID]
+
+
+def test_given_params_cut_a_peers_grid_to_one_point():
+    peers = with_params(default_peers(["a"]), {"SASRec+": {"dropout": 0.5}})
+    assert [len(p.grid) for p in peers] == [len(POPULAR_GRID), len(KNN_GRID), len(EASE_GRID), 1]
+    assert peers[3].grid == [{"dropout": 0.5}] and peers[3].seeded
+    with pytest.raises(InterestStreamError, match="params given for own re-buys, then popular: not among the peers"):
+        with_params(default_peers(["a"]), {"own re-buys, then popular": {}})
