@@ -7,6 +7,10 @@ import numpy as np
 from models.evaluate import METRICS
 
 PARTS = ("all", "users_with_history", "new_users")
+PART_LABELS = {"users_with_history": "users with history", "new_users": "new users"}
+# The README's quality table: (part, metric) per column
+README_COLUMNS = (*(("all", m) for m in ("NDCG@10", "HR@10", "MRR@20", "Recall@20", "Precision@10", "F1@10", "AUC")),
+                  ("users_with_history", "NDCG@10"), ("new_users", "NDCG@10"))
 
 
 def summarise(runs: list[dict[str, dict]]) -> dict[str, dict[str, dict[str, dict[str, float] | None]]]:
@@ -35,13 +39,27 @@ def summarise(runs: list[dict[str, dict]]) -> dict[str, dict[str, dict[str, dict
     return out
 
 
+def spread(value: dict[str, float] | None) -> str:
+    """One summarised value as "mean ± std", "-" for none."""
+    return "-" if value is None else f"{value['mean']:.4f} ± {value['std']:.4f}"
+
+
 def format_summary(summary: dict[str, dict], part: str = "all") -> str:
     """One line per recommender: mean ± std of each metric over the runs, for ``part``."""
     width = max(len(n) for n in summary) + 2
     lines = [f"{'':{width}}" + "".join(f"{m:>18}" for m in METRICS)]
     for name, parts in summary.items():
-        cells = [f"{'-':>18}" if s is None else f"{s['mean']:.4f} ± {s['std']:.4f}".rjust(18) for s in (parts[part][m] for m in METRICS)]
+        cells = [spread(parts[part][m]).rjust(18) for m in METRICS]
         lines.append(f"{name:{width}}" + "".join(cells))
     runs = next((s["runs"] for parts in summary.values() for s in parts[part].values() if s is not None), 0)
     lines.append(f"mean ± sample standard deviation over {runs} runs ({part})")
+    return "\n".join(lines)
+
+
+def markdown_table(summary: dict[str, dict], columns: tuple[tuple[str, str], ...] = README_COLUMNS) -> str:
+    """A markdown table of ``summary`` (``summarise``): one row per recommender, mean ± std per (part, metric)
+    column, a part other than "all" named in its header."""
+    names = [m if part == "all" else f"{m}, {PART_LABELS[part]}" for part, m in columns]
+    lines = ["| recommender | " + " | ".join(names) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(spread(parts[part][m]) for part, m in columns) + " |" for name, parts in summary.items()]
     return "\n".join(lines)

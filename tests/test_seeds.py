@@ -1,7 +1,7 @@
 import pytest
 
 from models.evaluate import METRICS
-from models.seeds import format_summary, summarise
+from models.seeds import format_summary, markdown_table, summarise
 
 
 def run(value: float, new_users: float | None) -> dict[str, dict]:
@@ -25,3 +25,11 @@ def test_runs_of_different_recommenders_are_refused():
         summarise([run(0.1, 0.5), {"other": run(0.1, 0.5)["m"]}])
     with pytest.raises(ValueError, match="no runs"):
         summarise([])
+
+
+def test_the_markdown_table_has_a_row_per_recommender_and_a_column_per_part_and_metric():
+    summary = summarise([run(0.1, 0.5), run(0.3, 0.5)])
+    header, rule, row = markdown_table(summary).splitlines()
+    assert header.startswith("| recommender | NDCG@10 | HR@10 |") and header.endswith("| NDCG@10, users with history | NDCG@10, new users |")
+    assert rule == "|---" * 10 + "|"
+    assert row == "| m | " + " | ".join(["0.2000 ± 0.1414"] * 8 + ["0.5000 ± 0.0000"]) + " |"
