@@ -8,13 +8,17 @@ import os
 import sys
 import time
 import uuid
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from state.faults import InterestStreamError
 from streams.settings import Settings, describe, in_effect
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from models.data import EventLog
+    from models.encoder import ItemEncoder
 
 
 def _produce(args: argparse.Namespace, settings: Settings) -> None:
@@ -111,8 +115,6 @@ def _demo(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _dev(args: argparse.Namespace, settings: Settings) -> None:
-    from pathlib import Path
-
     from cli.dev import run_dev
 
     run_dev(settings, Path(args.dir), args.port, sample=not args.no_sample)
@@ -125,8 +127,6 @@ def _config(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _movielens(args: argparse.Namespace, settings: Settings) -> None:
-    from pathlib import Path
-
     from models.data import load_movielens, write_log
 
     for name, path in write_log(load_movielens(), Path(args.out), args.test_fraction).items():
@@ -135,8 +135,6 @@ def _movielens(args: argparse.Namespace, settings: Settings) -> None:
 
 def _event_log(args: argparse.Namespace) -> EventLog:
     """The log ``train`` and ``evaluate`` read: a built-in dataset, or the user's catalogue and events files."""
-    from pathlib import Path
-
     from models.data import DATASETS, DEFAULT_DATASET, load_files
 
     if args.catalogue is None and args.events is None:
@@ -149,18 +147,38 @@ def _event_log(args: argparse.Namespace) -> EventLog:
     return log
 
 
-def _train(args: argparse.Namespace, settings: Settings) -> None:
-    from dataclasses import asdict
-    from pathlib import Path
-
+def _embedded(args: argparse.Namespace, settings: Settings, log: EventLog) -> tuple[ItemEncoder, np.ndarray]:
+    """The encoder in effect, and the log's catalogue embedded by it (cached in --cache)."""
     from models.data import embed_items
     from models.encoder import ItemEncoder
+
+    encoder = ItemEncoder(settings.encoder_path, settings.encoder_device, settings.encoder_batch, settings.encoder_max_tokens)
+    return encoder, embed_items(encoder, log.items, Path(args.cache))
+
+
+def _model_settings(settings: Settings) -> dict[str, Any]:
+    """The settings a report's numbers depend on: how the stream weighs and decays events."""
+    return {k: getattr(settings, k) for k in ("half_life_s", "click_weight", "purchase_weight")}
+
+
+def _given_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """--peer-params: the "params" of an earlier `evaluate` or `quality` report, each peer's, not tuned again."""
+    if not args.peer_params:
+        return {}
+    try:
+        return json.loads(Path(args.peer_params).read_text())["params"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InterestStreamError(f"{args.peer_params}: no peer params ({exc!r}): give the JSON report of `evaluate` or `quality`") from None
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> None:
+    from dataclasses import asdict
+
     from models.train import TrainConfig, train
 
     log = _event_log(args)
     train_events, _, cutoff = log.split(args.test_fraction)
-    encoder = ItemEncoder(settings.encoder_path, settings.encoder_device, settings.encoder_batch, settings.encoder_max_tokens)
-    embeddings = embed_items(encoder, log.items, Path(args.cache))
+    encoder, embeddings = _embedded(args, settings, log)
     config = TrainConfig(dim=args.dim, hidden=args.hidden, epochs=args.epochs, patience=args.patience, lr=args.lr, dropout=args.dropout,
                          lanes=args.lanes, window=args.window, refit=not args.no_refit, seed=args.seed)
     index = {item.item_id: n for n, item in enumerate(log.items)}
@@ -169,8 +187,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> None:
     version = model.save(out)
     summary = {"version": version, "checkpoint": str(out), "encoder": encoder.name, "data": log.describe(), "events": len(train_events),
                "train_before": cutoff, "config": asdict(config), "epochs": report.epochs,
-               "settings": {k: getattr(settings, k) for k in ("half_life_s", "click_weight", "purchase_weight")},
-               "seconds": round(report.seconds, 1), "history": report.history}
+               "settings": _model_settings(settings), "seconds": round(report.seconds, 1), "history": report.history}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     best = max((r for r in report.history if "val_ndcg@10" in r), key=lambda r: r["val_ndcg@10"], default={})
     print(f"saved {out} ({version}): {report.epochs} epochs, {report.seconds:.0f}s, "
@@ -179,17 +196,17 @@ def _train(args: argparse.Namespace, settings: Settings) -> None:
 
 def _evaluate(args: argparse.Namespace, settings: Settings) -> None:
     from dataclasses import asdict
-    from pathlib import Path
 
-    from models.data import embed_items
-    from models.encoder import ItemEncoder
-    from models.evaluate import EvalConfig, ablate, evaluate, format_table
+    import torch
+
+    from models.evaluate import EvalConfig, ablate, chosen_params, evaluate, format_table
     from models.interest import InterestModel
+    from models.peers import default_peers, with_params
 
+    torch.set_num_threads(args.threads)
     log = _event_log(args)
     train_events, test_events, cutoff = log.split(args.test_fraction)
-    encoder = ItemEncoder(settings.encoder_path, settings.encoder_device, settings.encoder_batch, settings.encoder_max_tokens)
-    embeddings = embed_items(encoder, log.items, Path(args.cache))
+    encoder, embeddings = _embedded(args, settings, log)
     models = {}
     if args.checkpoint:
         fused = InterestModel.load(Path(args.checkpoint))
@@ -198,21 +215,64 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> None:
         models = {"fused": fused, "long-term only": ablate(fused, "long"), "GRU only": ablate(fused, "short")}
     models["untrained default"] = InterestModel.untrained(encoder.dim, settings.hidden_size, encoder.name)
     config = EvalConfig(exclude_seen=not args.keep_seen)
-    results = evaluate(train_events, test_events, log.items, embeddings, models, settings.updater_config(), config, progress=True)
+    peers = with_params(default_peers([i.item_id for i in log.items], config.exclude_seen, args.seed), _given_params(args))
+    results = evaluate(train_events, test_events, log.items, embeddings, models, settings.updater_config(), config, peers, progress=True)
     print(format_table(results))
     report = {"data": log.describe(), "test_from": cutoff, "train_events": len(train_events),
               "test_events": len(test_events), "checkpoint": args.checkpoint or None,
               "versions": {name: m.version for name, m in models.items()}, "encoder": encoder.name,
-              "settings": {k: getattr(settings, k) for k in ("half_life_s", "click_weight", "purchase_weight")},
-              "config": asdict(config), "results": results}
+              "settings": _model_settings(settings), "config": asdict(config), "seed": args.seed, "threads": args.threads,
+              "params_given": args.peer_params or None, "params": chosen_params(results), "results": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
 
 
+def _quality(args: argparse.Namespace, settings: Settings) -> None:
+    import torch
+
+    from cli.quality import QualityConfig, markdown, measure
+    from models.data import DEFAULT_DATASET
+
+    torch.set_num_threads(args.threads)
+    log = _event_log(args)
+    train_events, test_events, cutoff = log.split(args.test_fraction)
+    encoder, embeddings = _embedded(args, settings, log)
+    config = QualityConfig(args.seeds, not args.keep_seen, args.epochs, _given_params(args))
+    measured = measure(train_events, test_events, log.items, embeddings, encoder.name, settings.updater_config(), config, progress=True)
+    name = args.dataset or (Path(args.events).stem if args.events else DEFAULT_DATASET)
+    mode = "keep-seen" if args.keep_seen else "seen-excluded"
+    out = Path(args.out or f"results/quality/{name}-{mode}.json")
+    table = markdown(measured, f"{name}, " + ("re-buys count (`--keep-seen`)" if args.keep_seen else "items the user had excluded"))
+    report = {"command": args.command_line, "data": log.describe(), "test_from": cutoff, "train_events": len(train_events),
+              "test_events": len(test_events), "encoder": encoder.name, "settings": _model_settings(settings),
+              "config": {"seeds": args.seeds, "exclude_seen": not args.keep_seen, "epochs": args.epochs, "threads": args.threads},
+              "params_given": args.peer_params or None, **measured}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+# `evaluate`'s and `quality`'s torch threads: on the busy 2-core machine the peers were measured on, one was
+# faster and steadier than two for EASE, SASRec+ and training (small tensors: a second thread mostly waits;
+# SASRec+ on the sample log: 1 s against 37 s), and a fixed count keeps runs comparable across machines (BLAS
+# may split a sum differently with another thread count).
+THREADS = 1
+
+
+def _peer_arguments(p: argparse.ArgumentParser) -> None:
+    """--threads and --peer-params: how `evaluate` and `quality` run the peers."""
+    p.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS}: faster and steadier than more on a busy "
+                   "machine, and comparable across machines)")
+    p.add_argument("--peer-params", metavar="FILE", help="the JSON report of an earlier `evaluate` or `quality` run: its peers' params are "
+                   "taken as given, not tuned again (tuning SASRec+ trains it once per grid point)")
+
+
 def _log_arguments(p: argparse.ArgumentParser) -> None:
-    """--dataset, or --catalogue and --events: the log ``train`` and ``evaluate`` split by time."""
+    """--dataset, or --catalogue and --events: the log ``train``, ``evaluate`` and ``quality`` split by time."""
     from models.data import DATASETS, DEFAULT_DATASET
 
     g = p.add_argument_group("the log: a built-in dataset, or your own catalogue and events")
@@ -314,14 +374,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_train)
 
     p = sub.add_parser("evaluate", help="prequential replay of a log's held-out period (default: MovieLens-100K): models vs "
-                       "popular items and item-kNN, tuned on the training period's last 10%%")
+                       "popular items, item-kNN, EASE, SASRec+ (and with --keep-seen own re-buys), tuned on the training period's last 10%%")
     _log_arguments(p)
     p.add_argument("--checkpoint", default="", help="trained checkpoint (`train` writes it); empty: only the untrained default and baselines")
     p.add_argument("--out", default="results/eval.json", help="JSON report path")
     p.add_argument("--cache", default="results/cache", help="folder for the cached catalogue embeddings")
     p.add_argument("--keep-seen", action="store_true", help="do not exclude items the user already had (for every recommender alike): "
                    "a re-bought item can be a hit")
+    p.add_argument("--seed", type=int, default=0, help="SASRec+'s seed")
+    _peer_arguments(p)
     p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("quality", help="train the model with several seeds and replay it beside the peers (as `evaluate`): "
+                       "mean ± std per recommender, as JSON and a markdown table for the README")
+    _log_arguments(p)
+    p.add_argument("--keep-seen", action="store_true", help="re-buys count: nothing is excluded, and own re-buys join the peers")
+    p.add_argument("--seeds", type=int, default=3, help="train and replay with seeds 0..N-1")
+    p.add_argument("--epochs", type=int, default=30, help="at most this many epochs per training (early stopping on validation NDCG@10)")
+    p.add_argument("--out", help="JSON report path, the markdown beside it as .md (default results/quality/<dataset>-<mode>.json)")
+    p.add_argument("--cache", default="results/cache", help="folder for the cached catalogue embeddings")
+    _peer_arguments(p)
+    p.set_defaults(run=_quality)
 
     p = sub.add_parser("config", help="every setting: the value in effect and where it came from (environment or default)")
     p.add_argument("--help-text", action="store_true", help="add each setting's meaning")
@@ -330,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = ["interest-stream", *argv]  # for reports
     try:
         args.run(args, Settings.from_env())
     except InterestStreamError as exc:  # an error the user can act on: its message, no traceback

@@ -4,10 +4,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from cli.main import main
+from models import sasrec
 from models.data import EventLog, load_files, write_log
+from models.peers import EASE, EASE_GRID, SASREC_GRID
 from models.records import CatalogueItem, Event
 
 
@@ -15,6 +19,14 @@ def write_jsonl(path: Path, rows: list) -> Path:
     """One JSON value a line; a str row is written as it is (a line that is not JSON, or a blank one)."""
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """`evaluate` and `quality` set torch's (process-wide) thread count: the next tests get it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -49,7 +61,7 @@ def test_train_then_evaluate_on_a_recorded_log(sample_catalogue, sample_events, 
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["data"] == data and (report["train_events"], report["test_events"]) == (576, 144)
     assert report["test_from"] == trained["train_before"] and report["versions"]["fused"] == trained["version"]
-    assert list(report["results"]) == ["fused", "long-term only", "GRU only", "untrained default", "popular", "item-knn"]
+    assert list(report["results"]) == ["fused", "long-term only", "GRU only", "untrained default", "popular", "item-knn", "EASE", "SASRec+"]
     for result in report["results"].values():
         parts = [result[part] for part in ("all", "users_with_history", "new_users")]
         metrics = [v for part in parts for k, v in part.items() if k not in ("events", "groups") and v is not None]
@@ -134,3 +146,51 @@ def test_training_needs_events_before_its_validation_part(tiny_encoder, tmp_path
     status, _, err = run(capsys, "train", "--catalogue", str(c), "--events", str(e), "--test-fraction", "0.5", "--cache", str(tmp_path))
     assert (status, err.splitlines()[-1]) == (1, "interest-stream train: too few events to train on: none of the 2 training events is "
                                                  "before the validation part (the last 10% of the training period by time)")
+
+
+def test_quality_over_two_seeds_on_a_recorded_log(sample_catalogue, sample_events, tiny_encoder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("INTEREST_ENCODER_PATH", str(tiny_encoder))
+    end = max(e["ts"] for e in sample_events)
+    newcomer = [{**sample_events[n], "event_id": f"new-{n}", "user_id": "newcomer", "ts": end + n} for n in range(3)]  # a user of the test period only
+    files = ["--catalogue", str(write_jsonl(tmp_path / "c.jsonl", sample_catalogue)),
+             "--events", str(write_jsonl(tmp_path / "e.jsonl", sample_events + newcomer)), "--cache", str(tmp_path / "cache")]
+    ease_fits, sasrec_seeds = [], []  # what was trained: deterministic peers at seed 0 only, SASRec+ at every seed
+    ease_fit, sasrec_fit = EASE.fit, sasrec.fit
+    monkeypatch.setattr(EASE, "fit", lambda self: ease_fits.append(self.reg_weight) or ease_fit(self))
+    monkeypatch.setattr(sasrec, "fit", lambda seqs, times, n, config: sasrec_seeds.append(config.seed) or sasrec_fit(seqs, times, n, config))
+    argv = ["quality", *files, "--keep-seen", "--seeds", "2", "--epochs", "2", "--out", str(tmp_path / "q.json")]
+
+    status, out, err = run(capsys, *argv)
+    assert status == 0, err
+    report = json.loads((tmp_path / "q.json").read_text())
+    names = ["fused", "GRU only", "popular", "item-knn", "EASE", "SASRec+", "own re-buys, then popular"]
+    assert [(r["seed"], list(r["results"])) for r in report["runs"]] == [(0, names), (1, names)]
+    assert report["command"] == ["interest-stream", *argv] and report["config"]["exclude_seen"] is False
+    assert [(t["seed"], t["events"]) for t in report["training"]] == [(0, report["train_events"]), (1, report["train_events"])]
+    assert all(1 <= t["epochs"] <= 2 and t["seconds"] > 0 for t in report["training"])
+    assert len(ease_fits) == len(EASE_GRID) + 1  # tuned and replayed at seed 0 only
+    assert sasrec_seeds == [0] * len(SASREC_GRID) + [0, 1]  # tuned at seed 0, then trained once per seed
+    first, second = (r["results"] for r in report["runs"])
+    assert report["deterministic"] == ["popular", "item-knn", "EASE", "own re-buys, then popular"]
+    assert all(second[name] == first[name] for name in report["deterministic"])
+    assert report["params"] == {name: first[name]["tuning"]["params"] for name in names[2:]}
+    assert second["SASRec+"]["tuning"] == {"params": report["params"]["SASRec+"], "validation NDCG@10": None}  # seed 0's choice
+    assert second["fused"] != first["fused"]  # another seed, another model
+
+    table = (tmp_path / "q.md").read_text()
+    assert table in out and "popular, item-knn, EASE, own re-buys, then popular: deterministic" in table
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "±" in line]
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)}
+    assert list(rows) == names
+    for name in names:
+        for column, part in ((0, "all"), (-1, "new_users")):  # NDCG@10 overall and of new users
+            values = [run["results"][name][part]["NDCG@10"] for run in report["runs"]]
+            assert report["summary"][name][part]["NDCG@10"]["mean"] == pytest.approx(np.mean(values))
+            assert rows[name][column] == f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+    assert all(cell.endswith("± 0.0000") for name in report["deterministic"] for cell in rows[name])
+
+    status, _, err = run(capsys, "quality", *files, "--keep-seen", "--seeds", "1", "--epochs", "1", "--out", str(tmp_path / "again.json"),
+                         "--peer-params", str(tmp_path / "q.json"))
+    assert status == 0, err
+    again = json.loads((tmp_path / "again.json").read_text())["runs"][0]["results"]
+    assert {name: again[name]["tuning"] for name in names[2:]} == {name: {"params": p, "validation NDCG@10": None} for name, p in report["params"].items()}
