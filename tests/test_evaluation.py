@@ -200,9 +200,9 @@ def test_evaluate_reports_every_recommender_on_the_same_events(sample):
     tuning = results["popular"]["tuning"]
     assert tuning["params"] in ({"window_s": 3600.0}, {"window_s": None})
     assert tuning["validation NDCG@10"] == max(g["NDCG@10"] for g in tuning["grid"]) and len(tuning["grid"]) == 2
-    assert results["knn"]["tuning"]["params"] == {"recent": 5}
+    assert results["knn"]["tuning"] == {"params": {"recent": 5}, "validation NDCG@10": None}  # one point: given, no validation replay
     table = format_table(results)
-    assert "knn" in table and "F1@10" in table and "popular: window_s=" in table
+    assert "knn: recent=5 (given, not tuned)" in table and "F1@10" in table and "popular: window_s=" in table
 
 
 def test_ablations_switch_off_one_side_of_the_fusion():
