@@ -127,8 +127,9 @@ class InterestUpdater:
             emb = self.catalogue.vectors([e.item_id for e in events])
             is_purchase = np.array([e.type == "purchase" for e in events])
             with torch.inference_mode():
+                item_vec = self.model.item_space(torch.from_numpy(emb), self.model.rows([e.item_id for e in events]))[:, :-1]
                 hidden = self.model.step(
-                    torch.from_numpy(np.stack([x.hidden for x in st])), torch.from_numpy(emb), torch.from_numpy(is_purchase).long()
+                    torch.from_numpy(np.stack([x.hidden for x in st])), item_vec, torch.from_numpy(is_purchase).long()
                 ).numpy()
             weights = np.where(is_purchase, s.purchase_weight, s.click_weight) * np.array([e.quantity for e in events])
             lt_sum, lt_weight, lt_time = longterm.add(
@@ -154,22 +155,33 @@ class InterestUpdater:
         if not states or not len(self.catalogue):
             return [[] for _ in states]
         with torch.inference_mode():
-            q = self.model.query(
+            q = self.model.scoring_query(self.model.query(
                 torch.from_numpy(np.stack([x.hidden for x in states])),
                 torch.from_numpy(np.stack([x.long_term for x in states])),
                 torch.tensor([x.lt_weight for x in states], dtype=torch.float32),
-            )
+            ))
             exclude = None
             if self.config.exclude_seen:
                 row = self.catalogue.index.get
                 exclude = [[j for j in map(row, x.recent_items) if j is not None] for x in states]
             self.scorer.sync(self.catalogue, self.model)
-            scores, idx = self.scorer.top_k(q, k, exclude)
+            scores, idx = self.scorer.top_k(q, k, exclude, self.rebuy_boost(states) if self.model.config.rebuys else None)
         ids = self.catalogue.ids
         return [  # through numpy: torch's tolist() costs ~1 us per element
             [ScoredItem(ids[j], v) for v, j in zip(row_s, row_i) if v != float("-inf")]
             for row_s, row_i in zip(scores.numpy().tolist(), idx.numpy().tolist())
         ]
+
+    def rebuy_boost(self, states: list[UserState]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per state, the catalogue rows of its history's items and their re-buy terms r(W) (``InterestModel.rebuy``),
+        W being each item's decayed purchase weight at the state's ``lt_time`` (``history.weights_at``)."""
+        boost = []
+        for x in states:
+            rows = self.catalogue.rows(x.history.items)
+            present = rows >= 0
+            weight = torch.from_numpy(history.weights_at(x.history, x.lt_time, self.config.half_life_s)[present])
+            boost.append((rows[present], self.model.rebuy(weight).numpy()))
+        return boost
 
     def apply(self, batch: list[Delivered], states: dict[str, UserState | None]) -> BatchResult:
         """Apply a micro-batch; ``states`` holds the stored state of each user in it (None if new)."""

@@ -31,7 +31,7 @@ def test_recent_heavier_items_dominate_the_long_term_average():
 def test_batched_gru_step_equals_one_user_at_a_time():
     model = InterestModel(ModelConfig(embed_dim=6, dim=4, hidden=5, encoder="t")).eval()
     h = torch.randn(3, 5)
-    e = torch.randn(3, 6)
+    e = torch.randn(3, 4)  # item vectors in the interest space
     types = torch.tensor([0, 1, 0])
     with torch.no_grad():
         batched = model.step(h, e, types)
