@@ -8,7 +8,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import HTTPError, URLError
@@ -17,7 +17,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from tqdm import tqdm
 
 from models.data import read_jsonl
-from models.records import Recommendation
+from models.records import Reason, Recommendation
 from state.faults import InterestStreamError
 from streams.connection import client_options
 from streams.settings import Settings
@@ -156,5 +156,19 @@ def recommendations(settings: Settings, from_beginning: bool = False,
 
 
 def format_recommendation(rec: Recommendation, titles: dict[str, str] | None = None) -> str:
-    names = [f"{titles.get(i.item_id, i.item_id) if titles else i.item_id} ({i.score:.3f})" for i in rec.items]
-    return f"user {rec.user_id} after {rec.event_id} [{rec.model_version}]: " + ", ".join(names)
+    """One line, `user U after E [model]: item (score), ...`; items with reasons a line each,
+    `  item 0.830  (near 17 0.91 · short 0.61 / long 0.39)`: the nearest recent item and its cosine, then
+    each score part's share. ``titles``: item id -> what to print for it."""
+    def name(item_id: str) -> str:
+        return titles.get(item_id, item_id) if titles else item_id
+
+    head = f"user {rec.user_id} after {rec.event_id} [{rec.model_version}]:"
+    if all(i.reason is None for i in rec.items):
+        return f"{head} " + ", ".join(f"{name(i.item_id)} ({i.score:.3f})" for i in rec.items)
+    return "\n".join([head, *(f"  {name(i.item_id)} {i.score:.3f}" + (f"  ({_why(i.reason, name)})" if i.reason else "")
+                             for i in rec.items)])
+
+
+def _why(reason: Reason, name: Callable[[str], str]) -> str:
+    near = f"near {name(reason.nearest)} {reason.similarity:.2f}" if reason.nearest is not None else "no other recent item"
+    return f"{near} · " + " / ".join(f"{part} {share:.2f}" for part, share in reason.shares().items())

@@ -7,6 +7,7 @@ replays the bundled event log and prints the recommendations of a few users, the
 from __future__ import annotations
 
 import tempfile
+import textwrap
 from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import replace
@@ -62,6 +63,6 @@ def run_demo(settings: Settings, show_users: int = 4, timeout_s: float = 180.0) 
             history[e["user_id"]].append(catalogue[e["item_id"]])
         for user in sorted(latest)[:show_users]:
             print(f"\n{user} recently: " + "; ".join(history[user][-4:]))
-            print("  " + format_recommendation(latest[user], catalogue))
+            print(textwrap.indent(format_recommendation(latest[user], catalogue), "  "))  # a line per item with reasons
         print(f"\n{len(latest)} users received recommendations; stopping")
         return latest

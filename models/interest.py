@@ -16,6 +16,7 @@ all sequences of a mini-batch at once, through the same ``step``, ``query`` and 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import time
@@ -105,12 +106,23 @@ class InterestModel(nn.Module):
         x = torch.cat([item_vec, nn.functional.one_hot(event_type, N_EVENT_TYPES).to(item_vec.dtype)], -1)
         return self.gru(x, hidden)
 
-    def query(self, hidden: torch.Tensor, long_term: torch.Tensor, lt_weight: torch.Tensor) -> torch.Tensor:
-        """Fused user vector [B, dim] from hidden [B, H], long-term average [B, embed_dim] and its weight [B]."""
+    def query_parts(self, hidden: torch.Tensor, long_term: torch.Tensor, lt_weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The fused user vector's named terms, each [B, dim], from hidden [B, H], long-term average
+        [B, embed_dim] and its weight [B]: ``short`` (the GRU's) and ``long`` (the long-term average's).
+        ``query`` is their sum, so an item's score splits into the same terms (``models.reasons``)."""
         confidence = (lt_weight / (lt_weight + self.log_w0.exp())).unsqueeze(-1)
         short = self.out(hidden)
         long = self.item_proj(long_term) * (lt_weight > 0).unsqueeze(-1)  # no history: no long-term term
-        return self.log_a_short.exp() * short + self.log_a_long.exp() * confidence * long
+        return {"short": self.log_a_short.exp() * short, "long": self.log_a_long.exp() * confidence * long}
+
+    @staticmethod
+    def fuse(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The user vector [B, dim]: the sum of ``query_parts``."""
+        return functools.reduce(torch.add, parts.values())
+
+    def query(self, hidden: torch.Tensor, long_term: torch.Tensor, lt_weight: torch.Tensor) -> torch.Tensor:
+        """Fused user vector [B, dim] from hidden [B, H], long-term average [B, embed_dim] and its weight [B]."""
+        return self.fuse(self.query_parts(hidden, long_term, lt_weight))
 
     def save(self, path: Path) -> str:
         """Write a versioned checkpoint; the version is a timestamp plus a hash of the weights."""

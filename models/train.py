@@ -30,6 +30,12 @@ from models.updater import UpdaterConfig
 from state.faults import InterestStreamError
 
 
+def validation_cutoff(times: np.ndarray, fraction: float) -> float:
+    """The time from which on (inclusive) events of the training period are its validation part: its last
+    ``fraction`` by time, the ``1 - fraction`` quantile of ``times`` (unix seconds)."""
+    return float(np.quantile(times, 1 - fraction))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     dim: int = 64
@@ -228,7 +234,7 @@ def train(
     n_users = len(seqs.start) - 1
     full_len = np.diff(seqs.start).tolist()
     validate = config.val_fraction > 0
-    cutoff = float(np.quantile(seqs.times.numpy(), 1 - config.val_fraction)) if validate else np.inf
+    cutoff = validation_cutoff(seqs.times.numpy(), config.val_fraction) if validate else np.inf
     fit_len = [int((seqs.times[seqs.start[u] : seqs.start[u + 1]] < cutoff).sum()) for u in range(n_users)]
     if not sum(fit_len):  # every training event is as late as the validation cutoff
         raise InterestStreamError(f"too few events to train on: none of the {len(seqs.items)} training events is before the "

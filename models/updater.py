@@ -1,7 +1,8 @@
 """The data path for one micro-batch: events -> user states -> recommendations.
 
 Pure computation, no Kafka: the worker's event step calls ``apply`` in its model thread, and
-``models.evaluate`` calls the same ``recommend``/``apply`` in-process, so what is measured is what is served.
+``models.evaluate`` calls the same ``apply`` in-process and ranks ``scores`` (``recommend``'s query over the
+whole catalogue), so what is measured is what is served.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-from models import history, longterm
+from models import history, longterm, reasons
 from models.catalogue import Catalogue
 from models.interest import InterestModel
 from models.records import Event, Recommendation, Rejection, ScoredItem
@@ -33,6 +35,7 @@ class UpdaterConfig:
 
     top_k: int = 10  # recommendations per user
     exclude_seen: bool = True  # drop the user's recent items from their recommendations
+    reasons: bool = False  # a reason per recommended item (models.reasons)
     recent_items: int = 50  # recent items remembered per user
     history_items: int = 100  # items a user's long-term history keeps, to recompute it (models.history)
     half_life_s: float = 7 * 86400.0  # of the long-term interest, seconds of event time
@@ -149,27 +152,51 @@ class InterestUpdater:
 
     # -- step 3: fuse, score the catalogue, keep the top k --------------------------------------------------
 
+    def _query_parts(self, states: list[UserState]) -> dict[str, torch.Tensor]:
+        """The parts [B, dim] of the fused query each state ranks the item space with (``InterestModel.query_parts``;
+        call under inference mode)."""
+        return self.model.query_parts(
+            torch.from_numpy(np.stack([x.hidden for x in states])),
+            torch.from_numpy(np.stack([x.long_term for x in states])),
+            torch.tensor([x.lt_weight for x in states], dtype=torch.float32),
+        )
+
+    def scores(self, states: list[UserState]) -> np.ndarray:
+        """Every catalogue item's score for each state: [len(states), len(catalogue)] float32, columns in
+        ``catalogue.ids`` order, higher is better; exact fp32, nothing excluded. ``recommend``'s top-k is these
+        scores' top-k with the exclusions (up to bf16 near-ties, and ANN misses in a large catalogue)."""
+        if not states or not len(self.catalogue):
+            return np.zeros((len(states), len(self.catalogue)), np.float32)
+        self.scorer.sync(self.catalogue, self.model)
+        with torch.inference_mode():
+            q = self.model.scoring_query(self.model.fuse(self._query_parts(states)))
+            scores = (q.to(self.scorer.device) @ self.scorer.space.T).cpu().numpy()
+        if self.model.config.rebuys:
+            for row, (rows, amounts) in zip(scores, self.rebuy_boost(states)):
+                row[rows] += amounts
+        return scores
+
     def recommend(self, states: list[UserState], k: int | None = None) -> list[list[ScoredItem]]:
-        """Top-k over the full catalogue for each state, the user's recent items excluded if configured."""
+        """Top-k over the full catalogue for each state, the user's recent items excluded if configured,
+        each item with its reason if configured (``models.reasons``)."""
         k = k or self.config.top_k
         if not states or not len(self.catalogue):
             return [[] for _ in states]
         with torch.inference_mode():
-            q = self.model.scoring_query(self.model.query(
-                torch.from_numpy(np.stack([x.hidden for x in states])),
-                torch.from_numpy(np.stack([x.long_term for x in states])),
-                torch.tensor([x.lt_weight for x in states], dtype=torch.float32),
-            ))
-            exclude = None
-            if self.config.exclude_seen:
+            parts = self._query_parts(states)
+            recent: list[list[int]] = []  # each user's recent items' rows, if needed
+            if self.config.exclude_seen or self.config.reasons:
                 row = self.catalogue.index.get
-                exclude = [[j for j in map(row, x.recent_items) if j is not None] for x in states]
+                recent = [[j for j in map(row, x.recent_items) if j is not None] for x in states]
             self.scorer.sync(self.catalogue, self.model)
-            scores, idx = self.scorer.top_k(q, k, exclude, self.rebuy_boost(states) if self.model.config.rebuys else None)
+            boost = self.rebuy_boost(states) if self.model.config.rebuys else None
+            scores, idx = self.scorer.top_k(self.model.scoring_query(self.model.fuse(parts)), k, recent if self.config.exclude_seen else None, boost)
+            explained = (reasons.explain(parts, self.scorer.space, idx, recent, self.catalogue.ids, boost) if self.config.reasons
+                         else repeat(repeat(None)))
         ids = self.catalogue.ids
         return [  # through numpy: torch's tolist() costs ~1 us per element
-            [ScoredItem(ids[j], v) for v, j in zip(row_s, row_i) if v != float("-inf")]
-            for row_s, row_i in zip(scores.numpy().tolist(), idx.numpy().tolist())
+            [ScoredItem(ids[j], v, why) for v, j, why in zip(row_s, row_i, row_why) if v != float("-inf")]
+            for row_s, row_i, row_why in zip(scores.numpy().tolist(), idx.numpy().tolist(), explained)
         ]
 
     def rebuy_boost(self, states: list[UserState]) -> list[tuple[np.ndarray, np.ndarray]]:

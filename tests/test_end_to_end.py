@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -90,3 +91,45 @@ def test_replay_produces_recommendations_consistent_with_table_state(settings, s
         assert len(published.items) == settings.top_k
         assert not set(states[user].recent_items) & {i.item_id for i in published.items}  # seen items excluded
         assert published.model_version == updater.model.version
+
+
+def test_with_reasons_each_published_item_is_explained_by_one_of_the_users_events(settings, sample_events, tmp_path):
+    settings = replace(settings, reasons=True)
+    users = sorted({e["user_id"] for e in sample_events})[:3]
+    events = [e for e in sample_events if e["user_id"] in users]
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
+        worker.wait_ready(min_items=96)
+        log = tmp_path / "events.jsonl"
+        log.write_text(to_jsonl(events))
+        replay(settings, log, progress=False)
+        wait_until(lambda: metric_sum(scrape(settings.metrics_port), "interest_events_consumed_total") >= len(events),
+                   what="all events consumed")
+        recs = latest_recommendations(settings)
+        assert worker.alive, worker.log_tail()
+    finally:
+        worker.stop()
+    assert worker.exit_code == 0, worker.log_tail()
+
+    assert set(recs) == set(users)
+    for user, rec in recs.items():
+        touched = {e["item_id"] for e in events if e["user_id"] == user}
+        assert len(rec.items) == settings.top_k
+        for item in rec.items:
+            assert item.reason is not None and item.reason.nearest in touched, (user, item)
+            assert -1.0 <= item.reason.similarity <= 1.0
+            assert sum(item.reason.parts.values()) == pytest.approx(item.score, rel=1e-5, abs=1e-6)
+    # What was published is what the model side computes from the stored state.
+    encoder = ItemEncoder(settings.encoder_path, "cpu")
+    store = ItemStore(settings.data_dir / "items")
+    catalogue = Catalogue(encoder.dim)
+    catalogue.upsert(list(store))
+    store.close()
+    updater = InterestUpdater(InterestModel.untrained(encoder.dim, settings.hidden_size, encoder.name), catalogue, settings.updater_config())
+    states = load_user_states(settings.data_dir)
+    for user, expected in zip(users, updater.recommend([states[u] for u in users])):
+        assert [i.item_id for i in recs[user].items] == [i.item_id for i in expected]
+        for got, want in zip(recs[user].items, expected):
+            assert got.reason.nearest == want.reason.nearest
+            assert got.reason.parts == pytest.approx(want.reason.parts, abs=1e-5)

@@ -49,10 +49,13 @@ def test_train_then_evaluate_on_a_recorded_log(sample_catalogue, sample_events, 
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["data"] == data and (report["train_events"], report["test_events"]) == (576, 144)
     assert report["test_from"] == trained["train_before"] and report["versions"]["fused"] == trained["version"]
-    assert list(report["results"]) == ["fused", "long-term only", "GRU only", "untrained default", "popular-7d", "popular-all", "item-knn"]
+    assert list(report["results"]) == ["fused", "long-term only", "GRU only", "untrained default", "popular", "item-knn"]
     for result in report["results"].values():
-        metrics = [v for part in result.values() for k, v in part.items() if k != "events" and v is not None]
+        parts = [result[part] for part in ("all", "users_with_history", "new_users")]
+        metrics = [v for part in parts for k, v in part.items() if k not in ("events", "groups") and v is not None]
         assert result["all"]["events"] == 144 and metrics and all(0.0 <= v <= 1.0 for v in metrics)
+    assert report["results"]["popular"]["tuning"]["params"]["window_s"] in (86400.0, 7 * 86400.0, 30 * 86400.0, None)
+    assert report["results"]["item-knn"]["tuning"]["params"]["recent"] in (5, 20, 100)
 
 
 def test_a_recorded_log_reads_as_the_stream_and_replay_would(tmp_path):

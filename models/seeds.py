@@ -1,0 +1,47 @@
+"""Several evaluation runs (one per seed) summarised: per recommender, part and metric, the spread over runs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.evaluate import METRICS
+
+PARTS = ("all", "users_with_history", "new_users")
+
+
+def summarise(runs: list[dict[str, dict]]) -> dict[str, dict[str, dict[str, dict[str, float] | None]]]:
+    """``runs``: ``models.evaluate.evaluate`` results, one per seed, of the same recommenders. Returns
+    ``[recommender][part][metric]`` -> {"mean", "std", "min", "max", "runs"}, std the sample standard
+    deviation (n - 1; 0 for one run); None where a run has no value (no event of that part). Raises
+    ``ValueError`` for no runs, or runs of different recommenders."""
+    if not runs:
+        raise ValueError("no runs to summarise")
+    names = list(runs[0])
+    if any(list(r) != names for r in runs):
+        raise ValueError(f"the runs are of different recommenders: {[list(r) for r in runs]}")
+    out: dict[str, dict[str, dict[str, dict[str, float] | None]]] = {}
+    for name in names:
+        out[name] = {}
+        for part in PARTS:
+            out[name][part] = {}
+            for metric in METRICS:
+                values = [r[name][part][metric] for r in runs]
+                if any(v is None for v in values):
+                    out[name][part][metric] = None
+                    continue
+                v = np.array(values, float)
+                out[name][part][metric] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                                           "min": float(v.min()), "max": float(v.max()), "runs": len(v)}
+    return out
+
+
+def format_summary(summary: dict[str, dict], part: str = "all") -> str:
+    """One line per recommender: mean ± std of each metric over the runs, for ``part``."""
+    width = max(len(n) for n in summary) + 2
+    lines = [f"{'':{width}}" + "".join(f"{m:>18}" for m in METRICS)]
+    for name, parts in summary.items():
+        cells = [f"{'-':>18}" if s is None else f"{s['mean']:.4f} ± {s['std']:.4f}".rjust(18) for s in (parts[part][m] for m in METRICS)]
+        lines.append(f"{name:{width}}" + "".join(cells))
+    runs = next((s["runs"] for parts in summary.values() for s in parts[part].values() if s is not None), 0)
+    lines.append(f"mean ± sample standard deviation over {runs} runs ({part})")
+    return "\n".join(lines)
