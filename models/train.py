@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models import longterm
+from models.history import HORIZON_HALF_LIVES, PRUNE_TO
 from models.interest import InterestModel, ModelConfig
 from models.records import Event
 from models.updater import UpdaterConfig
@@ -132,12 +133,14 @@ def lanes(seqs: Sequences, users: list[int], lengths: list[int], n_lanes: int, r
 
 @dataclass
 class LaneState:
-    """What each lane carries from one window to the next: the GRU state, the decayed weight of every item
-    its current user had (``models.history``'s W, unbounded), the time of its last event, and the same two
-    as of the start of the current group."""
+    """What each lane carries from one window to the next: the GRU state; per catalogue item, the decayed
+    weight W of its current user's history (``models.history``: bounded and pruned as the stream's, when
+    re-buys are candidates; every item the user had, when they are excluded) and the time of the item's
+    last touch; the time of the lane's last event; and the state and weights as of the current group's start."""
 
     hidden: torch.Tensor  # [L, H]
     had: torch.Tensor  # [L, N]
+    touched: torch.Tensor  # [L, N] float64
     time: torch.Tensor  # [L] float64
     group_hidden: torch.Tensor  # [L, H]
     group_had: torch.Tensor  # [L, N]
@@ -145,11 +148,29 @@ class LaneState:
     @classmethod
     def empty(cls, lanes: int, hidden: int, items: int) -> "LaneState":
         h, had = torch.zeros(lanes, hidden), torch.zeros(lanes, items)
-        return cls(h, had, torch.zeros(lanes, dtype=torch.float64), h, had)
+        return cls(h, had, torch.zeros(lanes, items, dtype=torch.float64), torch.zeros(lanes, dtype=torch.float64), h, had)
+
+    def detach(self) -> "LaneState":
+        return LaneState(*(x.detach() for x in (self.hidden, self.had, self.touched, self.time, self.group_hidden, self.group_had)))
+
+
+def _prune(had: torch.Tensor, touched: torch.Tensor, now: torch.Tensor, joined: torch.Tensor, items: torch.Tensor,
+           settings: UpdaterConfig) -> torch.Tensor:
+    """``history.prune`` for the lanes whose user's history an item just ``joined`` [L]: entries untouched for
+    ``HORIZON_HALF_LIVES`` before ``now`` [L] go; past ``history_items``, those of least weight, never the
+    newest (``items`` [L]), down to ``PRUNE_TO`` of the cap. ``had`` is already decayed to ``now``."""
+    horizon = (now - HORIZON_HALF_LIVES * settings.half_life_s).unsqueeze(-1)
+    had = had.masked_fill(joined.unsqueeze(-1) & (touched < horizon), 0.0)
+    for lane in (joined & ((had > 0).sum(1) > settings.history_items)).nonzero().flatten().tolist():
+        weights = had[lane].clone()
+        weights[items[lane]] = float("inf")
+        keep = torch.topk(weights, max(1, int(PRUNE_TO * settings.history_items))).indices
+        had[lane] = torch.zeros_like(weights).index_copy(0, keep, had[lane, keep])
+    return had
 
 
 def window_logits(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, seqs: Sequences, idx: torch.Tensor, lane: LaneState,
-                  exclude_seen: bool, half_life_s: float, dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, LaneState]:
+                  exclude_seen: bool, settings: UpdaterConfig, dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, LaneState]:
     """Scores [L, W, N] of every catalogue item before each event of ``idx`` [L, W] (as the stream ranks them
     before the event's group), whether each event's item was a candidate [L, W] (with ``exclude_seen`` the
     user's items before the group are not), and the lanes' state after the window. ``rows``: the catalogue's
@@ -163,7 +184,7 @@ def window_logits(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, s
     items, types, new_user, new_group = seqs.items[g], seqs.types[g], seqs.pos[g] == 0, seqs.group[g]
     times, weights = seqs.times[g], seqs.weights[g].float()
     space = model.item_space(emb, rows)  # [N, dim + 1]
-    h, had, t_last, gh, ghad = lane.hidden, lane.had, lane.time, lane.group_hidden, lane.group_had
+    h, had, touched, t_last, gh, ghad = lane.hidden, lane.had, lane.touched, lane.time, lane.group_hidden, lane.group_had
     before, had_before = [], []
     lane_ix = torch.arange(L)
     for t in range(W):
@@ -174,9 +195,13 @@ def window_logits(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, s
         before.append(gh)
         had_before.append(ghad)
         h = model.step(h, drop(space[items[:, t], :-1]), types[:, t])
-        decay = longterm.decay_factor((times[:, t] - t_last).masked_fill(new_user[:, t], 0.0).numpy(), half_life_s)
+        decay = longterm.decay_factor((times[:, t] - t_last).masked_fill(new_user[:, t], 0.0).numpy(), settings.half_life_s)
+        joined = had[lane_ix, items[:, t]] == 0
         had = had * torch.as_tensor(decay, dtype=had.dtype).unsqueeze(-1)
         had = had.index_put((lane_ix, items[:, t]), weights[:, t], accumulate=True)
+        touched = touched.index_put((lane_ix, items[:, t]), times[:, t])
+        if not exclude_seen:  # the re-buy term reads the history as the stream bounds it
+            had = _prune(had, touched, times[:, t], joined & (weights[:, t] > 0), items[:, t], settings)
         t_last = times[:, t]
     q = model.query(drop(torch.stack(before, 1)).reshape(L * W, -1), seqs.lt_avg[g].reshape(L * W, -1), seqs.lt_weight[g].reshape(-1).float())
     logits = (model.scoring_query(q) @ space.T).view(L, W, -1)
@@ -188,11 +213,11 @@ def window_logits(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, s
         logits = logits.masked_fill(seen, float("-inf"))
     elif model.config.rebuys:
         logits = logits + model.rebuy(prior)
-    return logits, candidate, LaneState(h, had, t_last, gh, ghad)
+    return logits, candidate, LaneState(h, had, touched, t_last, gh, ghad)
 
 
 def _pass(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, seqs: Sequences, grid: torch.Tensor, config: TrainConfig,
-          half_life_s: float, opt: torch.optim.Optimizer | None = None, since: float = -np.inf) -> tuple[float, torch.Tensor]:
+          settings: UpdaterConfig, opt: torch.optim.Optimizer | None = None, since: float = -np.inf) -> tuple[float, torch.Tensor]:
     """One pass over ``grid``; trains if ``opt`` is given. Scores events at or after ``since``: (loss sum over
     the events whose item was a candidate, 1-based ranks of every scored event, 0 where not a candidate)."""
     lane = LaneState.empty(grid.shape[0], model.config.hidden, len(emb))
@@ -200,8 +225,8 @@ def _pass(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, seqs: Seq
     with torch.set_grad_enabled(opt is not None):
         for w in range(0, grid.shape[1], config.window):
             idx = grid[:, w : w + config.window]
-            logits, candidate, lane = window_logits(model, emb, rows, seqs, idx, lane, config.exclude_seen, half_life_s, config.dropout)
-            lane = LaneState(*(x.detach() for x in (lane.hidden, lane.had, lane.time, lane.group_hidden, lane.group_had)))
+            logits, candidate, lane = window_logits(model, emb, rows, seqs, idx, lane, config.exclude_seen, settings, config.dropout)
+            lane = lane.detach()
             scored = (idx >= 0) & (seqs.times[idx.clamp(min=0)] >= since)
             if not scored.any():
                 continue
@@ -255,12 +280,12 @@ def train(
         for epoch in bar:
             grid = lanes(seqs, [u for u in range(n_users) if lengths[u]], lengths, config.lanes, rng)
             model.train()
-            loss, ranks = _pass(model, emb, rows, seqs, grid, config, settings.half_life_s, opt)
+            loss, ranks = _pass(model, emb, rows, seqs, grid, config, settings, opt)
             row = {"epoch": epoch, "train_loss": loss / max(int((ranks > 0).sum()), 1)}
             if early_stop:
                 assert val_grid is not None  # early stopping needs a validation period
                 model.eval()
-                loss, ranks = _pass(model, emb, rows, seqs, val_grid, config, settings.half_life_s, since=cutoff)
+                loss, ranks = _pass(model, emb, rows, seqs, val_grid, config, settings, since=cutoff)
                 hit = ((ranks >= 1) & (ranks <= 10)).double()  # 0: the item was not a candidate, a miss as in the evaluation
                 row.update({"val_loss": loss / max(int((ranks > 0).sum()), 1), "val_hr@10": hit.mean().item(),
                             "val_ndcg@10": (hit / torch.log2(ranks.clamp(min=1) + 1.0)).mean().item()})

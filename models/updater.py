@@ -171,9 +171,9 @@ class InterestUpdater:
         with torch.inference_mode():
             q = self.model.scoring_query(self.model.fuse(self._query_parts(states)))
             scores = (q.to(self.scorer.device) @ self.scorer.space.T).cpu().numpy()
-        if self.model.config.rebuys:
-            for row, (rows, amounts) in zip(scores, self.rebuy_boost(states)):
-                row[rows] += amounts
+            if self.model.config.rebuys:
+                for row, (rows, amounts) in zip(scores, self.rebuy_boost(states)):
+                    row[rows] += amounts
         return scores
 
     def recommend(self, states: list[UserState], k: int | None = None) -> list[list[ScoredItem]]:

@@ -151,12 +151,6 @@ def test_boosted_top_k_is_the_dense_top_k_of_the_boosted_scores(ann_min_items, b
     assert not boosted_excluded or sum(len(set(r) & set(b[::2].tolist())) for r, (b, _) in zip(unexcluded.tolist(), boost)) > 20
 
 
-SCORES_OUTSIDE_INFERENCE_MODE = pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "InterestUpdater.scores calls rebuy_boost after its inference_mode block: r(W) requires grad and .numpy() raises, "
-    "as it does for models.evaluate's StreamRecommender, which calls it so"))
-
-
-@SCORES_OUTSIDE_INFERENCE_MODE
 @pytest.mark.parametrize("ann_min_items", [100_000, 1000], ids=["exact", "ann"])
 def test_a_rebuy_models_scores_are_the_dense_scores_plus_rebuy_terms_and_rank_as_it_recommends(ann_min_items):
     from models.updater import Delivered, InterestUpdater, UpdaterConfig

@@ -75,21 +75,17 @@ def run_windows(model: InterestModel, emb: torch.Tensor, ids: list[str], seqs: S
     lane, logits, candidate = LaneState.empty(1, model.config.hidden, len(emb)), [], []
     with torch.no_grad():
         for w in range(0, grid.shape[1], window):
-            out, cand, lane = window_logits(model, emb, model.rows(ids), seqs, grid[:, w : w + window], lane, exclude_seen, half_life_s)
+            out, cand, lane = window_logits(model, emb, model.rows(ids), seqs, grid[:, w : w + window], lane, exclude_seen,
+                                            replace(SETTINGS, half_life_s=half_life_s))
             logits.append(out[0])
             candidate.append(cand[0])
     return torch.cat(logits), torch.cat(candidate)
 
 
-PRUNED = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "training's LaneState.had keeps every item the user had; the stream's history drops those untouched for "
-    "HORIZON_HALF_LIVES before the newest touch (history.prune), so their c_rebuy [W > 0] is in training's scores only"))
-
-
 @pytest.mark.parametrize(("rebuys", "half_life_s"), [
     (False, SETTINGS.half_life_s),
     (True, 10 * SETTINGS.half_life_s),  # users span up to 9.4 h: the stream's history keeps every item (6.6 half-lives)
-    pytest.param(True, SETTINGS.half_life_s, marks=PRUNED),
+    (True, SETTINGS.half_life_s),  # the stream's history drops items untouched for 6.6 half-lives: so does training's
 ], ids=["seen-excluded", "rebuys", "rebuys-pruned-history"])
 def test_training_sees_the_states_the_stream_holds(embedded, sample_events, rebuys, half_life_s):
     """Long-term inputs, the scores of every catalogue item before each event and whether its item is a candidate:
@@ -147,7 +143,7 @@ def test_training_masks_the_items_the_user_had_and_a_masked_target_is_a_miss(exc
     assert [torch.isinf(row).nonzero().flatten().tolist() for row in logits] == masked
     assert cand.tolist() == candidate
     loss, ranks = _pass(model, emb, model.rows(IDS5), seqs, grid, TrainConfig(window=4, dropout=0.0, exclude_seen=exclude_seen),
-                        SETTINGS.half_life_s)
+                        SETTINGS)
     assert math.isfinite(loss)  # the masked target is left out of the loss: its -inf logit would make it infinite
     assert (ranks > 0).tolist() == candidate  # rank 0: a miss
 
