@@ -212,38 +212,42 @@ def window_logits(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, s
         candidate = ~seen.gather(2, items.unsqueeze(-1)).squeeze(-1)  # a repeated target is not a candidate: a miss
         logits = logits.masked_fill(seen, float("-inf"))
     elif model.config.rebuys:
-        logits = logits + model.rebuy(prior)
+        at = prior.nonzero(as_tuple=True)  # a user has a few dozen of the N items: r(0) = 0 elsewhere
+        logits = logits.index_put(at, model.rebuy(prior[at]), accumulate=True)
     return logits, candidate, LaneState(h, had, touched, t_last, gh, ghad)
 
 
 def _pass(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, seqs: Sequences, grid: torch.Tensor, config: TrainConfig,
-          settings: UpdaterConfig, opt: torch.optim.Optimizer | None = None, since: float = -np.inf) -> tuple[float, torch.Tensor]:
-    """One pass over ``grid``; trains if ``opt`` is given. Scores events at or after ``since``: (loss sum over
-    the events whose item was a candidate, 1-based ranks of every scored event, 0 where not a candidate)."""
+          settings: UpdaterConfig, opt: torch.optim.Optimizer | None = None, since: float = -np.inf) -> tuple[float, int, torch.Tensor]:
+    """One pass over ``grid``: trains if ``opt`` is given, else ranks. Scores events at or after ``since``:
+    (loss sum over the events whose item was a candidate, their number, and without ``opt`` the 1-based
+    rank of each scored event's item, 0 where it was not a candidate: a miss)."""
     lane = LaneState.empty(grid.shape[0], model.config.hidden, len(emb))
-    total, ranks = 0.0, []
+    total, fitted, ranks = 0.0, 0, []
     with torch.set_grad_enabled(opt is not None):
         for w in range(0, grid.shape[1], config.window):
             idx = grid[:, w : w + config.window]
             logits, candidate, lane = window_logits(model, emb, rows, seqs, idx, lane, config.exclude_seen, settings, config.dropout)
-            lane = lane.detach()
+            lane = lane.detach()  # truncated backpropagation: the state goes on, its gradient stops here
             scored = (idx >= 0) & (seqs.times[idx.clamp(min=0)] >= since)
-            if not scored.any():
+            fit = scored & candidate
+            flat = logits.view(-1, logits.shape[-1])
+            if opt is None and scored.any():
+                ranked, target = flat[scored.view(-1)], seqs.items[idx[scored]]
+                rank = (ranked > ranked.gather(1, target.unsqueeze(1))).sum(1) + 1
+                ranks.append(rank.masked_fill(~candidate[scored], 0))
+            if not fit.any():
                 continue
-            fit = scored & candidate  # truncated backpropagation: the state goes on, its gradient stops above
-            target = seqs.items[idx[scored]]
-            ranked = logits[scored]
-            rank = (ranked > ranked.gather(1, target.unsqueeze(1))).sum(1) + 1
-            ranks.append(rank.masked_fill(~candidate[scored], 0))
-            if fit.any():
-                loss = nn.functional.cross_entropy(logits[fit], seqs.items[idx[fit]], reduction="sum")
-                if opt is not None:
-                    opt.zero_grad()
-                    (loss / int(fit.sum())).backward()
-                    nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                    opt.step()
-                total += loss.item()
-    return total, torch.cat(ranks)
+            # the target -100 (cross_entropy's ignore_index) leaves an event out without copying the [L * W, N] logits
+            loss = nn.functional.cross_entropy(flat, seqs.items[idx].masked_fill(~fit, -100).view(-1), reduction="sum")
+            n = int(fit.sum())
+            if opt is not None:
+                opt.zero_grad()
+                (loss / n).backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                opt.step()
+            total, fitted = total + loss.item(), fitted + n
+    return total, fitted, torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
 
 def train(
@@ -280,14 +284,14 @@ def train(
         for epoch in bar:
             grid = lanes(seqs, [u for u in range(n_users) if lengths[u]], lengths, config.lanes, rng)
             model.train()
-            loss, ranks = _pass(model, emb, rows, seqs, grid, config, settings, opt)
-            row = {"epoch": epoch, "train_loss": loss / max(int((ranks > 0).sum()), 1)}
+            loss, fitted, _ = _pass(model, emb, rows, seqs, grid, config, settings, opt)
+            row = {"epoch": epoch, "train_loss": loss / max(fitted, 1)}
             if early_stop:
                 assert val_grid is not None  # early stopping needs a validation period
                 model.eval()
-                loss, ranks = _pass(model, emb, rows, seqs, val_grid, config, settings, since=cutoff)
+                loss, fitted, ranks = _pass(model, emb, rows, seqs, val_grid, config, settings, since=cutoff)
                 hit = ((ranks >= 1) & (ranks <= 10)).double()  # 0: the item was not a candidate, a miss as in the evaluation
-                row.update({"val_loss": loss / max(int((ranks > 0).sum()), 1), "val_hr@10": hit.mean().item(),
+                row.update({"val_loss": loss / max(fitted, 1), "val_hr@10": hit.mean().item(),
                             "val_ndcg@10": (hit / torch.log2(ranks.clamp(min=1) + 1.0)).mean().item()})
             history.append(row)
             bar.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})

@@ -142,7 +142,7 @@ def test_training_masks_the_items_the_user_had_and_a_masked_target_is_a_miss(exc
     logits, cand = run_windows(model, emb, IDS5, seqs, grid, 4, exclude_seen)
     assert [torch.isinf(row).nonzero().flatten().tolist() for row in logits] == masked
     assert cand.tolist() == candidate
-    loss, ranks = _pass(model, emb, model.rows(IDS5), seqs, grid, TrainConfig(window=4, dropout=0.0, exclude_seen=exclude_seen),
+    loss, _, ranks = _pass(model, emb, model.rows(IDS5), seqs, grid, TrainConfig(window=4, dropout=0.0, exclude_seen=exclude_seen),
                         SETTINGS)
     assert math.isfinite(loss)  # the masked target is left out of the loss: its -inf logit would make it infinite
     assert (ranks > 0).tolist() == candidate  # rank 0: a miss
