@@ -180,7 +180,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> None:
     train_events, _, cutoff = log.split(args.test_fraction)
     encoder, embeddings = _embedded(args, settings, log)
     config = TrainConfig(dim=args.dim, hidden=args.hidden, epochs=args.epochs, patience=args.patience, lr=args.lr, dropout=args.dropout,
-                         lanes=args.lanes, window=args.window, refit=not args.no_refit, seed=args.seed)
+                         lanes=args.lanes, window=args.window, refit=not args.no_refit, exclude_seen=not args.rebuys, seed=args.seed)
     index = {item.item_id: n for n, item in enumerate(log.items)}
     model, report = train(train_events, index, embeddings, encoder.name, settings.updater_config(), config, progress=True)
     out = Path(args.out)
@@ -212,6 +212,9 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> None:
         fused = InterestModel.load(Path(args.checkpoint))
         if (fused.config.encoder, fused.config.embed_dim) != (encoder.name, encoder.dim):
             raise InterestStreamError(f"checkpoint was trained on {fused.config.encoder} ({fused.config.embed_dim}-d), not {encoder.name}")
+        if fused.config.rebuys != args.keep_seen:
+            raise InterestStreamError("the checkpoint was trained " + ("with re-buys as candidates: evaluate it with --keep-seen" if fused.config.rebuys
+                                      else "with seen items excluded: evaluate it without --keep-seen (train with --rebuys for that)"))
         models = {"fused": fused, "long-term only": ablate(fused, "long"), "GRU only": ablate(fused, "short")}
     models["untrained default"] = InterestModel.untrained(encoder.dim, settings.hidden_size, encoder.name)
     config = EvalConfig(exclude_seen=not args.keep_seen)
@@ -370,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lanes", type=int, default=32, help="users trained side by side (session-parallel mini-batches)")
     p.add_argument("--window", type=int, default=32, help="steps per mini-batch (truncated backpropagation through time)")
     p.add_argument("--no-refit", action="store_true", help="keep the early-stopped model instead of refitting on the whole training period")
+    p.add_argument("--rebuys", action="store_true", help="re-buys are candidates (groceries): learn the re-buy term from the user's own "
+                   "history; serve with INTEREST_EXCLUDE_SEEN=false and evaluate with --keep-seen")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_train)
 

@@ -73,6 +73,11 @@ def prune(history: History, max_items: int, half_life_s: float) -> None:
     history.keep(kept.tolist())
 
 
+def weights_at(history: History, t: float, half_life_s: float) -> np.ndarray:
+    """float64 [len(history)]: each entry's weight W_i decayed from its last touch to time ``t`` (unix seconds)."""
+    return np.array(history.weights, np.float64) * longterm.decay_factor(t - np.array(history.times), half_life_s)
+
+
 def current_fingerprints(history: History, catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray]:
     """Each entry's row (-1: the catalogue lacks the item) and the fingerprint its weight should have
     been added with now (``NOT_IN_SUM`` for a lacking item)."""
@@ -99,7 +104,7 @@ def recompute(histories: Sequence[History], at: np.ndarray, catalogue: Catalogue
         present = r >= 0
         rows.append(r[present])
         users.append(np.full(int(present.sum()), b, np.int64))
-        decayed.append((np.array(history.weights) * longterm.decay_factor(at[b] - np.array(history.times), half_life_s))[present])
+        decayed.append(weights_at(history, at[b], half_life_s)[present])
     n = len(histories)
     if not n:
         return np.zeros((0, catalogue.dim), np.float32), np.zeros(0)

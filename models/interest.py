@@ -1,7 +1,17 @@
 """Short-term GRU, fusion with the long-term vector, and the item tower they are scored against.
 
+A user's score for item i is  q_u . v_i + b_i  (+ r(W_ui) in the re-buy mode), where
+- v_i = P e_i + E_i: the item's text embedding e_i through a linear map, plus, for an item seen in training,
+  a learned item embedding E_i (zero for any other item: a new item is scored from its text alone);
+- b_i = w . e_i + B_i: an item bias, its popularity (the text part generalises it to new items);
+- q_u fuses the GRU's short-term state with the long-term average of the user's item embeddings;
+- r(W) = a log(1 + W) + c [W > 0]: a re-buy term from W_ui, the user's own decayed purchase weight of the
+  item (``models.history``), the standard repeat signal of next-basket recommendation (frequency and
+  recency of the user's own purchases; Hu et al., SIGIR 2020; Li et al., TOIS 2023). Only in a model
+  trained with re-buys as candidates (``ModelConfig.rebuys``).
+
 Everything is batched over users: the stream steps all users of a micro-batch at once, training steps
-all sequences of a mini-batch at once, through the same ``step`` and ``query``.
+all sequences of a mini-batch at once, through the same ``step``, ``query`` and ``item_space``.
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ class ModelConfig:
     dim: int  # interest space the user query and items meet in
     hidden: int  # GRU hidden size
     encoder: str  # encoder the model was trained against (its embeddings are its input)
+    known_items: int = 0  # items with a learned embedding and bias (seen in training; ids in the checkpoint)
+    rebuys: bool = False  # trained with the user's own items as candidates: scores add the re-buy term r(W)
 
 
 class InterestModel(nn.Module):
@@ -34,6 +46,16 @@ class InterestModel(nn.Module):
         super().__init__()
         self.config = config
         self.item_proj = nn.Linear(config.embed_dim, config.dim)  # item tower: also works for unseen items
+        self.text_bias = nn.Linear(config.embed_dim, 1)
+        nn.init.zeros_(self.text_bias.weight)
+        nn.init.zeros_(self.text_bias.bias)
+        # Row 0: every item without one (zero, never trained); rows 1..known_items: [E_i, B_i], from zero.
+        self.item_id = nn.Embedding(config.known_items + 1, config.dim + 1, padding_idx=0)
+        nn.init.zeros_(self.item_id.weight)
+        self.item_ids: list[str] = []  # the items of rows 1..known_items
+        self._row: dict[str, int] = {}
+        self.log_a_rebuy = nn.Parameter(torch.zeros(()))
+        self.c_rebuy = nn.Parameter(torch.zeros(()))
         self.gru = nn.GRUCell(config.dim + N_EVENT_TYPES, config.hidden)
         self.out = nn.Linear(config.hidden, config.dim)
         # Fusion: q = a_s * short + a_l * c * long, with confidence c = W / (W + w0) from the decayed weight W.
@@ -53,13 +75,35 @@ class InterestModel(nn.Module):
             model.log_a_short.fill_(-3.0)
         return model.eval()
 
-    def items(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Encoder vectors [N, embed_dim] -> interest space [N, dim]."""
-        return self.item_proj(embeddings)
+    def learn_items(self, item_ids: list[str]) -> None:
+        """Give ``item_ids`` (``known_items`` of them, in row order) their learned embedding rows."""
+        if len(item_ids) != self.config.known_items:
+            raise ValueError(f"{len(item_ids)} item ids for {self.config.known_items} learned rows")
+        self.item_ids = list(item_ids)
+        self._row = {item: n + 1 for n, item in enumerate(item_ids)}
 
-    def step(self, hidden: torch.Tensor, item_emb: torch.Tensor, event_type: torch.Tensor) -> torch.Tensor:
-        """One GRU step for a batch: hidden [B, H], item_emb [B, embed_dim], event_type [B] (0 click, 1 purchase)."""
-        x = torch.cat([self.items(item_emb), nn.functional.one_hot(event_type, N_EVENT_TYPES).to(item_emb.dtype)], -1)
+    def rows(self, item_ids: list[str]) -> torch.Tensor:
+        """int64 [N]: each item's learned row, 0 for an item seen in no training."""
+        return torch.tensor([self._row.get(i, 0) for i in item_ids], dtype=torch.long)
+
+    def item_space(self, embeddings: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder vectors [N, embed_dim] and learned rows [N] (None: none) -> [N, dim + 1]: each item's
+        vector v_i and, last, its bias b_i; ``scoring_query`` gives the user side of the same product."""
+        x = torch.cat([self.item_proj(embeddings), self.text_bias(embeddings)], -1)
+        return x if rows is None else x + self.item_id(rows)
+
+    def scoring_query(self, q: torch.Tensor) -> torch.Tensor:
+        """User vectors [B, dim] -> [B, dim + 1] (a 1 for the bias): q . v_i + b_i = scoring_query(q) . item_space_i."""
+        return torch.cat([q, q.new_ones(q.shape[0], 1)], -1)
+
+    def rebuy(self, weight: torch.Tensor) -> torch.Tensor:
+        """The re-buy term r(W) of the module docstring for the user's decayed purchase weights W (any shape)."""
+        return self.log_a_rebuy.exp() * torch.log1p(weight) + self.c_rebuy * (weight > 0)
+
+    def step(self, hidden: torch.Tensor, item_vec: torch.Tensor, event_type: torch.Tensor) -> torch.Tensor:
+        """One GRU step for a batch: hidden [B, H], the items' vectors v_i [B, dim] (``item_space`` without
+        the bias), event_type [B] (0 click, 1 purchase)."""
+        x = torch.cat([item_vec, nn.functional.one_hot(event_type, N_EVENT_TYPES).to(item_vec.dtype)], -1)
         return self.gru(x, hidden)
 
     def query_parts(self, hidden: torch.Tensor, long_term: torch.Tensor, lt_weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -68,7 +112,7 @@ class InterestModel(nn.Module):
         ``query`` is their sum, so an item's score splits into the same terms (``models.reasons``)."""
         confidence = (lt_weight / (lt_weight + self.log_w0.exp())).unsqueeze(-1)
         short = self.out(hidden)
-        long = self.items(long_term) * (lt_weight > 0).unsqueeze(-1)  # no history: no long-term term
+        long = self.item_proj(long_term) * (lt_weight > 0).unsqueeze(-1)  # no history: no long-term term
         return {"short": self.log_a_short.exp() * short, "long": self.log_a_long.exp() * confidence * long}
 
     @staticmethod
@@ -87,14 +131,18 @@ class InterestModel(nn.Module):
         digest = hashlib.sha256(buf.getvalue()).hexdigest()[:8]
         self.version = f"gru-{time.strftime('%Y%m%d%H%M%S')}-{digest}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"config": asdict(self.config), "state": self.state_dict(), "version": self.version}, path)
+        torch.save({"config": asdict(self.config), "state": self.state_dict(), "version": self.version, "item_ids": self.item_ids}, path)
         return self.version
 
     @classmethod
     def load(cls, path: Path) -> "InterestModel":
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         model = cls(ModelConfig(**ckpt["config"]))
-        model.load_state_dict(ckpt["state"])
+        try:
+            model.load_state_dict(ckpt["state"])
+        except RuntimeError as exc:
+            raise InterestStreamError(f"checkpoint {path} is not of this model's layout (an older version? train again): {exc}") from None
+        model.learn_items(ckpt.get("item_ids", []))
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise InterestStreamError(f"checkpoint {path} has non-finite weights: every state and score would be NaN")
         model.version = ckpt["version"]

@@ -2,8 +2,8 @@
 
 Computed for the published top-k only, batched over users: a few dozen vectors per user, never the
 catalogue. The parts are the query's terms (``InterestModel.query_parts``); a score term that is not of
-the query (an item bias, a re-buy term) joins them in ``score_parts`` as another named part, so that the
-parts still add up to the score.
+the query joins them in ``explain`` as another named part (``item``, the item's bias; ``rebuy``, the re-buy
+term), so that the parts still add up to the score.
 """
 
 from __future__ import annotations
@@ -46,17 +46,26 @@ def padded_rows(rows: list[list[int]]) -> torch.Tensor:
 
 
 def explain(query_parts: dict[str, torch.Tensor], space: torch.Tensor, rows: torch.Tensor, recent_rows: list[list[int]],
-            ids: list[str]) -> list[list[Reason]]:
+            ids: list[str], rebuy: list[tuple[np.ndarray, np.ndarray]] | None = None) -> list[list[Reason]]:
     """The reason for each recommended item: ``query_parts`` name -> [B, dim] on the CPU, ``space`` the
-    item space [N, dim] (any device), ``rows`` [B, k] the recommended rows (CPU), ``recent_rows`` each
-    user's recent items' rows, ``ids`` row -> item id."""
-    def vectors(at: torch.Tensor) -> torch.Tensor:  # [B, n] rows -> [B, n, dim] on the CPU
+    item space [N, dim + 1] (vectors, then biases: ``InterestModel.item_space``; any device), ``rows`` [B, k]
+    the recommended rows (CPU), ``recent_rows`` each user's recent items' rows, ``ids`` row -> item id,
+    ``rebuy`` each user's re-buy terms (rows, amounts) as ``Scorer.top_k`` added them. The parts are the
+    query's terms, ``item`` (the item's bias: its popularity) and, with ``rebuy``, ``rebuy``."""
+    def vectors(at: torch.Tensor) -> torch.Tensor:  # [B, n] rows -> [B, n, dim + 1] on the CPU
         return space.index_select(0, at.reshape(-1).to(space.device)).view(*at.shape, space.shape[1]).cpu()
 
     recent = padded_rows(recent_rows)
     items = vectors(rows)
-    parts = {name: part.numpy().tolist() for name, part in score_parts(query_parts, items).items()}
-    position, similarity = nearest(items, rows, vectors(recent.clamp(min=0)), recent)
+    named = {**score_parts(query_parts, items[..., :-1]), "item": items[..., -1]}
+    if rebuy is not None:
+        amounts = torch.zeros(rows.shape)
+        for b, (boosted, amount) in enumerate(rebuy):
+            at = {int(r): float(a) for r, a in zip(boosted, amount)}
+            amounts[b] = torch.tensor([at.get(int(r), 0.0) for r in rows[b]])
+        named["rebuy"] = amounts
+    parts = {name: part.numpy().tolist() for name, part in named.items()}
+    position, similarity = nearest(items[..., :-1], rows, vectors(recent.clamp(min=0))[..., :-1], recent)
     return [
         [Reason(ids[recent_rows[b][p]] if p >= 0 else None, sim, {name: parts[name][b][j] for name in parts})
          for j, (p, sim) in enumerate(zip(position_b, similarity_b))]

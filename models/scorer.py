@@ -73,7 +73,7 @@ class Scorer:
         if self._model is not model:
             rows = np.arange(size)
             # headroom: growing copies the whole space (seconds at a million 384-d items)
-            self._space = torch.zeros((max(1024, size + size // 8), model.config.dim), device=self.device)
+            self._space = torch.zeros((max(1024, size + size // 8), model.config.dim + 1), device=self.device)
             self.index, self._outliers = None, torch.zeros(0, dtype=torch.int64)
         else:
             rows = catalogue.changed_since(self._version)
@@ -84,7 +84,8 @@ class Scorer:
         if len(rows):
             picked = torch.from_numpy(rows)
             with torch.inference_mode():
-                self._space[picked.to(self.device)] = model.items(catalogue.embeddings[picked]).to(self.device)
+                vectors = model.item_space(catalogue.embeddings[picked], model.rows([catalogue.ids[r] for r in rows]))
+                self._space[picked.to(self.device)] = vectors.to(self.device)
         old_size, self._size = self._size, size
         self._follow_index(rows, old_size)
         self._follow_coarse(rows)
@@ -140,8 +141,28 @@ class Scorer:
         index.nprobe = self.config.ann_nprobe
         return index
 
-    def top_k(self, queries: torch.Tensor, k: int, exclude: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries [B, dim] -> (scores [B, k], rows [B, k]); excluded rows and missing candidates score -inf."""
+    def top_k(self, queries: torch.Tensor, k: int, exclude: list[list[int]] | None = None,
+              boost: list[tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries [B, dim + 1] (``InterestModel.scoring_query``) -> (scores [B, k], rows [B, k]); excluded
+        rows and missing candidates score -inf. ``boost[b]`` = (rows, amounts): those rows of user b score
+        that much more (the re-buy term), unless excluded. Exact for them: they are left out of the search
+        and scored one by one, then merged with its top k (so boosted or not, the k best are found)."""
+        if not boost or not any(len(r) for r, _ in boost):
+            return self._top_k(queries, k, exclude)
+        exclude = exclude or [[] for _ in boost]
+        kept = [(r[~np.isin(r, ex)], a[~np.isin(r, ex)]) for (r, a), ex in zip(boost, exclude)]
+        scores, rows = self._top_k(queries, k, [ex + r.tolist() for ex, (r, _) in zip(exclude, kept)])
+        width = max(len(r) for r, _ in kept)
+        extra_rows = torch.zeros((len(kept), width), dtype=torch.long)
+        extra = torch.full((len(kept), width), float("-inf"))
+        for b, (r, a) in enumerate(kept):
+            if len(r):
+                extra_rows[b, : len(r)] = torch.from_numpy(r)
+                extra[b, : len(r)] = (self.space[extra_rows[b, : len(r)]].cpu() @ queries[b].cpu()) + torch.from_numpy(a).float()
+        merged, pos = torch.topk(torch.cat([scores, extra], 1), min(k, scores.shape[1] + width), dim=-1)
+        return merged, torch.gather(torch.cat([rows, extra_rows], 1), 1, pos)
+
+    def _top_k(self, queries: torch.Tensor, k: int, exclude: list[list[int]] | None) -> tuple[torch.Tensor, torch.Tensor]:
         k = min(k, self._size)
         if self.index is None:
             scores, rows = top_k(queries.to(self.device), self.space, k, exclude, self._coarse)

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models import longterm
+from models.history import HORIZON_HALF_LIVES, PRUNE_TO
 from models.interest import InterestModel, ModelConfig
 from models.records import Event
 from models.updater import UpdaterConfig
@@ -48,7 +49,7 @@ class TrainConfig:
     window: int = 32  # steps per mini-batch (truncated backpropagation through time)
     val_fraction: float = 0.1  # last part of the training period (by time) used for early stopping
     refit: bool = True  # retrain on the whole training period for the best number of epochs
-    exclude_seen: bool = True  # as served: items the user already had are not candidates
+    exclude_seen: bool = True  # as served: items the user already had are not candidates; False: re-buys are, with the re-buy term
     seed: int = 0
 
 
@@ -62,7 +63,9 @@ class TrainReport:
 @dataclass
 class Sequences:
     """All events, user after user (time-ordered within a user), with the stream's long-term state *before*
-    each event."""
+    each event's group: a user's consecutive events with the same time (a basket, or ratings within one
+    second) form a group, and each is predicted from the state before the group, as the evaluation scores
+    them against the list shown before it (``models.evaluate``)."""
 
     start: list[int]  # [U + 1] offset of each user's first event
     items: torch.Tensor  # [E] catalogue row
@@ -70,9 +73,10 @@ class Sequences:
     times: torch.Tensor  # [E]
     user: torch.Tensor  # [E]
     pos: torch.Tensor  # [E] position in the user's sequence
-    lt_avg: torch.Tensor  # [E, embed_dim] decayed average before the event (zeros before the first)
+    group: torch.Tensor  # [E] bool: the event starts a group
+    weights: torch.Tensor  # [E] its long-term (and history) weight: click or purchase weight times quantity
+    lt_avg: torch.Tensor  # [E, embed_dim] decayed average before the event's group (zeros before the first)
     lt_weight: torch.Tensor  # [E] its decayed weight
-    first_seen: torch.Tensor  # [U, N] position of each item's first event per user (E where never)
 
 
 def build_sequences(events: list[Event], index: dict[str, int], embeddings: np.ndarray, settings: UpdaterConfig) -> Sequences:
@@ -89,6 +93,8 @@ def build_sequences(events: list[Event], index: dict[str, int], embeddings: np.n
     times = np.array([e.ts for e in flat])
     user = np.repeat(np.arange(len(seqs)), np.diff(start))
     pos = np.arange(len(flat)) - start[user]
+    group = pos == 0
+    group[1:] |= times[1:] != times[:-1]
     weights = np.where(types == 1, settings.purchase_weight, settings.click_weight) * np.array([e.quantity for e in flat])
     lt_avg = np.zeros((len(flat), embeddings.shape[1]), np.float32)
     lt_weight = np.zeros(len(flat))
@@ -102,9 +108,9 @@ def build_sequences(events: list[Event], index: dict[str, int], embeddings: np.n
         s_sum[users], s_w[users], s_t[users] = longterm.add(
             s_sum[users], s_w[users], s_t[users], times[rows], embeddings[items[rows]], weights[rows], settings.half_life_s
         )
-    first_seen = np.full((len(seqs), embeddings.shape[0]), len(flat), np.int64)
-    np.minimum.at(first_seen, (user, items), pos)
-    return Sequences(list(start), *(torch.from_numpy(a) for a in (items, types, times, user, pos, lt_avg, lt_weight, first_seen)))
+    first = np.maximum.accumulate(np.where(group, np.arange(len(flat)), 0))  # each event's group's first event
+    lt_avg, lt_weight = lt_avg[first], lt_weight[first]
+    return Sequences(list(start), *(torch.from_numpy(a) for a in (items, types, times, user, pos, group, weights, lt_avg, lt_weight)))
 
 
 def lanes(seqs: Sequences, users: list[int], lengths: list[int], n_lanes: int, rng: np.random.Generator | None = None) -> torch.Tensor:
@@ -125,54 +131,123 @@ def lanes(seqs: Sequences, users: list[int], lengths: list[int], n_lanes: int, r
     return grid
 
 
-def window_logits(model: InterestModel, emb: torch.Tensor, seqs: Sequences, idx: torch.Tensor, h: torch.Tensor,
-                  exclude_seen: bool, dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores [L, W, N] of every catalogue item before each event of ``idx`` [L, W] (as the stream ranks them),
-    and the hidden state after the window. ``h`` [L, H] is each lane's state before it."""
+@dataclass
+class LaneState:
+    """What each lane carries from one window to the next: the GRU state; per catalogue item, the decayed
+    weight W of its current user's history (``models.history``: bounded and pruned as the stream's, when
+    re-buys are candidates; every item the user had, when they are excluded) and the time of the item's
+    last touch; the time of the lane's last event; and the state and weights as of the current group's start."""
+
+    hidden: torch.Tensor  # [L, H]
+    had: torch.Tensor  # [L, N]
+    touched: torch.Tensor  # [L, N] float64
+    time: torch.Tensor  # [L] float64
+    group_hidden: torch.Tensor  # [L, H]
+    group_had: torch.Tensor  # [L, N]
+
+    @classmethod
+    def empty(cls, lanes: int, hidden: int, items: int) -> "LaneState":
+        h, had = torch.zeros(lanes, hidden), torch.zeros(lanes, items)
+        return cls(h, had, torch.zeros(lanes, items, dtype=torch.float64), torch.zeros(lanes, dtype=torch.float64), h, had)
+
+    def detach(self) -> "LaneState":
+        return LaneState(*(x.detach() for x in (self.hidden, self.had, self.touched, self.time, self.group_hidden, self.group_had)))
+
+
+def _prune(had: torch.Tensor, touched: torch.Tensor, now: torch.Tensor, joined: torch.Tensor, items: torch.Tensor,
+           settings: UpdaterConfig) -> torch.Tensor:
+    """``history.prune`` for the lanes whose user's history an item just ``joined`` [L]: entries untouched for
+    ``HORIZON_HALF_LIVES`` before ``now`` [L] go; past ``history_items``, those of least weight, never the
+    newest (``items`` [L]), down to ``PRUNE_TO`` of the cap. ``had`` is already decayed to ``now``."""
+    horizon = (now - HORIZON_HALF_LIVES * settings.half_life_s).unsqueeze(-1)
+    had = had.masked_fill(joined.unsqueeze(-1) & (touched < horizon), 0.0)
+    for lane in (joined & ((had > 0).sum(1) > settings.history_items)).nonzero().flatten().tolist():
+        weights = had[lane].clone()
+        weights[items[lane]] = float("inf")
+        keep = torch.topk(weights, max(1, int(PRUNE_TO * settings.history_items))).indices
+        had[lane] = torch.zeros_like(weights).index_copy(0, keep, had[lane, keep])
+    return had
+
+
+def window_logits(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, seqs: Sequences, idx: torch.Tensor, lane: LaneState,
+                  exclude_seen: bool, settings: UpdaterConfig, dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, LaneState]:
+    """Scores [L, W, N] of every catalogue item before each event of ``idx`` [L, W] (as the stream ranks them
+    before the event's group), whether each event's item was a candidate [L, W] (with ``exclude_seen`` the
+    user's items before the group are not), and the lanes' state after the window. ``rows``: the catalogue's
+    learned rows (``InterestModel.rows``)."""
     L, W = idx.shape
 
     def drop(x: torch.Tensor) -> torch.Tensor:
         return nn.functional.dropout(x, dropout, model.training)
 
     g = idx.clamp(min=0)  # padding (-1) computes on event 0 and is never scored
-    items, types, new_user = seqs.items[g], seqs.types[g], seqs.pos[g] == 0
-    before = []
+    items, types, new_user, new_group = seqs.items[g], seqs.types[g], seqs.pos[g] == 0, seqs.group[g]
+    times, weights = seqs.times[g], seqs.weights[g].float()
+    space = model.item_space(emb, rows)  # [N, dim + 1]
+    h, had, touched, t_last, gh, ghad = lane.hidden, lane.had, lane.touched, lane.time, lane.group_hidden, lane.group_had
+    before, had_before = [], []
+    lane_ix = torch.arange(L)
     for t in range(W):
-        h = h.masked_fill(new_user[:, t, None], 0.0)  # the next user in this lane starts from the empty state
-        before.append(h)
-        h = model.step(h, drop(emb[items[:, t]]), types[:, t])
+        fresh = new_user[:, t, None]
+        h, had = h.masked_fill(fresh, 0.0), had.masked_fill(fresh, 0.0)  # the next user in this lane starts empty
+        starts = new_group[:, t, None]
+        gh, ghad = torch.where(starts, h, gh), torch.where(starts, had, ghad)
+        before.append(gh)
+        had_before.append(ghad)
+        h = model.step(h, drop(space[items[:, t], :-1]), types[:, t])
+        decay = longterm.decay_factor((times[:, t] - t_last).masked_fill(new_user[:, t], 0.0).numpy(), settings.half_life_s)
+        joined = had[lane_ix, items[:, t]] == 0
+        had = had * torch.as_tensor(decay, dtype=had.dtype).unsqueeze(-1)
+        had = had.index_put((lane_ix, items[:, t]), weights[:, t], accumulate=True)
+        touched = touched.index_put((lane_ix, items[:, t]), times[:, t])
+        if not exclude_seen:  # the re-buy term reads the history as the stream bounds it
+            had = _prune(had, touched, times[:, t], joined & (weights[:, t] > 0), items[:, t], settings)
+        t_last = times[:, t]
     q = model.query(drop(torch.stack(before, 1)).reshape(L * W, -1), seqs.lt_avg[g].reshape(L * W, -1), seqs.lt_weight[g].reshape(-1).float())
-    logits = (q @ model.items(emb).T).view(L, W, -1)
+    logits = (model.scoring_query(q) @ space.T).view(L, W, -1)
+    prior = torch.stack(had_before, 1)  # [L, W, N]
+    candidate = torch.ones(L, W, dtype=torch.bool)
     if exclude_seen:
-        seen = seqs.first_seen[seqs.user[g]] < seqs.pos[g].unsqueeze(-1)  # had the item before this event
-        seen.scatter_(2, items.unsqueeze(-1), False)  # a repeated target stays a candidate
+        seen = prior > 0
+        candidate = ~seen.gather(2, items.unsqueeze(-1)).squeeze(-1)  # a repeated target is not a candidate: a miss
         logits = logits.masked_fill(seen, float("-inf"))
-    return logits, h
+    elif model.config.rebuys:
+        at = prior.nonzero(as_tuple=True)  # a user has a few dozen of the N items: r(0) = 0 elsewhere
+        logits = logits.index_put(at, model.rebuy(prior[at]), accumulate=True)
+    return logits, candidate, LaneState(h, had, touched, t_last, gh, ghad)
 
 
-def _pass(model: InterestModel, emb: torch.Tensor, seqs: Sequences, grid: torch.Tensor, config: TrainConfig,
-          opt: torch.optim.Optimizer | None = None, since: float = -np.inf) -> tuple[float, torch.Tensor]:
-    """One pass over ``grid``; trains if ``opt`` is given. Scores events at or after ``since``: (loss sum, ranks)."""
-    h = torch.zeros(grid.shape[0], model.config.hidden)
-    total, ranks = 0.0, []
+def _pass(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, seqs: Sequences, grid: torch.Tensor, config: TrainConfig,
+          settings: UpdaterConfig, opt: torch.optim.Optimizer | None = None, since: float = -np.inf) -> tuple[float, int, torch.Tensor]:
+    """One pass over ``grid``: trains if ``opt`` is given, else ranks. Scores events at or after ``since``:
+    (loss sum over the events whose item was a candidate, their number, and without ``opt`` the 1-based
+    rank of each scored event's item, 0 where it was not a candidate: a miss)."""
+    lane = LaneState.empty(grid.shape[0], model.config.hidden, len(emb))
+    total, fitted, ranks = 0.0, 0, []
     with torch.set_grad_enabled(opt is not None):
         for w in range(0, grid.shape[1], config.window):
             idx = grid[:, w : w + config.window]
-            logits, h = window_logits(model, emb, seqs, idx, h, config.exclude_seen, config.dropout)
-            h = h.detach()  # truncated backpropagation: the state goes on, its gradient stops here
-            mask = (idx >= 0) & (seqs.times[idx.clamp(min=0)] >= since)
-            if not mask.any():
+            logits, candidate, lane = window_logits(model, emb, rows, seqs, idx, lane, config.exclude_seen, settings, config.dropout)
+            lane = lane.detach()  # truncated backpropagation: the state goes on, its gradient stops here
+            scored = (idx >= 0) & (seqs.times[idx.clamp(min=0)] >= since)
+            fit = scored & candidate
+            flat = logits.view(-1, logits.shape[-1])
+            if opt is None and scored.any():
+                ranked, target = flat[scored.view(-1)], seqs.items[idx[scored]]
+                rank = (ranked > ranked.gather(1, target.unsqueeze(1))).sum(1) + 1
+                ranks.append(rank.masked_fill(~candidate[scored], 0))
+            if not fit.any():
                 continue
-            logits, target = logits[mask], seqs.items[idx[mask]]
-            loss = nn.functional.cross_entropy(logits, target, reduction="sum")
+            # the target -100 (cross_entropy's ignore_index) leaves an event out without copying the [L * W, N] logits
+            loss = nn.functional.cross_entropy(flat, seqs.items[idx].masked_fill(~fit, -100).view(-1), reduction="sum")
+            n = int(fit.sum())
             if opt is not None:
                 opt.zero_grad()
-                (loss / len(target)).backward()
+                (loss / n).backward()
                 nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 opt.step()
-            total += loss.item()
-            ranks.append((logits > logits.gather(1, target.unsqueeze(1))).sum(1) + 1)
-    return total, torch.cat(ranks)
+            total, fitted = total + loss.item(), fitted + n
+    return total, fitted, torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
 
 def train(
@@ -184,6 +259,7 @@ def train(
     started = time.perf_counter()
     seqs = build_sequences(events, index, embeddings, settings)
     emb = torch.from_numpy(embeddings)
+    ids = sorted(index, key=index.__getitem__)
     n_users = len(seqs.start) - 1
     full_len = np.diff(seqs.start).tolist()
     validate = config.val_fraction > 0
@@ -197,22 +273,26 @@ def train(
     def fit(epochs: int, lengths: list[int], early_stop: bool) -> tuple[InterestModel, list[dict], int]:
         torch.manual_seed(config.seed)
         rng = np.random.default_rng(config.seed)
-        model = InterestModel(ModelConfig(embeddings.shape[1], config.dim, config.hidden, encoder))
+        # learned rows for the items this fit trains on; every other item keeps its text alone
+        trained = np.unique(np.concatenate([seqs.items[seqs.start[u] : seqs.start[u] + n].numpy() for u, n in enumerate(lengths)]))
+        model = InterestModel(ModelConfig(embeddings.shape[1], config.dim, config.hidden, encoder, len(trained), not config.exclude_seen))
+        model.learn_items([ids[i] for i in trained])
+        rows = model.rows(ids)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
         history, best, best_state, stale = [], -1.0, None, 0
         bar = tqdm(range(1, epochs + 1), desc="fit" if early_stop else "refit", unit="epoch", disable=not progress)
         for epoch in bar:
             grid = lanes(seqs, [u for u in range(n_users) if lengths[u]], lengths, config.lanes, rng)
             model.train()
-            loss, ranks = _pass(model, emb, seqs, grid, config, opt)
-            row = {"epoch": epoch, "train_loss": loss / len(ranks)}
+            loss, fitted, _ = _pass(model, emb, rows, seqs, grid, config, settings, opt)
+            row = {"epoch": epoch, "train_loss": loss / max(fitted, 1)}
             if early_stop:
                 assert val_grid is not None  # early stopping needs a validation period
                 model.eval()
-                loss, ranks = _pass(model, emb, seqs, val_grid, config, since=cutoff)
-                hit = (ranks <= 10).double()
-                row.update({"val_loss": loss / len(ranks), "val_hr@10": hit.mean().item(),
-                            "val_ndcg@10": (hit / torch.log2(ranks + 1.0)).mean().item()})
+                loss, fitted, ranks = _pass(model, emb, rows, seqs, val_grid, config, settings, since=cutoff)
+                hit = ((ranks >= 1) & (ranks <= 10)).double()  # 0: the item was not a candidate, a miss as in the evaluation
+                row.update({"val_loss": loss / max(fitted, 1), "val_hr@10": hit.mean().item(),
+                            "val_ndcg@10": (hit / torch.log2(ranks.clamp(min=1) + 1.0)).mean().item()})
             history.append(row)
             bar.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
             if early_stop:

@@ -130,8 +130,9 @@ class InterestUpdater:
             emb = self.catalogue.vectors([e.item_id for e in events])
             is_purchase = np.array([e.type == "purchase" for e in events])
             with torch.inference_mode():
+                item_vec = self.model.item_space(torch.from_numpy(emb), self.model.rows([e.item_id for e in events]))[:, :-1]
                 hidden = self.model.step(
-                    torch.from_numpy(np.stack([x.hidden for x in st])), torch.from_numpy(emb), torch.from_numpy(is_purchase).long()
+                    torch.from_numpy(np.stack([x.hidden for x in st])), item_vec, torch.from_numpy(is_purchase).long()
                 ).numpy()
             weights = np.where(is_purchase, s.purchase_weight, s.click_weight) * np.array([e.quantity for e in events])
             lt_sum, lt_weight, lt_time = longterm.add(
@@ -168,7 +169,12 @@ class InterestUpdater:
             return np.zeros((len(states), len(self.catalogue)), np.float32)
         self.scorer.sync(self.catalogue, self.model)
         with torch.inference_mode():
-            return (self.model.fuse(self._query_parts(states)).to(self.scorer.device) @ self.scorer.space.T).cpu().numpy()
+            q = self.model.scoring_query(self.model.fuse(self._query_parts(states)))
+            scores = (q.to(self.scorer.device) @ self.scorer.space.T).cpu().numpy()
+            if self.model.config.rebuys:
+                for row, (rows, amounts) in zip(scores, self.rebuy_boost(states)):
+                    row[rows] += amounts
+        return scores
 
     def recommend(self, states: list[UserState], k: int | None = None) -> list[list[ScoredItem]]:
         """Top-k over the full catalogue for each state, the user's recent items excluded if configured,
@@ -183,13 +189,26 @@ class InterestUpdater:
                 row = self.catalogue.index.get
                 recent = [[j for j in map(row, x.recent_items) if j is not None] for x in states]
             self.scorer.sync(self.catalogue, self.model)
-            scores, idx = self.scorer.top_k(self.model.fuse(parts), k, recent if self.config.exclude_seen else None)
-            explained = reasons.explain(parts, self.scorer.space, idx, recent, self.catalogue.ids) if self.config.reasons else repeat(repeat(None))
+            boost = self.rebuy_boost(states) if self.model.config.rebuys else None
+            scores, idx = self.scorer.top_k(self.model.scoring_query(self.model.fuse(parts)), k, recent if self.config.exclude_seen else None, boost)
+            explained = (reasons.explain(parts, self.scorer.space, idx, recent, self.catalogue.ids, boost) if self.config.reasons
+                         else repeat(repeat(None)))
         ids = self.catalogue.ids
         return [  # through numpy: torch's tolist() costs ~1 us per element
             [ScoredItem(ids[j], v, why) for v, j, why in zip(row_s, row_i, row_why) if v != float("-inf")]
             for row_s, row_i, row_why in zip(scores.numpy().tolist(), idx.numpy().tolist(), explained)
         ]
+
+    def rebuy_boost(self, states: list[UserState]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per state, the catalogue rows of its history's items and their re-buy terms r(W) (``InterestModel.rebuy``),
+        W being each item's decayed purchase weight at the state's ``lt_time`` (``history.weights_at``)."""
+        boost = []
+        for x in states:
+            rows = self.catalogue.rows(x.history.items)
+            present = rows >= 0
+            weight = torch.from_numpy(history.weights_at(x.history, x.lt_time, self.config.half_life_s)[present])
+            boost.append((rows[present], self.model.rebuy(weight).numpy()))
+        return boost
 
     def apply(self, batch: list[Delivered], states: dict[str, UserState | None]) -> BatchResult:
         """Apply a micro-batch; ``states`` holds the stored state of each user in it (None if new)."""

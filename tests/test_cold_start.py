@@ -60,6 +60,22 @@ def test_new_item_scores_like_its_twin_in_any_trained_tower(embedded, sample_eve
     assert top[0].score == pytest.approx(top[1].score)
 
 
+def test_a_learned_row_moves_only_its_item_and_a_new_item_with_its_text_is_scored_by_the_text_alone():
+    torch.manual_seed(0)
+    model = InterestModel(ModelConfig(6, 4, 3, "t", known_items=1)).eval()
+    model.learn_items(["a"])
+    emb = torch.randn(3, 6)
+    emb[2] = emb[0]  # "twin": a new item with a's text
+    ids = ["a", "b", "twin"]
+    with torch.no_grad():
+        text_only = model.item_space(emb)
+        assert torch.equal(model.item_space(emb, model.rows(ids)), text_only)  # learned rows start at zero
+        model.item_id.weight[1] = torch.randn(5)  # what training learns for a: its vector and its bias
+        space = model.item_space(emb, model.rows(ids))
+    assert torch.allclose(space[0], text_only[0] + model.item_id.weight[1]) and not torch.equal(space[0], text_only[0])
+    assert torch.equal(space[1:], text_only[1:])  # b (untrained) and the twin (new): their text alone
+
+
 @pytest.mark.e2e
 def test_worker_recommends_an_item_published_after_the_users_events(settings, sample_catalogue, tmp_path):
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()

@@ -211,5 +211,5 @@ def test_ablations_switch_off_one_side_of_the_fusion():
     with torch.no_grad():
         conf = (w / (w + model.log_w0.exp())).unsqueeze(-1)
         assert torch.allclose(ablate(model, "short").query(h, lt, w), model.log_a_short.exp() * model.out(h))
-        assert torch.allclose(ablate(model, "long").query(h, lt, w), model.log_a_long.exp() * conf * model.items(lt))
+        assert torch.allclose(ablate(model, "long").query(h, lt, w), model.log_a_long.exp() * conf * model.item_proj(lt))
     assert model.log_a_short.item() == 0.0  # the original is untouched

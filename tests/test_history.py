@@ -251,8 +251,8 @@ def test_an_event_for_a_state_of_another_encoder_recomputes_it_in_this_ones_spac
     assert np.allclose(state.lt_sum, fresh.lt_sum, rtol=1e-5, atol=1e-5) and state.lt_weight == pytest.approx(fresh.lt_weight)
     with torch.inference_mode():  # the short-term state restarted: one GRU step from zeros with B's vector
         event = last[0].event
-        expected = b.model.step(torch.zeros(1, 6), torch.from_numpy(b.catalogue.vectors([event.item_id])),
-                                torch.tensor([int(event.type == "purchase")]))[0].numpy()
+        item_vec = b.model.item_space(torch.from_numpy(b.catalogue.vectors([event.item_id])))[:, :-1]  # in the interest space
+        expected = b.model.step(torch.zeros(1, 6), item_vec, torch.tensor([int(event.type == "purchase")]))[0].numpy()
     assert np.allclose(state.hidden, expected, atol=1e-6)
 
 

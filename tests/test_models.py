@@ -6,6 +6,8 @@ from models import longterm
 from models.encoder import ItemEncoder, agreement
 from models.interest import InterestModel, ModelConfig
 from models.topk import top_k
+from state.faults import InterestStreamError
+from tests.model_helpers import random_model
 
 
 def test_decay_halves_weight_per_half_life_and_keeps_the_average():
@@ -31,7 +33,7 @@ def test_recent_heavier_items_dominate_the_long_term_average():
 def test_batched_gru_step_equals_one_user_at_a_time():
     model = InterestModel(ModelConfig(embed_dim=6, dim=4, hidden=5, encoder="t")).eval()
     h = torch.randn(3, 5)
-    e = torch.randn(3, 6)
+    e = torch.randn(3, 4)  # item vectors in the interest space
     types = torch.tensor([0, 1, 0])
     with torch.no_grad():
         batched = model.step(h, e, types)
@@ -63,13 +65,30 @@ def test_top_k_ranks_by_dot_product_and_excludes():
     assert idx_all.shape == (2, 4)
 
 
-def test_checkpoint_round_trip_is_versioned(tmp_path):
-    model = InterestModel(ModelConfig(embed_dim=6, dim=4, hidden=5, encoder="t"))
+def test_checkpoint_round_trip_is_versioned_and_keeps_the_learned_items(tmp_path):
+    model = random_model(embed_dim=6, dim=4, hidden=5, known=["b", "a"], rebuys=True)
     version = model.save(tmp_path / "m.pt")
     loaded = InterestModel.load(tmp_path / "m.pt")
     assert loaded.version == version and version.startswith("gru-")
+    assert (loaded.config.known_items, loaded.config.rebuys, loaded.item_ids) == (2, True, ["b", "a"])
+    assert loaded.rows(["a", "b", "new"]).tolist() == [2, 1, 0]  # each learned row still its item's
+    assert model.state_dict().keys() == loaded.state_dict().keys()
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_checkpoint_of_the_layout_before_item_biases_asks_to_train_again(tmp_path):
+    model = InterestModel(ModelConfig(embed_dim=6, dim=4, hidden=5, encoder="t"))
+    model.save(tmp_path / "m.pt")
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    # as written before: no item biases, learned rows or re-buy term, no item ids
+    new_keys = ("text_bias.", "item_id.", "log_a_rebuy", "c_rebuy")
+    ckpt["state"] = {k: v for k, v in ckpt["state"].items() if not k.startswith(new_keys)}
+    ckpt["config"] = {k: v for k, v in ckpt["config"].items() if k not in ("known_items", "rebuys")}
+    del ckpt["item_ids"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(InterestStreamError, match="train again"):
+        InterestModel.load(tmp_path / "old.pt")
 
 
 def test_encoder_mean_pools_normalises_and_is_independent_of_batching(tiny_encoder):

@@ -12,11 +12,12 @@ import torch
 
 from cli.client import format_recommendation
 from models.catalogue import Catalogue
-from models.interest import InterestModel, ModelConfig
+from models.interest import InterestModel
 from models.records import Event, Reason, Recommendation, ScoredItem
 from models.updater import Delivered, InterestUpdater, UpdaterConfig
 from state.faults import NonFinite
 from state.item_store import ItemVector
+from tests.model_helpers import random_model
 
 NOW = 1_700_000_000.0
 
@@ -46,22 +47,26 @@ def published(updater: InterestUpdater, user_items: dict[str, list[str]]) -> dic
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path is checked where one is lent")
 
 
+@pytest.mark.parametrize("rebuys", [False, True], ids=["seen-excluded", "rebuys"])
 @pytest.mark.parametrize(("ann_min_items", "device"), [(100_000, "cpu"), (1000, "cpu"), pytest.param(100_000, "cuda", marks=CUDA)],
                          ids=["exact", "ann", "cuda"])
-def test_parts_add_up_to_the_score_and_nearest_is_the_most_similar_recent_item(ann_min_items, device):
+def test_parts_add_up_to_the_score_and_nearest_is_the_most_similar_recent_item(ann_min_items, device, rebuys):
+    """Every term of the score is a part: the query's two, the item's bias and, in a re-buy model (seen items
+    not excluded, so that re-buys are recommended), the re-buy term, nonzero exactly for the user's own items."""
     rng = np.random.default_rng(0)
-    torch.manual_seed(0)
-    model = InterestModel(ModelConfig(embed_dim=12, dim=8, hidden=6, encoder="t")).eval()  # a random item tower
     embeddings = rng.standard_normal((3000, 12)).astype(np.float32)
     catalogue = catalogue_of(embeddings)
+    # a random item tower, biases, learned rows for half the items
+    model = random_model(embed_dim=12, dim=8, hidden=6, known=catalogue.ids[::2], rebuys=rebuys)
     user_items = {f"u{u}": [f"i{n}" for n in rng.choice(3000, size=1 + u % 7, replace=False)] for u in range(40)}
-    config = UpdaterConfig(top_k=10, ann_min_items=ann_min_items, bf16_scoring=False, scoring_device=device)
+    config = UpdaterConfig(top_k=10, ann_min_items=ann_min_items, bf16_scoring=False, scoring_device=device, exclude_seen=not rebuys)
     with_reasons = published(InterestUpdater(model, catalogue, replace(config, reasons=True)), user_items)
     without = published(InterestUpdater(model, catalogue, config), user_items)
 
     with torch.inference_mode():
-        space = model.items(catalogue.embeddings).numpy()
+        space = model.item_space(catalogue.embeddings, model.rows(catalogue.ids))[:, :-1].numpy()  # nearest: by the vectors, not the bias
     unit = space / np.linalg.norm(space, axis=1, keepdims=True)
+    rebought = 0
     for user, items in with_reasons.items():
         # the same top-k, scores included, as without reasons: a reason explains, it changes nothing
         assert [(i.item_id, i.score) for i in items] == [(i.item_id, i.score) for i in without[user]]
@@ -69,12 +74,17 @@ def test_parts_add_up_to_the_score_and_nearest_is_the_most_similar_recent_item(a
         recent = [catalogue.index[item] for item in user_items[user]]
         for item in items:
             reason = item.reason
-            assert reason is not None and set(reason.parts) == {"short", "long"}
+            assert reason is not None and set(reason.parts) == {"short", "long", "item"} | ({"rebuy"} if rebuys else set())
             assert sum(reason.parts.values()) == pytest.approx(item.score, rel=1e-5, abs=1e-6)
-            assert all(abs(part) > 1e-6 for part in reason.parts.values())  # every user has a history: both terms count
-            similarity = unit[recent] @ unit[catalogue.index[item.item_id]]
-            assert reason.nearest == catalogue.ids[recent[int(np.argmax(similarity))]]
-            assert reason.similarity == pytest.approx(similarity.max(), abs=1e-5)
+            # every user has a history and every item a bias: all terms count, the re-buy term for the user's own items only
+            own = item.item_id in user_items[user]
+            assert all((abs(v) > 1e-6) == (name != "rebuy" or own) for name, v in reason.parts.items())
+            rebought += own
+            others = [r for r in recent if r != catalogue.index[item.item_id]]  # never the item itself
+            similarity = unit[others] @ unit[catalogue.index[item.item_id]]
+            assert reason.nearest == (catalogue.ids[others[int(np.argmax(similarity))]] if others else None)
+            assert reason.similarity == pytest.approx(similarity.max() if others else 0.0, abs=1e-5)
+    assert (rebought > 0) == rebuys  # re-buys are recommended, and explained, in the re-buy model only
 
 
 def test_nearest_is_the_recent_item_of_highest_cosine_never_the_item_itself():

@@ -4,12 +4,15 @@ approximate index finds what exact scoring finds, follows upserts and retirement
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from models.catalogue import Catalogue
 from models.interest import InterestModel, ModelConfig
+from models.records import Event
 from models.scorer import Scorer, ScoringConfig
 from state.item_store import ItemVector
+from tests.model_helpers import random_model
 
 
 def vectors(n: int, dim: int, seed: int, clusters: int = 0) -> np.ndarray:
@@ -33,7 +36,8 @@ def model(dim: int, out: int = 16) -> InterestModel:
 
 
 def test_the_item_space_follows_upserts_updates_and_retirements_row_by_row():
-    catalogue, m = Catalogue(24), model(24)
+    # every third item has a learned row: it must follow its item when rows move
+    catalogue, m = Catalogue(24), random_model(24, 16, 8, known=[f"i{n}" for n in range(0, 3500, 3)])
     scorer = Scorer(ScoringConfig(bf16=False))
     catalogue.upsert(items(range(3000), vectors(3000, 24, 0)))
     scorer.sync(catalogue, m)
@@ -41,7 +45,7 @@ def test_the_item_space_follows_upserts_updates_and_retirements_row_by_row():
     catalogue.remove([f"i{n}" for n in range(0, 3500, 7)])  # rows move: each takes the last row's item
     scorer.sync(catalogue, m)
     with torch.inference_mode():
-        assert torch.allclose(scorer.space, m.items(catalogue.embeddings), atol=1e-6)
+        assert torch.allclose(scorer.space, m.item_space(catalogue.embeddings, m.rows(catalogue.ids)), atol=1e-6)
 
 
 def exact_top(scorer: Scorer, q: torch.Tensor, k: int, exclude=None) -> np.ndarray:
@@ -61,7 +65,7 @@ def test_the_ann_index_finds_what_exact_scoring_finds_and_follows_the_catalogue(
 
     with torch.inference_mode():  # queries as users are: averages of a few items' vectors, in interest space
         picks = np.random.default_rng(1).integers(n, size=(256, 5))
-        q = m.items(torch.from_numpy(vectors(n, dim, 0, clusters=200)[picks].mean(1)))
+        q = m.scoring_query(m.item_space(torch.from_numpy(vectors(n, dim, 0, clusters=200)[picks].mean(1)))[:, :-1])
     exclude = [list(map(int, row[:3])) for row in picks]
     scores, rows = scorer.top_k(q, 10, exclude)
     want = exact_top(scorer, q, 10, exclude)
@@ -72,7 +76,7 @@ def test_the_ann_index_finds_what_exact_scoring_finds_and_follows_the_catalogue(
 
     best = int(rows[0, 0])
     retired = catalogue.ids[best]
-    target = q[0] / q[0].norm()  # an item moved to right where user 0 looks
+    target = q[0, :-1] / q[0, :-1].norm()  # an item moved to right where user 0 looks (its bias: 0, that of every item here)
     with torch.inference_mode():
         moved_to = torch.linalg.lstsq(m.item_proj.weight, (target * 10 - m.item_proj.bias).unsqueeze(1)).solution.squeeze(1)
     catalogue.remove([retired])
@@ -107,3 +111,78 @@ def test_the_updater_recommends_through_the_index_what_it_recommends_exactly():
     overlap = np.mean([len({s.item_id for s in a} & {s.item_id for s in b}) / len(a) for a, b in zip(got, want, strict=True)])
     assert overlap >= 0.95, overlap
     assert all(not {s.item_id for s in recs} & set(state.recent_items) for recs, state in zip(got, states, strict=True))
+
+
+def dense_top(space: torch.Tensor, q: torch.Tensor, k: int, exclude: list[list[int]], boost: list[tuple[np.ndarray, np.ndarray]]):
+    """The brute force top_k must equal: every row scored, the boosts added at their rows, excluded rows -inf."""
+    scores = q @ space.T
+    for b, (rows, amounts) in enumerate(boost):
+        scores[b, torch.from_numpy(rows)] += torch.from_numpy(amounts)
+    for b, rows in enumerate(exclude):
+        scores[b, rows] = float("-inf")
+    return torch.topk(scores, k)
+
+
+@pytest.mark.parametrize("ann_min_items", [100_000, 1000], ids=["exact", "ann"])
+@pytest.mark.parametrize("boosted_excluded", [False, True], ids=["exclusions-apart", "exclusions-overlap-boosts"])
+def test_boosted_top_k_is_the_dense_top_k_of_the_boosted_scores(ann_min_items, boosted_excluded):
+    n, dim, k = 3000, 24, 10
+    catalogue, m = Catalogue(dim), random_model(dim, 16, 8, known=[f"i{j}" for j in range(0, n, 2)])  # biases in the space
+    catalogue.upsert(items(range(n), vectors(n, dim, 0, clusters=30)))
+    scorer = Scorer(ScoringConfig(bf16=False, ann_min_items=ann_min_items, ann_nprobe=1024))  # every list probed: nothing missed
+    scorer.sync(catalogue, m)
+    assert (scorer.index is not None) == (ann_min_items < n)
+
+    rng = np.random.default_rng(4)
+    q = m.scoring_query(torch.from_numpy(rng.standard_normal((40, 16)).astype(np.float32)))
+    boost = [(rng.choice(n, size=b % 25, replace=False), rng.exponential(2.0, size=b % 25).astype(np.float32)) for b in range(40)]
+    with torch.inference_mode():
+        unboosted_top = torch.topk(q @ scorer.space.T, 3).indices.numpy()
+    # each user's best unboosted rows excluded and, overlapping, every other boosted row (a recent re-buy, with exclusions on)
+    exclude = [np.setdiff1d(top, rows).tolist() + (rows[::2].tolist() if boosted_excluded else []) for top, (rows, _) in zip(unboosted_top, boost)]
+    with torch.inference_mode():
+        scores, rows = scorer.top_k(q, k, exclude, boost)
+        want_scores, want_rows = dense_top(scorer.space, q, k, exclude, boost)
+        _, unexcluded = dense_top(scorer.space, q, k, [[] for _ in boost], boost)
+    assert torch.equal(rows, want_rows) and torch.allclose(scores, want_scores, atol=1e-5)
+    # the test has teeth: the boosts move rows into the top k, and it would hold excluded ones, boosted or not
+    assert sum(len(set(r) & set(b.tolist())) for r, (b, _) in zip(want_rows.tolist(), boost)) > 40
+    assert sum(len(set(r) & set(ex)) for r, ex in zip(unexcluded.tolist(), exclude)) > 40
+    assert not boosted_excluded or sum(len(set(r) & set(b[::2].tolist())) for r, (b, _) in zip(unexcluded.tolist(), boost)) > 20
+
+
+@pytest.mark.parametrize("ann_min_items", [100_000, 1000], ids=["exact", "ann"])
+def test_a_rebuy_models_scores_are_the_dense_scores_plus_rebuy_terms_and_rank_as_it_recommends(ann_min_items):
+    from models.updater import Delivered, InterestUpdater, UpdaterConfig
+
+    n, dim = 3000, 24
+    x = vectors(n, dim, 0, clusters=30)
+    catalogue = Catalogue(dim)
+    catalogue.upsert(items(range(n), x))
+    m = random_model(dim, 16, 8, known=[f"i{j}" for j in range(0, n, 2)], rebuys=True)
+    config = UpdaterConfig(exclude_seen=False, bf16_scoring=False, ann_min_items=ann_min_items, ann_nprobe=1024, half_life_s=3600.0)
+    updater = InterestUpdater(m, catalogue, config)
+    rng = np.random.default_rng(5)
+    # users re-buy: a few items of their own, clicked and bought (weights 1 and more) over hours, some twice
+    user_events = {f"u{u}": [(f"i{j}", rng.choice(["click", "purchase"]), 1000.0 + 600 * t)
+                             for t, j in enumerate(rng.choice(rng.integers(n, size=4), size=1 + u % 8))] for u in range(32)}
+    batch = [Delivered(Event(f"{u}-{t}", u, item, kind, ts), "t:0", t) for u, evs in user_events.items() for t, (item, kind, ts) in enumerate(evs)]
+    states = updater.apply(batch, {}).states
+    users = sorted(states)
+    got = updater.scores([states[u] for u in users])
+
+    with torch.no_grad():
+        st = [states[u] for u in users]
+        q = m.scoring_query(m.query(torch.from_numpy(np.stack([s.hidden for s in st])), torch.from_numpy(np.stack([s.long_term for s in st])),
+                                    torch.tensor([s.lt_weight for s in st])))
+        dense = q @ m.item_space(catalogue.embeddings, m.rows(catalogue.ids)).T
+        for b, s in enumerate(st):  # W: each history item's weight decayed from its last touch to the state's time
+            weight = torch.zeros(n, dtype=torch.float64)
+            for item, t, w in zip(s.history.items, s.history.times, s.history.weights):
+                weight[catalogue.index[item]] = w * 2.0 ** (-(s.lt_time - t) / config.half_life_s)
+            dense[b] += m.rebuy(weight).float()  # r(0) = 0: only the user's items move
+    assert np.allclose(got, dense.numpy(), atol=1e-5)
+    published = updater.recommend([states[u] for u in users])
+    for row, recs in zip(got, published):
+        assert [catalogue.ids[j] for j in np.argsort(-row, kind="stable")[: config.top_k]] == [i.item_id for i in recs]
+    assert sum(i.item_id in {e[0] for e in user_events[u]} for recs, u in zip(published, users) for i in recs) > 32  # re-buys rank
