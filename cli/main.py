@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=64, help="interest space size")
     p.add_argument("--hidden", type=int, default=128, help="GRU hidden size")
     p.add_argument("--epochs", type=int, default=30, help="at most this many epochs (early stopping on validation NDCG@10)")
-    p.add_argument("--patience", type=int, default=5, help="epochs without validation improvement before stopping")
+    p.add_argument("--patience", type=int, default=3, help="epochs without validation improvement before stopping")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout on the GRU input and on the hidden state entering the fusion, while training")
     p.add_argument("--lanes", type=int, default=32, help="users trained side by side (session-parallel mini-batches)")

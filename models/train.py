@@ -42,7 +42,7 @@ class TrainConfig:
     dim: int = 64
     hidden: int = 128
     epochs: int = 30  # upper bound: early stopping usually ends sooner
-    patience: int = 5  # epochs without a better validation NDCG@10 before stopping (it is noisy)
+    patience: int = 3  # epochs without a better validation NDCG@10 before stopping
     lr: float = 3e-3
     dropout: float = 0.2  # on the item vectors entering the GRU and the hidden state entering the fusion, while training
     lanes: int = 32  # users processed side by side
