@@ -159,7 +159,8 @@ def test_a_new_encoder_is_rolled_out_without_mixing_spaces(settings, encoder_b, 
         hidden = torch.zeros(1, settings.hidden_size)  # the short-term state restarted in B's space
         with torch.inference_mode():
             for e in new:
-                hidden = model.step(hidden, torch.from_numpy(vectors[e["item_id"]][None]), torch.tensor([0]))
+                item_vec = model.item_space(torch.from_numpy(vectors[e["item_id"]][None]), model.rows([e["item_id"]]))[:, :-1]
+                hidden = model.step(hidden, item_vec, torch.tensor([0]))
         assert np.allclose(state.hidden, hidden[0].numpy(), atol=1e-5), user
 
     # What B published after the switch is what B's catalogue and the stored (B-only) states make.
