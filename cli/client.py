@@ -157,7 +157,7 @@ def recommendations(settings: Settings, from_beginning: bool = False,
 
 def format_recommendation(rec: Recommendation, titles: dict[str, str] | None = None) -> str:
     """One line, `user U after E [model]: item (score), ...`; items with reasons a line each,
-    `  item 0.830  (near 17 0.91 · short 0.61 / long 0.39)`: the nearest recent item and its cosine, then
+    `  item 0.830  (near 17 0.91 · short 0.48 / long 0.31 / item 0.21)`: the nearest recent item and its cosine, then
     each score part's share. ``titles``: item id -> what to print for it."""
     def name(item_id: str) -> str:
         return titles.get(item_id, item_id) if titles else item_id
