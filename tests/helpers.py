@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kafka import KafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,6 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from models.records import Recommendation
 from streams.connection import client_options
 from streams.settings import Settings, topic_settings
+
+if TYPE_CHECKING:
+    from cli.worker_process import WorkerProcess
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -113,3 +118,17 @@ def stuck_report(settings: Settings, topics: list[str], worker) -> str:
     except OSError as exc:
         counters = {"metrics": repr(exc)}
     return f"committed/end: {group_progress(settings, topics)}\ncounters: {counters}\nworker log:\n{worker.log_tail(60)}"
+
+
+def run_sample(settings: Settings, worker: WorkerProcess, events: list[dict], tmp_path: Path) -> None:
+    """Publish the sample catalogue, wait for ``worker`` to have it, replay ``events`` and wait until all are consumed."""
+    from cli.client import publish_catalogue, replay
+    from tests.conftest import SAMPLE
+
+    publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
+    worker.wait_ready(min_items=96)
+    log = tmp_path / "events.jsonl"
+    log.write_text(to_jsonl(events))
+    replay(settings, log, progress=False)
+    wait_until(lambda: metric_sum(scrape(settings.metrics_port), "interest_events_consumed_total") >= len(events),
+               what="all events consumed", explain=worker.log_tail)

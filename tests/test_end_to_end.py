@@ -25,6 +25,7 @@ from tests.helpers import (
     dead_letters,
     latest_recommendations,
     metric_sum,
+    run_sample,
     scrape,
     to_jsonl,
     wait_until,
@@ -76,12 +77,7 @@ def test_replay_produces_recommendations_consistent_with_table_state(settings, s
         assert (state.clicks, state.purchases) == (per_user[(user, "click")], per_user[(user, "purchase")])
 
     # Recompute each user's top-k from the stored state, catalogue and model: it must be what was published.
-    encoder = ItemEncoder(settings.encoder_path, "cpu")
-    store = ItemStore(settings.data_dir / "items")
-    catalogue = Catalogue(encoder.dim)
-    catalogue.upsert(list(store))
-    store.close()
-    updater = InterestUpdater(InterestModel.untrained(encoder.dim, settings.hidden_size, encoder.name), catalogue, settings.updater_config())
+    updater = stored_updater(settings)
     assert set(recs) == set(states)
     users = sorted(states)
     for user, expected in zip(users, updater.recommend([states[u] for u in users])):
@@ -99,13 +95,7 @@ def test_with_reasons_each_published_item_is_explained_by_one_of_the_users_event
     events = [e for e in sample_events if e["user_id"] in users]
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
-        publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
-        worker.wait_ready(min_items=96)
-        log = tmp_path / "events.jsonl"
-        log.write_text(to_jsonl(events))
-        replay(settings, log, progress=False)
-        wait_until(lambda: metric_sum(scrape(settings.metrics_port), "interest_events_consumed_total") >= len(events),
-                   what="all events consumed")
+        run_sample(settings, worker, events, tmp_path)
         recs = latest_recommendations(settings)
         assert worker.alive, worker.log_tail()
     finally:
@@ -121,15 +111,20 @@ def test_with_reasons_each_published_item_is_explained_by_one_of_the_users_event
             assert -1.0 <= item.reason.similarity <= 1.0
             assert sum(item.reason.parts.values()) == pytest.approx(item.score, rel=1e-5, abs=1e-6)
     # What was published is what the model side computes from the stored state.
-    encoder = ItemEncoder(settings.encoder_path, "cpu")
-    store = ItemStore(settings.data_dir / "items")
-    catalogue = Catalogue(encoder.dim)
-    catalogue.upsert(list(store))
-    store.close()
-    updater = InterestUpdater(InterestModel.untrained(encoder.dim, settings.hidden_size, encoder.name), catalogue, settings.updater_config())
+    updater = stored_updater(settings)
     states = load_user_states(settings.data_dir)
     for user, expected in zip(users, updater.recommend([states[u] for u in users])):
         assert [i.item_id for i in recs[user].items] == [i.item_id for i in expected]
         for got, want in zip(recs[user].items, expected):
             assert got.reason.nearest == want.reason.nearest
             assert got.reason.parts == pytest.approx(want.reason.parts, abs=1e-5)
+
+
+def stored_updater(settings) -> InterestUpdater:
+    """The updater a worker with ``settings`` serves with (the untrained default), over the catalogue in its item store."""
+    encoder = ItemEncoder(settings.encoder_path, "cpu")
+    store = ItemStore(settings.data_dir / "items")
+    catalogue = Catalogue(encoder.dim)
+    catalogue.upsert(list(store))
+    store.close()
+    return InterestUpdater(InterestModel.untrained(encoder.dim, settings.hidden_size, encoder.name), catalogue, settings.updater_config())

@@ -13,7 +13,7 @@ import pytest
 import torch
 from kafka import KafkaProducer
 
-from cli.client import publish_catalogue, replay, send_events
+from cli.client import send_events
 from cli.local_broker import free_port
 from cli.reembed import reembed
 from cli.worker_process import WorkerProcess
@@ -27,8 +27,7 @@ from state.user_state import UserState
 from streams.connection import client_options
 from streams.settings import Settings
 from streams.user_table import load_user_states
-from tests.conftest import SAMPLE
-from tests.helpers import latest_recommendations, metric_sum, scrape, to_jsonl, wait_until
+from tests.helpers import latest_recommendations, metric_sum, run_sample, scrape, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -51,16 +50,6 @@ def from_history(state: UserState, vectors: dict[str, np.ndarray], half_life_s: 
 
 def refreshed(settings: Settings, cause: str) -> float:
     return metric_sum(scrape(settings.metrics_port), "interest_longterm_refreshed_total", cause=cause)
-
-
-def run_sample(settings: Settings, worker: WorkerProcess, events: list[dict], tmp_path) -> None:
-    publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
-    worker.wait_ready(min_items=96)
-    log = tmp_path / "events.jsonl"
-    log.write_text(to_jsonl(events))
-    replay(settings, log, progress=False)
-    wait_until(lambda: metric_sum(scrape(settings.metrics_port), "interest_events_consumed_total") >= len(events),
-               what="all events consumed", explain=worker.log_tail)
 
 
 def test_an_edited_item_is_refreshed_in_its_users_long_term_vectors_at_the_next_tick(settings, sample_events, sample_catalogue, tmp_path):
