@@ -5,10 +5,10 @@ A user's score for item i is  q_u . v_i + b_i  (+ r(W_ui) in the re-buy mode), w
   a learned item embedding E_i (zero for any other item: a new item is scored from its text alone);
 - b_i = w . e_i + B_i: an item bias, its popularity (the text part generalises it to new items);
 - q_u fuses the GRU's short-term state with the long-term average of the user's item embeddings;
-- r(W) = a log(1 + W) + c [W > 0]: a re-buy term from W_ui, the user's own decayed purchase weight of the
-  item (``models.history``), the standard repeat signal of next-basket recommendation (frequency and
-  recency of the user's own purchases; Hu et al., SIGIR 2020; Li et al., TOIS 2023). Only in a model
-  trained with re-buys as candidates (``ModelConfig.rebuys``).
+- r(W) = a log(1 + W) + c [W > 0]: a re-buy term from W_ui, the decayed weight of the user's own clicks and
+  purchases of the item (``models.history``: click or purchase weight x quantity, half-life INTEREST_HALF_LIFE_S),
+  the standard repeat signal of next-basket recommendation (frequency and recency of the user's own purchases;
+  Hu et al., SIGIR 2020; Li et al., TOIS 2023). Only in a model trained with re-buys as candidates (``ModelConfig.rebuys``).
 
 Everything is batched over users: the stream steps all users of a micro-batch at once, training steps
 all sequences of a mini-batch at once, through the same ``step``, ``query`` and ``item_space``.
@@ -97,7 +97,7 @@ class InterestModel(nn.Module):
         return torch.cat([q, q.new_ones(q.shape[0], 1)], -1)
 
     def rebuy(self, weight: torch.Tensor) -> torch.Tensor:
-        """The re-buy term r(W) of the module docstring for the user's decayed purchase weights W (any shape)."""
+        """The re-buy term r(W) of the module docstring for the user's decayed history weights W (any shape)."""
         return self.log_a_rebuy.exp() * torch.log1p(weight) + self.c_rebuy * (weight > 0)
 
     def step(self, hidden: torch.Tensor, item_vec: torch.Tensor, event_type: torch.Tensor) -> torch.Tensor:

@@ -201,7 +201,7 @@ class InterestUpdater:
 
     def rebuy_boost(self, states: list[UserState]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per state, the catalogue rows of its history's items and their re-buy terms r(W) (``InterestModel.rebuy``),
-        W being each item's decayed purchase weight at the state's ``lt_time`` (``history.weights_at``)."""
+        W being the decayed weight of the user's clicks and purchases of the item at the state's ``lt_time`` (``history.weights_at``)."""
         boost = []
         for x in states:
             rows = self.catalogue.rows(x.history.items)
