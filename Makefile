@@ -37,9 +37,10 @@ evaluate: install
 	test -f results/model.pt || $(MAKE) train
 	$(BIN)/interest-stream evaluate --checkpoint results/model.pt --out results/eval.json
 
-# The published quality tables (README, Quality): each trains the model with seeds 0, 1, 2 beside the peers,
-# writing results/quality/<dataset>-<mode>.json and .md. Long (not yet timed here: three trainings of the
-# model and five of SASRec+ each); `--peer-params FILE` reuses an earlier run's tuned params.
+# The quality tables (README, Quality): each trains the model with seeds 0, 1, 2 beside the peers, writing
+# results/quality/<dataset>-<mode>.json and .md. Long on 2 cores: MovieLens ~25 minutes, grocery 30-40 minutes
+# a seed (the README's grocery tables are seed 0 only: `--seeds 1`); `--peer-params FILE` reuses an earlier
+# run's tuned params.
 quality: install
 	$(BIN)/interest-stream quality --dataset movielens-100k
 	$(BIN)/interest-stream quality --dataset grocery
