@@ -166,16 +166,24 @@ def _given_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if not args.peer_params:
         return {}
     try:
-        return json.loads(Path(args.peer_params).read_text())["params"]
-    except (OSError, ValueError, KeyError) as exc:
+        report = json.loads(Path(args.peer_params).read_text())
+        params, exclude_seen = report["params"], report["config"]["exclude_seen"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InterestStreamError(f"{args.peer_params}: no peer params ({exc!r}): give the JSON report of `evaluate` or `quality`") from None
+    if exclude_seen == args.keep_seen:  # params tuned for the other mode are not this mode's
+        raise InterestStreamError(f"{args.peer_params} was tuned " + ("with seen items excluded: give it without --keep-seen" if exclude_seen
+                                  else "with re-buys as candidates: give it with --keep-seen"))
+    return params
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> None:
     from dataclasses import asdict
 
+    import torch
+
     from models.train import TrainConfig, train
 
+    torch.set_num_threads(args.threads)
     log = _event_log(args)
     train_events, _, cutoff = log.split(args.test_fraction)
     encoder, embeddings = _embedded(args, settings, log)
@@ -190,7 +198,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> None:
                "settings": _model_settings(settings), "seconds": round(report.seconds, 1), "history": report.history}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     best = max((r for r in report.history if "val_ndcg@10" in r), key=lambda r: r["val_ndcg@10"], default={})
-    print(f"saved {out} ({version}): {report.epochs} epochs, {report.seconds:.0f}s, "
+    print(f"saved {out} ({version}): {report.epochs} epoch{'s' if report.epochs != 1 else ''}, {report.seconds:.0f}s, "
           f"validation NDCG@10 {best.get('val_ndcg@10', float('nan')):.4f}")
 
 
@@ -259,17 +267,21 @@ def _quality(args: argparse.Namespace, settings: Settings) -> None:
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
-# `evaluate`'s and `quality`'s torch threads: on the busy 2-core machine the peers were measured on, one was
+# `train`'s, `evaluate`'s and `quality`'s torch threads: on the busy 2-core machine the peers were measured on, one was
 # faster and steadier than two for EASE, SASRec+ and training (small tensors: a second thread mostly waits;
 # SASRec+ on the sample log: 1 s against 37 s), and a fixed count keeps runs comparable across machines (BLAS
 # may split a sum differently with another thread count).
 THREADS = 1
 
 
-def _peer_arguments(p: argparse.ArgumentParser) -> None:
-    """--threads and --peer-params: how `evaluate` and `quality` run the peers."""
+def _threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS}: faster and steadier than more on a busy "
                    "machine, and comparable across machines)")
+
+
+def _peer_arguments(p: argparse.ArgumentParser) -> None:
+    """--threads and --peer-params: how `evaluate` and `quality` run the peers."""
+    _threads_argument(p)
     p.add_argument("--peer-params", metavar="FILE", help="the JSON report of an earlier `evaluate` or `quality` run: its peers' params are "
                    "taken as given, not tuned again (tuning SASRec+ trains it once per grid point)")
 
@@ -375,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-refit", action="store_true", help="keep the early-stopped model instead of refitting on the whole training period")
     p.add_argument("--rebuys", action="store_true", help="re-buys are candidates (groceries): learn the re-buy term from the user's own "
                    "history; serve with INTEREST_EXCLUDE_SEEN=false and evaluate with --keep-seen")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, dropout and the order users are trained in")
+    _threads_argument(p)
     p.set_defaults(run=_train)
 
     p = sub.add_parser("evaluate", help="prequential replay of a log's held-out period (default: MovieLens-100K): models vs "
@@ -393,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quality", help="train the model with several seeds and replay it beside the peers (as `evaluate`): "
                        "mean ± std per recommender, as JSON and a markdown table for the README")
     _log_arguments(p)
-    p.add_argument("--keep-seen", action="store_true", help="re-buys count: nothing is excluded, and own re-buys join the peers")
+    p.add_argument("--keep-seen", action="store_true", help="re-buys count: nothing is excluded, the model is trained with --rebuys, and own "
+                   "re-buys join the peers")
     p.add_argument("--seeds", type=int, default=3, help="train and replay with seeds 0..N-1")
     p.add_argument("--epochs", type=int, default=30, help="at most this many epochs per training (early stopping on validation NDCG@10)")
     p.add_argument("--out", help="JSON report path, the markdown beside it as .md (default results/quality/<dataset>-<mode>.json)")

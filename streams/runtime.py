@@ -52,6 +52,9 @@ class Runtime:
                 # another encoder's vectors would be silently meaningless to this GRU and item tower
                 raise InterestStreamError(f"checkpoint was trained on {model.config.encoder} ({model.config.embed_dim}-d); "
                                           f"this worker's encoder is {self.encoder.name} ({self.encoder.dim}-d)")
+            if model.config.rebuys and s.exclude_seen:
+                log.warning("checkpoint %s was trained with re-buys as candidates, but INTEREST_EXCLUDE_SEEN=true drops the user's "
+                            "recent items: set INTEREST_EXCLUDE_SEEN=false to serve what it learned", s.checkpoint)
         else:
             model = InterestModel.untrained(self.encoder.dim, s.hidden_size, self.encoder.name)
         self.store = ItemStore(s.data_dir / "items")

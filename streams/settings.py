@@ -96,8 +96,8 @@ class Settings:
     top_k: int = setting(10, "Recommendations published per user.", _at_least(1))
     exclude_seen: bool = setting(True, "Drop the user's recent items from their recommendations.")
     reasons: bool = setting(
-        False, "Add a reason to each recommended item: the user's recent item nearest to it, and its score's short- and "
-        "long-term parts (README, Using it).")
+        False, "Add a reason to each recommended item: the user's recent item nearest to it, and its score's parts "
+        "(short-term, long-term, item bias, re-buy; README, Using it).")
     recent_items: int = setting(50, "Recent items remembered per user (for exclusion).", _at_least(0))
     history_items: int = setting(
         100, "Items a user's long-term history keeps (event time, decayed weight), to recompute the long-term vector when "

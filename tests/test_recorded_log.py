@@ -194,3 +194,17 @@ def test_quality_over_two_seeds_on_a_recorded_log(sample_catalogue, sample_event
     assert status == 0, err
     again = json.loads((tmp_path / "again.json").read_text())["runs"][0]["results"]
     assert {name: again[name]["tuning"] for name in names[2:]} == {name: {"params": p, "validation NDCG@10": None} for name, p in report["params"].items()}
+
+
+@pytest.mark.parametrize("keep_seen", [False, True])
+def test_peer_params_are_taken_only_from_a_report_of_the_same_mode(tmp_path, keep_seen):
+    import argparse
+
+    from cli.main import _given_params
+    from state.faults import InterestStreamError
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"params": {"EASE": {"reg_weight": 50.0}}, "config": {"exclude_seen": not keep_seen}}))
+    assert _given_params(argparse.Namespace(peer_params=str(report), keep_seen=keep_seen)) == {"EASE": {"reg_weight": 50.0}}
+    with pytest.raises(InterestStreamError, match="was tuned"):  # tuned for the other mode: not this mode's params
+        _given_params(argparse.Namespace(peer_params=str(report), keep_seen=not keep_seen))
