@@ -63,7 +63,7 @@ def measure(n_items: int, dim: int, batch: int, settings: Settings, seed: int = 
     catalogue = Catalogue(dim)
     catalogue.upsert([ItemVector(f"i{n}", b"", v) for n, v in enumerate(vectors)])
     model = InterestModel.untrained(dim, 8, "bench")  # identity item tower: the space is the vectors
-    queries = torch.from_numpy(vectors[rng.integers(n_items, size=(8 * batch, 5))].mean(1))
+    queries = model.scoring_query(torch.from_numpy(vectors[rng.integers(n_items, size=(8 * batch, 5))].mean(1)))  # [B, dim + 1]: the bias's 1
     seen = [list(map(int, row)) for row in rng.integers(n_items, size=(len(queries), 20))]  # exclude_seen
     config = ScoringConfig(settings.bf16_scoring, n_items + 1, settings.ann_nprobe)
 
