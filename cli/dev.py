@@ -27,8 +27,10 @@ SAMPLE_CATALOGUE = SAMPLE / "catalogue.jsonl"
 def run_dev(settings: Settings, folder: Path, port: int, sample: bool = True, ready_timeout_s: float = 300.0) -> None:
     """Run until interrupted; raises ``InterestStreamError`` if the worker exits on its own."""
     folder.mkdir(parents=True, exist_ok=True)
-    # SIGTERM ends it like Ctrl-C: both children are stopped in order either way.
+    # SIGTERM ends it like Ctrl-C: both children are stopped in order either way. SIGINT is set too: a shell
+    # without job control (a script's `dev &`, CI) starts it with SIGINT ignored, and Python keeps that.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with ExitStack() as stack:
         if not settings.broker:
             broker = stack.enter_context(LocalBroker(folder / "broker", port))

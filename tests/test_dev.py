@@ -23,8 +23,11 @@ pytestmark = pytest.mark.e2e
 def start_dev(settings, folder, port: int) -> tuple[subprocess.Popen, str]:
     """The dev command as a user runs it; returns it and the broker address from its export line."""
     env = {**os.environ, **settings.env(), "INTEREST_BROKER": "", "PYTHONUNBUFFERED": "1"}
+    # Started as a script's `dev &` starts it (a shell without job control ignores SIGINT in background
+    # commands): Ctrl-C's SIGINT must stop it either way.
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "dev", "--dir", str(folder), "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 180
     assert proc.stdout is not None
     for line in proc.stdout:
