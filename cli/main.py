@@ -188,7 +188,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> None:
     train_events, _, cutoff = log.split(args.test_fraction)
     encoder, embeddings = _embedded(args, settings, log)
     config = TrainConfig(dim=args.dim, hidden=args.hidden, epochs=args.epochs, patience=args.patience, lr=args.lr, dropout=args.dropout,
-                         lanes=args.lanes, window=args.window, refit=not args.no_refit, exclude_seen=not args.rebuys, seed=args.seed)
+                         lanes=args.lanes, window=args.window, refit=not args.no_refit, exclude_seen=not args.rebuys,
+                         trend_half_life_s=args.trend_half_life, seed=args.seed)
     index = {item.item_id: n for n, item in enumerate(log.items)}
     model, report = train(train_events, index, embeddings, encoder.name, settings.updater_config(), config, progress=True)
     out = Path(args.out)
@@ -250,7 +251,7 @@ def _quality(args: argparse.Namespace, settings: Settings) -> None:
     log = _event_log(args)
     train_events, test_events, cutoff = log.split(args.test_fraction)
     encoder, embeddings = _embedded(args, settings, log)
-    config = QualityConfig(args.seeds, not args.keep_seen, args.epochs, _given_params(args))
+    config = QualityConfig(args.seeds, not args.keep_seen, args.epochs, _given_params(args), args.trend_half_life)
     measured = measure(train_events, test_events, log.items, embeddings, encoder.name, settings.updater_config(), config, progress=True)
     name = args.dataset or (Path(args.events).stem if args.events else DEFAULT_DATASET)
     mode = "keep-seen" if args.keep_seen else "seen-excluded"
@@ -258,7 +259,8 @@ def _quality(args: argparse.Namespace, settings: Settings) -> None:
     table = markdown(measured, f"{name}, " + ("re-buys count (`--keep-seen`)" if args.keep_seen else "items the user had excluded"))
     report = {"command": args.command_line, "data": log.describe(), "test_from": cutoff, "train_events": len(train_events),
               "test_events": len(test_events), "encoder": encoder.name, "settings": _model_settings(settings),
-              "config": {"seeds": args.seeds, "exclude_seen": not args.keep_seen, "epochs": args.epochs, "threads": args.threads},
+              "config": {"seeds": args.seeds, "exclude_seen": not args.keep_seen, "epochs": args.epochs, "threads": args.threads,
+                         "trend_half_life_s": args.trend_half_life},
               "params_given": args.peer_params or None, **measured}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
@@ -277,6 +279,12 @@ THREADS = 1
 def _threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS}: faster and steadier than more on a busy "
                    "machine, and comparable across machines)")
+
+
+def _trend_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trend-half-life", type=float, default=0.0, metavar="SECONDS",
+                   help="learn a trend term: each item's share of all users' recent events, decayed with this half-life "
+                   "(e.g. 86400; default 0: none), for catalogues whose demand moves week to week (promotions, seasons)")
 
 
 def _peer_arguments(p: argparse.ArgumentParser) -> None:
@@ -388,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuys", action="store_true", help="re-buys are candidates (groceries): learn the re-buy term from the user's own "
                    "history; serve with INTEREST_EXCLUDE_SEEN=false and evaluate with --keep-seen")
     p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, dropout and the order users are trained in")
+    _trend_argument(p)
     _threads_argument(p)
     p.set_defaults(run=_train)
 
@@ -410,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "re-buys join the peers")
     p.add_argument("--seeds", type=int, default=3, help="train and replay with seeds 0..N-1")
     p.add_argument("--epochs", type=int, default=30, help="at most this many epochs per training (early stopping on validation NDCG@10)")
+    _trend_argument(p)
     p.add_argument("--out", help="JSON report path, the markdown beside it as .md (default results/quality/<dataset>-<mode>.json)")
     p.add_argument("--cache", default="results/cache", help="folder for the cached catalogue embeddings")
     _peer_arguments(p)

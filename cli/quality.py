@@ -28,6 +28,7 @@ class QualityConfig:
     exclude_seen: bool = True  # False (--keep-seen): re-buys count, and own re-buys join the peers
     epochs: int = TrainConfig.epochs  # the model's upper bound (early stopping)
     peer_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # given (not tuned) params by peer name
+    trend_half_life_s: float = 0.0  # the model's trend term (``TrainConfig.trend_half_life_s``); 0: none
 
 
 def measure(train_events: list[Event], test_events: list[Event], items: list[CatalogueItem], embeddings: np.ndarray, encoder: str,
@@ -44,7 +45,8 @@ def measure(train_events: list[Event], test_events: list[Event], items: list[Cat
     deterministic: list[str] = []
     for seed in range(config.seeds):
         model, report = train(train_events, index, embeddings, encoder, serving,
-                              TrainConfig(epochs=config.epochs, exclude_seen=config.exclude_seen, seed=seed), progress)
+                              TrainConfig(epochs=config.epochs, exclude_seen=config.exclude_seen,
+                                          trend_half_life_s=config.trend_half_life_s, seed=seed), progress)
         training.append({"seed": seed, "seconds": round(report.seconds, 1), "events": len(train_events), "epochs": report.epochs})
         peers = with_params(default_peers(ids, config.exclude_seen, seed), config.peer_params if seed == 0 else params)
         if seed > 0:

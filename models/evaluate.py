@@ -68,10 +68,9 @@ METRICS = EVENT_METRICS + GROUP_METRICS
 class StreamRecommender:
     """An InterestModel as the worker runs it: ``apply`` per batch, scored from the states it left."""
 
-    independent_users = True
-
     def __init__(self, name: str, model: InterestModel, catalogue: Catalogue, config: UpdaterConfig) -> None:
         self.name = name
+        self.independent_users = model.config.trend_half_life_s <= 0  # the trend term moves with everyone's events
         self.updater = InterestUpdater(model, catalogue, config)
         self.states: dict[str, UserState] = {}
         self.offset = 0  # one replay "partition": offsets only grow, as on a topic

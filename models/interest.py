@@ -1,10 +1,13 @@
 """Short-term GRU, fusion with the long-term vector, and the item tower they are scored against.
 
-A user's score for item i is  q_u . v_i + b_i  (+ r(W_ui) in the re-buy mode), where
+A user's score for item i is  q_u . v_i + b_i  (+ g f_i(t)) (+ r(W_ui) in the re-buy mode), where
 - v_i = P e_i + E_i: the item's text embedding e_i through a linear map, plus, for an item seen in training,
   a learned item embedding E_i (zero for any other item: a new item is scored from its text alone);
 - b_i = w . e_i + B_i: an item bias, its popularity (the text part generalises it to new items);
 - q_u fuses the GRU's short-term state with the long-term average of the user's item embeddings;
+- g f_i(t): in a model trained with a trend half-life (``ModelConfig.trend_half_life_s``), a learned weight g
+  times the item's share of the recent events of all users (``models.trending``): what is popular this
+  week, which the item bias, learned over the training weeks and then frozen, cannot follow;
 - r(W) = a log(1 + W) + c [W > 0]: a re-buy term from W_ui, the decayed weight of the user's own clicks and
   purchases of the item (``models.history``: click or purchase weight x quantity, half-life INTEREST_HALF_LIFE_S),
   the standard repeat signal of next-basket recommendation (frequency and recency of the user's own purchases;
@@ -39,6 +42,7 @@ class ModelConfig:
     encoder: str  # encoder the model was trained against (its embeddings are its input)
     known_items: int = 0  # items with a learned embedding and bias (seen in training; ids in the checkpoint)
     rebuys: bool = False  # trained with the user's own items as candidates: scores add the re-buy term r(W)
+    trend_half_life_s: float = 0.0  # > 0: scores add the trend term g f_i(t) over events of this half-life (models.trending)
 
 
 class InterestModel(nn.Module):
@@ -56,6 +60,8 @@ class InterestModel(nn.Module):
         self._row: dict[str, int] = {}
         self.log_a_rebuy = nn.Parameter(torch.zeros(()))
         self.c_rebuy = nn.Parameter(torch.zeros(()))
+        if config.trend_half_life_s > 0:
+            self.trend_weight = nn.Parameter(torch.zeros(()))
         self.gru = nn.GRUCell(config.dim + N_EVENT_TYPES, config.hidden)
         self.out = nn.Linear(config.hidden, config.dim)
         # Fusion: q = a_s * short + a_l * c * long, with confidence c = W / (W + w0) from the decayed weight W.
@@ -99,6 +105,10 @@ class InterestModel(nn.Module):
     def rebuy(self, weight: torch.Tensor) -> torch.Tensor:
         """The re-buy term r(W) of the module docstring for the user's decayed history weights W (any shape)."""
         return self.log_a_rebuy.exp() * torch.log1p(weight) + self.c_rebuy * (weight > 0)
+
+    def trend(self, feature: torch.Tensor) -> torch.Tensor:
+        """The trend term g f_i (module docstring) for trend features ``feature`` (any shape, ``models.trending``)."""
+        return self.trend_weight * feature
 
     def step(self, hidden: torch.Tensor, item_vec: torch.Tensor, event_type: torch.Tensor) -> torch.Tensor:
         """One GRU step for a batch: hidden [B, H], the items' vectors v_i [B, dim] (``item_space`` without

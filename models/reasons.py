@@ -3,7 +3,7 @@
 Computed for the published top-k only, batched over users: a few dozen vectors per user, never the
 catalogue. The parts are the query's terms (``InterestModel.query_parts``); a score term that is not of
 the query joins them in ``explain`` as another named part (``item``, the item's bias; ``rebuy``, the re-buy
-term), so that the parts still add up to the score.
+term; ``trend``, the trend term), so that the parts still add up to the score.
 """
 
 from __future__ import annotations
@@ -46,12 +46,13 @@ def padded_rows(rows: list[list[int]]) -> torch.Tensor:
 
 
 def explain(query_parts: dict[str, torch.Tensor], space: torch.Tensor, rows: torch.Tensor, recent_rows: list[list[int]],
-            ids: list[str], rebuy: list[tuple[np.ndarray, np.ndarray]] | None = None) -> list[list[Reason]]:
+            ids: list[str], rebuy: list[tuple[np.ndarray, np.ndarray]] | None = None, trend: torch.Tensor | None = None) -> list[list[Reason]]:
     """The reason for each recommended item: ``query_parts`` name -> [B, dim] on the CPU, ``space`` the
     item space [N, dim + 1] (vectors, then biases: ``InterestModel.item_space``; any device), ``rows`` [B, k]
     the recommended rows (CPU), ``recent_rows`` each user's recent items' rows, ``ids`` row -> item id,
-    ``rebuy`` each user's re-buy terms (rows, amounts) as ``Scorer.top_k`` added them. The parts are the
-    query's terms, ``item`` (the item's bias: its popularity) and, with ``rebuy``, ``rebuy``."""
+    ``rebuy`` each user's re-buy terms (rows, amounts) as ``Scorer.top_k`` added them, ``trend`` [N] the trend
+    term of every row. The parts are the query's terms, ``item`` (the item's bias: its popularity over the
+    training period) and, with ``rebuy`` and ``trend``, ``rebuy`` and ``trend`` (its recent popularity)."""
     def vectors(at: torch.Tensor) -> torch.Tensor:  # [B, n] rows -> [B, n, dim + 1] on the CPU
         return space.index_select(0, at.reshape(-1).to(space.device)).view(*at.shape, space.shape[1]).cpu()
 
@@ -64,6 +65,8 @@ def explain(query_parts: dict[str, torch.Tensor], space: torch.Tensor, rows: tor
             at = {int(r): float(a) for r, a in zip(boosted, amount)}
             amounts[b] = torch.tensor([at.get(int(r), 0.0) for r in rows[b]])
         named["rebuy"] = amounts
+    if trend is not None:
+        named["trend"] = trend.cpu()[rows]
     parts = {name: part.numpy().tolist() for name, part in named.items()}
     position, similarity = nearest(items[..., :-1], rows, vectors(recent.clamp(min=0))[..., :-1], recent)
     return [

@@ -142,16 +142,22 @@ class Scorer:
         return index
 
     def top_k(self, queries: torch.Tensor, k: int, exclude: list[list[int]] | None = None,
-              boost: list[tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              boost: list[tuple[np.ndarray, np.ndarray]] | None = None,
+              prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """queries [B, dim + 1] (``InterestModel.scoring_query``) -> (scores [B, k], rows [B, k]); excluded
         rows and missing candidates score -inf. ``boost[b]`` = (rows, amounts): those rows of user b score
         that much more (the re-buy term), unless excluded. Exact for them: they are left out of the search
-        and scored one by one, then merged with its top k (so boosted or not, the k best are found)."""
+        and scored one by one, then merged with its top k (so boosted or not, the k best are found).
+        ``prior`` [N] (the trend term): added to every user's score of each row; with the ANN index, which
+        ranks without it, every row with a prior is scored for every user besides the index's candidates
+        (exact as before: a row without one scores what the index ranked it by; the cost grows with the
+        rows touched within a few trend half-lives)."""
+        prior = None if prior is None else prior.to(self.device)
         if not boost or not any(len(r) for r, _ in boost):
-            return self._top_k(queries, k, exclude)
+            return self._top_k(queries, k, exclude, prior)
         exclude = exclude or [[] for _ in boost]
         kept = [(r[~np.isin(r, ex)], a[~np.isin(r, ex)]) for (r, a), ex in zip(boost, exclude)]
-        scores, rows = self._top_k(queries, k, [ex + r.tolist() for ex, (r, _) in zip(exclude, kept)])
+        scores, rows = self._top_k(queries, k, [ex + r.tolist() for ex, (r, _) in zip(exclude, kept)], prior)
         width = max(len(r) for r, _ in kept)
         extra_rows = torch.zeros((len(kept), width), dtype=torch.long)
         extra = torch.full((len(kept), width), float("-inf"))
@@ -159,24 +165,31 @@ class Scorer:
             if len(r):
                 extra_rows[b, : len(r)] = torch.from_numpy(r)
                 extra[b, : len(r)] = (self.space[extra_rows[b, : len(r)]].cpu() @ queries[b].cpu()) + torch.from_numpy(a).float()
+                if prior is not None:
+                    extra[b, : len(r)] += prior[extra_rows[b, : len(r)].to(self.device)].cpu()
         merged, pos = torch.topk(torch.cat([scores, extra], 1), min(k, scores.shape[1] + width), dim=-1)
         return merged, torch.gather(torch.cat([rows, extra_rows], 1), 1, pos)
 
-    def _top_k(self, queries: torch.Tensor, k: int, exclude: list[list[int]] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _top_k(self, queries: torch.Tensor, k: int, exclude: list[list[int]] | None,
+               prior: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         k = min(k, self._size)
         if self.index is None:
-            scores, rows = top_k(queries.to(self.device), self.space, k, exclude, self._coarse)
+            scores, rows = top_k(queries.to(self.device), self.space, k, exclude, self._coarse, prior)
             return scores.cpu(), rows.cpu()
         wanted = 2 * k + CANDIDATE_MARGIN + max((len(e) for e in exclude or ()), default=0)
         _, found = self.index.search(self._augment(queries.numpy(), queries=True), min(wanted, self._size))
-        candidates = torch.from_numpy(found)
-        if len(self._outliers):
-            candidates = torch.cat([candidates, self._outliers.expand(len(candidates), -1)], dim=1)
-        missing = candidates < 0
-        candidates[missing] = 0
-        rows = self.space.index_select(0, candidates.reshape(-1)).view(*candidates.shape, -1)
-        exact = (rows * queries.unsqueeze(1)).sum(-1)  # rescored in fp32
-        exact[missing] = float("-inf")
+        found_rows = torch.from_numpy(found)
+        # Scored for every query besides the index's candidates: the rows outside the index, and the rows with
+        # a prior (the index ranks without it; a row without one scores what the index ranked it by)
+        always = self._outliers if prior is None else torch.unique(torch.cat([self._outliers, prior.nonzero().flatten()]))
+        missing = (found_rows < 0) | torch.isin(found_rows, always)  # none, or scored with ``always``
+        found_rows[missing] = 0
+        rows = self.space.index_select(0, found_rows.reshape(-1)).view(*found_rows.shape, -1)
+        candidates = torch.cat([found_rows, always.expand(len(found_rows), -1)], dim=1)
+        exact = torch.cat([(rows * queries.unsqueeze(1)).sum(-1), queries @ self.space[always].T], 1)  # rescored in fp32
+        if prior is not None:
+            exact += prior[candidates]
+        exact[:, : found_rows.shape[1]][missing] = float("-inf")
         for b, excluded in enumerate(exclude or ()):
             if excluded:
                 exact[b, torch.isin(candidates[b], torch.tensor(excluded))] = float("-inf")

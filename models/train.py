@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models import longterm
+from models import longterm, trending
 from models.history import HORIZON_HALF_LIVES, PRUNE_TO
 from models.interest import InterestModel, ModelConfig
 from models.records import Event
@@ -50,6 +50,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # last part of the training period (by time) used for early stopping
     refit: bool = True  # retrain on the whole training period for the best number of epochs
     exclude_seen: bool = True  # as served: items the user already had are not candidates; False: re-buys are, with the re-buy term
+    trend_half_life_s: float = 0.0  # > 0: the model learns the trend term over recent events of this half-life (models.trending)
     seed: int = 0
 
 
@@ -77,10 +78,14 @@ class Sequences:
     weights: torch.Tensor  # [E] its long-term (and history) weight: click or purchase weight times quantity
     lt_avg: torch.Tensor  # [E, embed_dim] decayed average before the event's group (zeros before the first)
     lt_weight: torch.Tensor  # [E] its decayed weight
+    trend: torch.Tensor | None = None  # [K, N] trend feature snapshots over all users' events (``trending.snapshots``)
+    trend_at: torch.Tensor | None = None  # [E] the snapshot each event reads
 
 
-def build_sequences(events: list[Event], index: dict[str, int], embeddings: np.ndarray, settings: UpdaterConfig) -> Sequences:
-    """Group time-ordered events by user; long-term inputs via ``longterm.add``, batched by position like the stream."""
+def build_sequences(events: list[Event], index: dict[str, int], embeddings: np.ndarray, settings: UpdaterConfig,
+                    trend_half_life_s: float = 0.0) -> Sequences:
+    """Group time-ordered events by user; long-term inputs via ``longterm.add``, batched by position like the
+    stream; with ``trend_half_life_s`` > 0 the trend feature each event is scored with."""
     by_user: dict[str, list[Event]] = defaultdict(list)
     for e in events:
         if e.item_id in index:
@@ -110,7 +115,11 @@ def build_sequences(events: list[Event], index: dict[str, int], embeddings: np.n
         )
     first = np.maximum.accumulate(np.where(group, np.arange(len(flat)), 0))  # each event's group's first event
     lt_avg, lt_weight = lt_avg[first], lt_weight[first]
-    return Sequences(list(start), *(torch.from_numpy(a) for a in (items, types, times, user, pos, group, weights, lt_avg, lt_weight)))
+    out = Sequences(list(start), *(torch.from_numpy(a) for a in (items, types, times, user, pos, group, weights, lt_avg, lt_weight)))
+    if trend_half_life_s > 0:
+        starts, table = trending.snapshots(items, times, len(embeddings), trend_half_life_s)
+        out.trend, out.trend_at = torch.from_numpy(table), torch.from_numpy(np.searchsorted(starts, times, "right") - 1)
+    return out
 
 
 def lanes(seqs: Sequences, users: list[int], lengths: list[int], n_lanes: int, rng: np.random.Generator | None = None) -> torch.Tensor:
@@ -207,6 +216,8 @@ def window_logits(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, s
     logits = (model.scoring_query(q) @ space.T).view(L, W, -1)
     prior = torch.stack(had_before, 1)  # [L, W, N]
     candidate = torch.ones(L, W, dtype=torch.bool)
+    if seqs.trend is not None and seqs.trend_at is not None:
+        logits = logits + model.trend(seqs.trend[seqs.trend_at[g]])
     if exclude_seen:
         seen = prior > 0
         candidate = ~seen.gather(2, items.unsqueeze(-1)).squeeze(-1)  # a repeated target is not a candidate: a miss
@@ -257,7 +268,7 @@ def train(
     """Train on time-ordered ``events`` (items by ``index`` into ``embeddings``); returns the model, unsaved.
     Raises ``InterestStreamError`` when no event is left to fit before the validation part."""
     started = time.perf_counter()
-    seqs = build_sequences(events, index, embeddings, settings)
+    seqs = build_sequences(events, index, embeddings, settings, config.trend_half_life_s)
     emb = torch.from_numpy(embeddings)
     ids = sorted(index, key=index.__getitem__)
     n_users = len(seqs.start) - 1
@@ -275,7 +286,8 @@ def train(
         rng = np.random.default_rng(config.seed)
         # learned rows for the items this fit trains on; every other item keeps its text alone
         trained = np.unique(np.concatenate([seqs.items[seqs.start[u] : seqs.start[u] + n].numpy() for u, n in enumerate(lengths)]))
-        model = InterestModel(ModelConfig(embeddings.shape[1], config.dim, config.hidden, encoder, len(trained), not config.exclude_seen))
+        model = InterestModel(ModelConfig(embeddings.shape[1], config.dim, config.hidden, encoder, len(trained), not config.exclude_seen,
+                                        config.trend_half_life_s))
         model.learn_items([ids[i] for i in trained])
         rows = model.rows(ids)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)

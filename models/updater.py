@@ -22,6 +22,7 @@ from models.catalogue import Catalogue
 from models.interest import InterestModel
 from models.records import Event, Recommendation, Rejection, ScoredItem
 from models.scorer import Scorer, ScoringConfig
+from models.trending import Trending
 from state.user_state import UserState
 
 K = TypeVar("K")  # a user's key: their id, or its bytes
@@ -72,6 +73,8 @@ class InterestUpdater:
         self.catalogue = catalogue
         self.config = config
         self.scorer = Scorer(ScoringConfig(config.bf16_scoring, config.ann_min_items, config.ann_nprobe, config.scoring_device))
+        # the recent popularity of the items of the events this updater applied, for the model's trend term
+        self.trending = Trending(model.config.trend_half_life_s) if model.config.trend_half_life_s > 0 else None
 
     def new_state(self) -> UserState:
         return UserState.new(self.model.config.hidden, self.catalogue.dim, self.model.version, self.catalogue.space)
@@ -171,6 +174,8 @@ class InterestUpdater:
         with torch.inference_mode():
             q = self.model.scoring_query(self.model.fuse(self._query_parts(states)))
             scores = (q.to(self.scorer.device) @ self.scorer.space.T).cpu().numpy()
+            if (trend := self.trend()) is not None:
+                scores += trend.numpy()
             if self.model.config.rebuys:
                 for row, (rows, amounts) in zip(scores, self.rebuy_boost(states)):
                     row[rows] += amounts
@@ -190,14 +195,23 @@ class InterestUpdater:
                 recent = [[j for j in map(row, x.recent_items) if j is not None] for x in states]
             self.scorer.sync(self.catalogue, self.model)
             boost = self.rebuy_boost(states) if self.model.config.rebuys else None
-            scores, idx = self.scorer.top_k(self.model.scoring_query(self.model.fuse(parts)), k, recent if self.config.exclude_seen else None, boost)
-            explained = (reasons.explain(parts, self.scorer.space, idx, recent, self.catalogue.ids, boost) if self.config.reasons
+            trend = self.trend()
+            scores, idx = self.scorer.top_k(self.model.scoring_query(self.model.fuse(parts)), k, recent if self.config.exclude_seen else None,
+                                            boost, trend)
+            explained = (reasons.explain(parts, self.scorer.space, idx, recent, self.catalogue.ids, boost, trend) if self.config.reasons
                          else repeat(repeat(None)))
         ids = self.catalogue.ids
         return [  # through numpy: torch's tolist() costs ~1 us per element
             [ScoredItem(ids[j], v, why) for v, j, why in zip(row_s, row_i, row_why) if v != float("-inf")]
             for row_s, row_i, row_why in zip(scores.numpy().tolist(), idx.numpy().tolist(), explained)
         ]
+
+    def trend(self) -> torch.Tensor | None:
+        """The trend term g f_i [len(catalogue)] of every item (``InterestModel.trend``) as of the events applied
+        so far; None for a model without one. Call under inference mode."""
+        if self.trending is None:
+            return None
+        return self.model.trend(torch.from_numpy(self.trending.feature(self.catalogue)))
 
     def rebuy_boost(self, states: list[UserState]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per state, the catalogue rows of its history's items and their re-buy terms r(W) (``InterestModel.rebuy``),
@@ -217,6 +231,9 @@ class InterestUpdater:
         # Never add to, or score with, a long-term sum of another encoder's space: recompute it in this one first.
         result.refreshed = self.refresh([x for u in accepted if (x := result.states[u]).space != self.catalogue.space])
         self._advance(accepted, result.states)
+        if self.trending is not None:
+            applied = [e for evs in accepted.values() for e in evs]
+            self.trending.add([e.item_id for e in applied], np.array([e.ts for e in applied]))
         # A recommendation for every user with an applied event, and again for redelivered ones (at-least-once
         # output); none for a user whose events were all rejected: nothing changed for them.
         users = list(accepted)

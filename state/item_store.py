@@ -2,7 +2,8 @@
 
 The embedding agent publishes each embedded item once to the compacted item-vectors topic; every worker
 reads that whole topic into this store (and its in-memory catalogue), remembering how far it has read, so
-a restart resumes where it stopped instead of re-reading or re-embedding the catalogue.
+a restart resumes where it stopped instead of re-reading or re-embedding the catalogue. The store also
+keeps the worker's trend counts across restarts (``models.trending``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from state.faults import require_finite, store_errors
 _HEADER = struct.Struct("<16sI")  # text hash, vector length
 _OFFSET_PREFIX = b"\x00offset:"  # never a valid item key: item keys are UTF-8 ids without NUL
 _SOURCE_KEY = b"\x00source"
+_TRENDING_KEY = b"\x00trending"
 
 
 def text_hash(text: str) -> bytes:
@@ -88,6 +90,15 @@ class ItemStore:
             batch.put(_OFFSET_PREFIX + str(partition).encode(), str(offset).encode())
         with store_errors("item store"):
             self._db.write(batch)
+
+    def trending(self) -> bytes | None:
+        """What ``save_trending`` saved last (``models.trending.Trending.to_bytes``); None if nothing."""
+        raw = self._db.get(_TRENDING_KEY)
+        return None if raw is None else cast(bytes, raw)
+
+    def save_trending(self, raw: bytes) -> None:
+        with store_errors("item store"):
+            self._db[_TRENDING_KEY] = raw
 
     def get(self, item_id: str) -> ItemVector | None:
         raw = self._db.get(item_id.encode())

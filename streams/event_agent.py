@@ -151,8 +151,9 @@ class EventAgent:
     async def decay(self, partition: int, sent: list[Awaitable]) -> None:
         """Decay every user of ``partition`` to the newest event time applied there, recompute the long-term
         vectors that hold replaced item vectors on the encoder's device, expire the users idle for
-        ``INTEREST_USER_TTL_S`` and delete the erasure markers committed past (``streams.decay``). The pass
-        runs even before the partition has an event time: markers go, and changed items are refreshed."""
+        ``INTEREST_USER_TTL_S`` and delete the erasure markers committed past (``streams.decay``); then save
+        the trend counts. The pass runs even before the partition has an event time: markers go, and changed
+        items are refreshed."""
         s = self.settings
         now = self.runtime.watermarks.get(partition)
         updater = self.runtime.updater
@@ -177,6 +178,7 @@ class EventAgent:
         await self._unpublish(dict.fromkeys(done.expired, partition), sent)
         metrics.USERS_ERASED.labels("expired").inc(len(done.expired))
         await self.runtime.in_model_thread(self.passes.done, partition, scope, updater.catalogue)
+        await self.runtime.in_model_thread(self.runtime.save_trending)  # a restart goes on from here (models.trending)
         count_refreshed(done.refreshed)
         metrics.DECAY_DURATION.observe(time.perf_counter() - start)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from models.catalogue import Catalogue
 from models.encoder import ItemEncoder
 from models.interest import InterestModel
+from models.trending import Trending
 from models.updater import InterestUpdater
 from state.faults import InterestStreamError
 from state.item_store import ItemStore
@@ -39,6 +41,7 @@ class Runtime:
         self.store: ItemStore
         self.updater: InterestUpdater
         self.events: EventStep
+        self._trending_saved = -float("inf")  # monotonic time of the last ``save_trending``
 
     def load(self) -> None:
         """Load the encoder, the model (the checkpoint's, or the untrained default) and the item store."""
@@ -67,11 +70,33 @@ class Runtime:
         catalogue = Catalogue(self.encoder.dim, self.encoder.space)
         catalogue.upsert(list(self.store))
         self.updater = InterestUpdater(model, catalogue, s.updater_config())
+        self._restore_trending()
         self.events = EventStep(self.updater, self.event_types, s.limits(), s.max_message_bytes)  # type: ignore[arg-type]
         metrics.MODEL_INFO.labels(model.version, self.encoder.name, self.encoder.device.type).set(1)
         metrics.CATALOGUE_ITEMS.set(len(catalogue))
         log.info("model %s; encoder %s on %s (%s, batches of %d)", model.version, self.encoder.name, self.encoder.device,
                  self.encoder.model.dtype, self.encoder.batch_size)
+
+    def _restore_trending(self) -> None:
+        """The trend counts the last run saved (``save_trending``), if the model has a trend term of the same half-life."""
+        raw = self.store.trending()
+        if self.updater.trending is None or raw is None:
+            return
+        try:
+            saved = Trending.from_bytes(raw)
+        except ValueError as exc:  # a damaged record costs the recent popularity, not the start
+            log.warning("saved trend counts ignored: %s", exc)
+            return
+        if saved.half_life_s == self.updater.trending.half_life_s:
+            self.updater.trending = saved
+            log.info("trend counts of %d items restored", len(saved.counts))
+
+    def save_trending(self) -> None:
+        """Save the trend counts in the item store, once a decay interval however many partitions pass (call in
+        the model thread: the updater's writer)."""
+        if self.updater.trending is not None and time.monotonic() - self._trending_saved >= self.settings.decay_interval_s / 2:
+            self.store.save_trending(self.updater.trending.to_bytes())
+            self._trending_saved = time.monotonic()
 
     async def in_model_thread(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)

@@ -47,18 +47,21 @@ def published(updater: InterestUpdater, user_items: dict[str, list[str]]) -> dic
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path is checked where one is lent")
 
 
-@pytest.mark.parametrize("rebuys", [False, True], ids=["seen-excluded", "rebuys"])
+@pytest.mark.parametrize(("rebuys", "trend"), [(False, False), (True, False), (False, True)], ids=["seen-excluded", "rebuys", "trend"])
 @pytest.mark.parametrize(("ann_min_items", "device"), [(100_000, "cpu"), (1000, "cpu"), pytest.param(100_000, "cuda", marks=CUDA)],
                          ids=["exact", "ann", "cuda"])
-def test_parts_add_up_to_the_score_and_nearest_is_the_most_similar_recent_item(ann_min_items, device, rebuys):
+def test_parts_add_up_to_the_score_and_nearest_is_the_most_similar_recent_item(ann_min_items, device, rebuys, trend):
     """Every term of the score is a part: the query's two, the item's bias and, in a re-buy model (seen items
-    not excluded, so that re-buys are recommended), the re-buy term, nonzero exactly for the user's own items."""
+    not excluded, so that re-buys are recommended), the re-buy term, nonzero exactly for the user's own items;
+    in a trend model the trend term, nonzero exactly for the items someone touched."""
     rng = np.random.default_rng(0)
     embeddings = rng.standard_normal((3000, 12)).astype(np.float32)
     catalogue = catalogue_of(embeddings)
     # a random item tower, biases, learned rows for half the items
-    model = random_model(embed_dim=12, dim=8, hidden=6, known=catalogue.ids[::2], rebuys=rebuys)
-    user_items = {f"u{u}": [f"i{n}" for n in rng.choice(3000, size=1 + u % 7, replace=False)] for u in range(40)}
+    model = random_model(embed_dim=12, dim=8, hidden=6, known=catalogue.ids[::2], rebuys=rebuys, trend_half_life_s=3600.0 if trend else 0.0)
+    # the trend model's users share items, so that some touched by others are recommended
+    user_items = {f"u{u}": [f"i{n}" for n in rng.choice(60 if trend else 3000, size=1 + u % 7, replace=False)] for u in range(40)}
+    touched = {item for items in user_items.values() for item in items}
     config = UpdaterConfig(top_k=10, ann_min_items=ann_min_items, bf16_scoring=False, scoring_device=device, exclude_seen=not rebuys)
     with_reasons = published(InterestUpdater(model, catalogue, replace(config, reasons=True)), user_items)
     without = published(InterestUpdater(model, catalogue, config), user_items)
@@ -66,7 +69,7 @@ def test_parts_add_up_to_the_score_and_nearest_is_the_most_similar_recent_item(a
     with torch.inference_mode():
         space = model.item_space(catalogue.embeddings, model.rows(catalogue.ids))[:, :-1].numpy()  # nearest: by the vectors, not the bias
     unit = space / np.linalg.norm(space, axis=1, keepdims=True)
-    rebought = 0
+    rebought = trending = 0
     for user, items in with_reasons.items():
         # the same top-k, scores included, as without reasons: a reason explains, it changes nothing
         assert [(i.item_id, i.score) for i in items] == [(i.item_id, i.score) for i in without[user]]
@@ -74,17 +77,19 @@ def test_parts_add_up_to_the_score_and_nearest_is_the_most_similar_recent_item(a
         recent = [catalogue.index[item] for item in user_items[user]]
         for item in items:
             reason = item.reason
-            assert reason is not None and set(reason.parts) == {"short", "long", "item"} | ({"rebuy"} if rebuys else set())
+            assert reason is not None and set(reason.parts) == {"short", "long", "item"} | ({"rebuy"} if rebuys else set()) | ({"trend"} if trend else set())
             assert sum(reason.parts.values()) == pytest.approx(item.score, rel=1e-5, abs=1e-6)
             # every user has a history and every item a bias: all terms count, the re-buy term for the user's own items only
             own = item.item_id in user_items[user]
-            assert all((abs(v) > 1e-6) == (name != "rebuy" or own) for name, v in reason.parts.items())
+            assert all((abs(v) > 1e-6) == {"rebuy": own, "trend": item.item_id in touched}.get(name, True) for name, v in reason.parts.items())
             rebought += own
+            trending += item.item_id in touched
             others = [r for r in recent if r != catalogue.index[item.item_id]]  # never the item itself
             similarity = unit[others] @ unit[catalogue.index[item.item_id]]
             assert reason.nearest == (catalogue.ids[others[int(np.argmax(similarity))]] if others else None)
             assert reason.similarity == pytest.approx(similarity.max() if others else 0.0, abs=1e-5)
     assert (rebought > 0) == rebuys  # re-buys are recommended, and explained, in the re-buy model only
+    assert not trend or trending > 0
 
 
 def test_nearest_is_the_recent_item_of_highest_cosine_never_the_item_itself():

@@ -113,9 +113,11 @@ def test_the_updater_recommends_through_the_index_what_it_recommends_exactly():
     assert all(not {s.item_id for s in recs} & set(state.recent_items) for recs, state in zip(got, states, strict=True))
 
 
-def dense_top(space: torch.Tensor, q: torch.Tensor, k: int, exclude: list[list[int]], boost: list[tuple[np.ndarray, np.ndarray]]):
-    """The brute force top_k must equal: every row scored, the boosts added at their rows, excluded rows -inf."""
-    scores = q @ space.T
+def dense_top(space: torch.Tensor, q: torch.Tensor, k: int, exclude: list[list[int]], boost: list[tuple[np.ndarray, np.ndarray]],
+              prior: torch.Tensor | None = None):
+    """The brute force top_k must equal: every row scored, the prior added to every user's row scores, the
+    boosts added at their rows, excluded rows -inf."""
+    scores = q @ space.T + (0 if prior is None else prior)
     for b, (rows, amounts) in enumerate(boost):
         scores[b, torch.from_numpy(rows)] += torch.from_numpy(amounts)
     for b, rows in enumerate(exclude):
@@ -123,9 +125,17 @@ def dense_top(space: torch.Tensor, q: torch.Tensor, k: int, exclude: list[list[i
     return torch.topk(scores, k)
 
 
+def trend_prior(n: int, seed: int, weight: float = 0.7) -> torch.Tensor:
+    """A trend term as ``InterestUpdater.trend`` gives it: 0 for most items, log-shares for the ~10% touched lately."""
+    rng = np.random.default_rng(seed)
+    counts = np.where(rng.random(n) < 0.1, rng.pareto(1.5, n), 0.0)
+    return torch.from_numpy(weight * np.log1p(n * counts / counts.sum()).astype(np.float32))
+
+
 @pytest.mark.parametrize("ann_min_items", [100_000, 1000], ids=["exact", "ann"])
 @pytest.mark.parametrize("boosted_excluded", [False, True], ids=["exclusions-apart", "exclusions-overlap-boosts"])
-def test_boosted_top_k_is_the_dense_top_k_of_the_boosted_scores(ann_min_items, boosted_excluded):
+@pytest.mark.parametrize("trend", [False, True], ids=["no-trend", "trend"])
+def test_boosted_top_k_is_the_dense_top_k_of_the_boosted_scores(ann_min_items, boosted_excluded, trend):
     n, dim, k = 3000, 24, 10
     catalogue, m = Catalogue(dim), random_model(dim, 16, 8, known=[f"i{j}" for j in range(0, n, 2)])  # biases in the space
     catalogue.upsert(items(range(n), vectors(n, dim, 0, clusters=30)))
@@ -141,9 +151,10 @@ def test_boosted_top_k_is_the_dense_top_k_of_the_boosted_scores(ann_min_items, b
     # each user's best unboosted rows excluded and, overlapping, every other boosted row (a recent re-buy, with exclusions on)
     exclude = [np.setdiff1d(top, rows).tolist() + (rows[::2].tolist() if boosted_excluded else []) for top, (rows, _) in zip(unboosted_top, boost)]
     with torch.inference_mode():
-        scores, rows = scorer.top_k(q, k, exclude, boost)
-        want_scores, want_rows = dense_top(scorer.space, q, k, exclude, boost)
-        _, unexcluded = dense_top(scorer.space, q, k, [[] for _ in boost], boost)
+        prior = trend_prior(n, 3, 0.1) if trend else None  # every list probed: exact with the prior too
+        scores, rows = scorer.top_k(q, k, exclude, boost, prior)
+        want_scores, want_rows = dense_top(scorer.space, q, k, exclude, boost, prior)
+        _, unexcluded = dense_top(scorer.space, q, k, [[] for _ in boost], boost, prior)
     assert torch.equal(rows, want_rows) and torch.allclose(scores, want_scores, atol=1e-5)
     # the test has teeth: the boosts move rows into the top k, and it would hold excluded ones, boosted or not
     assert sum(len(set(r) & set(b.tolist())) for r, (b, _) in zip(want_rows.tolist(), boost)) > 40
@@ -186,3 +197,44 @@ def test_a_rebuy_models_scores_are_the_dense_scores_plus_rebuy_terms_and_rank_as
     for row, recs in zip(got, published):
         assert [catalogue.ids[j] for j in np.argsort(-row, kind="stable")[: config.top_k]] == [i.item_id for i in recs]
     assert sum(i.item_id in {e[0] for e in user_events[u]} for recs, u in zip(published, users) for i in recs) > 32  # re-buys rank
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-rescored"])
+@pytest.mark.parametrize("boosted", [False, True], ids=["no-boost", "boosted"])
+def test_exact_top_k_with_a_trend_prior_is_the_dense_top_k(bf16, boosted):
+    n, dim, k = 3000, 24, 10
+    catalogue, m = Catalogue(dim), random_model(dim, 16, 8, known=[f"i{j}" for j in range(0, n, 2)])
+    catalogue.upsert(items(range(n), vectors(n, dim, 0, clusters=30)))
+    scorer = Scorer(ScoringConfig(bf16=bf16))
+    scorer.sync(catalogue, m)
+    rng = np.random.default_rng(6)
+    q = m.scoring_query(torch.from_numpy(rng.standard_normal((40, 16)).astype(np.float32)))
+    prior = trend_prior(n, 1)
+    boost = [(rng.choice(n, size=1 + b % 9, replace=False), rng.exponential(2.0, size=1 + b % 9).astype(np.float32)) for b in range(40)]
+    exclude = [rng.choice(n, size=5, replace=False).tolist() for _ in range(40)]
+    with torch.inference_mode():
+        scores, rows = scorer.top_k(q, k, exclude, boost if boosted else None, prior)
+        want_scores, want_rows = dense_top(scorer.space, q, k, exclude, boost if boosted else [], prior)
+        _, without = dense_top(scorer.space, q, k, exclude, boost if boosted else [])
+    assert torch.equal(rows, want_rows) and torch.allclose(scores, want_scores, atol=1e-4)
+    assert (rows != without).any(dim=1).float().mean() > 0.5  # the prior moves most users' lists: the test has teeth
+
+
+def test_the_ann_path_finds_what_the_dense_top_k_with_a_trend_prior_finds():
+    """The index ranks without the prior; the rows with one are scored besides its candidates: as good as without."""
+    n, dim, k = 20_000, 32, 10
+    catalogue, m = Catalogue(dim), random_model(dim, 16, 8)
+    catalogue.upsert(items(range(n), vectors(n, dim, 0, clusters=200)))
+    scorer = Scorer(ScoringConfig(bf16=False, ann_min_items=1000, ann_nprobe=64))
+    scorer.sync(catalogue, m)
+    rng = np.random.default_rng(7)
+    picks = rng.integers(n, size=(100, 5))
+    with torch.inference_mode():
+        q = m.scoring_query(m.item_space(torch.from_numpy(vectors(n, dim, 0, clusters=200)[picks].mean(1)))[:, :-1])
+        prior = trend_prior(n, 2, 0.1)
+        _, rows = scorer.top_k(q, k, None, None, prior)
+        _, want = dense_top(scorer.space, q, k, [], [], prior)
+        _, without = dense_top(scorer.space, q, k, [], [])
+    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(rows.numpy(), want.numpy(), strict=True)])
+    moved = np.mean([len(set(a) - set(b)) / k for a, b in zip(want.numpy(), without.numpy(), strict=True)])
+    assert recall >= 0.95 and moved > 0.2, (recall, moved)
