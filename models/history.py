@@ -7,7 +7,7 @@ sum counted the event at: its event time, or the user's newest time for a late e
 decays nothing backwards), so t_e never decreases for a user. Grouped by item,
 S(T) = sum over items i of W_i 2^(-(T - t_i)/h) v_i, with t_i the item's last touch and W_i its touches'
 weights decayed-summed to t_i (W <- W 2^(-(t - t_i)/h) + w at each touch, the same formula). A history
-(``state.user_state.History``) keeps (i, t_i, W_i, fingerprint of v_i), bounded: ``record`` merges touches,
+(``state.user_state.History``) keeps (i, t_i, W_i, fingerprint of v_i, touches), bounded: ``record`` merges touches,
 ``prune`` drops what weighs least, ``recompute`` evaluates the sums with the catalogue's current vectors.
 An item the catalogue does not have (retired, or not yet arrived in a catalogue still filling) keeps its
 entry, outside the sum, until pruned: dropping it would lose it for good.
@@ -45,10 +45,12 @@ def record(history: History, item_id: str, t: float, weight: float, fingerprint:
         history.times.append(t)
         history.weights.append(weight)
         history.fingerprints.append(fingerprint)
+        history.counts.append(1)
         return True
     # longterm.decay_factor's formula in Python floats: numpy's per-call cost would dominate here, once per event
     history.weights[i] = history.weights[i] * 2.0 ** (-(t - history.times[i]) / half_life_s) + weight
     history.times[i] = t
+    history.counts[i] += 1
     return False
 
 

@@ -1,6 +1,6 @@
 """Short-term GRU, fusion with the long-term vector, and the item tower they are scored against.
 
-A user's score for item i is  q_u . v_i + b_i  (+ g f_i(t)) (+ r(W_ui) in the re-buy mode), where
+A user's score for item i is  q_u . v_i + b_i  (+ g f_i(t)) (+ r(W_ui, n_ui) in the re-buy mode), where
 - v_i = P e_i + E_i: the item's text embedding e_i through a linear map, plus, for an item seen in training,
   a learned item embedding E_i (zero for any other item: a new item is scored from its text alone);
 - b_i = w . e_i + B_i: an item bias, its popularity (the text part generalises it to new items);
@@ -8,10 +8,11 @@ A user's score for item i is  q_u . v_i + b_i  (+ g f_i(t)) (+ r(W_ui) in the re
 - g f_i(t): in a model trained with a trend half-life (``ModelConfig.trend_half_life_s``), a learned weight g
   times the item's share of the recent events of all users (``models.trending``): what is popular this
   week, which the item bias, learned over the training weeks and then frozen, cannot follow;
-- r(W) = a log(1 + W) + c [W > 0]: a re-buy term from W_ui, the decayed weight of the user's own clicks and
-  purchases of the item (``models.history``: click or purchase weight x quantity, half-life INTEREST_HALF_LIFE_S),
-  the standard repeat signal of next-basket recommendation (frequency and recency of the user's own purchases;
-  Hu et al., SIGIR 2020; Li et al., TOIS 2023). Only in a model trained with re-buys as candidates (``ModelConfig.rebuys``).
+- r(W, n) = a log(1 + W) + c [W > 0] + d log(1 + n): a re-buy term from W_ui, the decayed weight of the
+  user's own clicks and purchases of the item (``models.history``: click or purchase weight x quantity,
+  half-life INTEREST_HALF_LIFE_S), and n_ui, how many times they touched it (undecayed, quantity aside): the
+  standard repeat signals of next-basket recommendation, recency and frequency of the user's own purchases
+  (Hu et al., SIGIR 2020; Li et al., TOIS 2023). Only in a model trained with re-buys as candidates (``ModelConfig.rebuys``).
 
 Everything is batched over users: the stream steps all users of a micro-batch at once, training steps
 all sequences of a mini-batch at once, through the same ``step``, ``query`` and ``item_space``.
@@ -60,6 +61,7 @@ class InterestModel(nn.Module):
         self._row: dict[str, int] = {}
         self.log_a_rebuy = nn.Parameter(torch.zeros(()))
         self.c_rebuy = nn.Parameter(torch.zeros(()))
+        self.d_rebuy = nn.Parameter(torch.zeros(()))
         if config.trend_half_life_s > 0:
             self.trend_weight = nn.Parameter(torch.zeros(()))
         self.gru = nn.GRUCell(config.dim + N_EVENT_TYPES, config.hidden)
@@ -102,9 +104,10 @@ class InterestModel(nn.Module):
         """User vectors [B, dim] -> [B, dim + 1] (a 1 for the bias): q . v_i + b_i = scoring_query(q) . item_space_i."""
         return torch.cat([q, q.new_ones(q.shape[0], 1)], -1)
 
-    def rebuy(self, weight: torch.Tensor) -> torch.Tensor:
-        """The re-buy term r(W) of the module docstring for the user's decayed history weights W (any shape)."""
-        return self.log_a_rebuy.exp() * torch.log1p(weight) + self.c_rebuy * (weight > 0)
+    def rebuy(self, weight: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """The re-buy term r(W, n) of the module docstring for the user's decayed history weights W and touch
+        counts n (the same shape, any; r = 0 where both are 0)."""
+        return self.log_a_rebuy.exp() * torch.log1p(weight) + self.c_rebuy * (weight > 0) + self.d_rebuy * torch.log1p(count)
 
     def trend(self, feature: torch.Tensor) -> torch.Tensor:
         """The trend term g f_i (module docstring) for trend features ``feature`` (any shape, ``models.trending``)."""
@@ -148,6 +151,7 @@ class InterestModel(nn.Module):
     def load(cls, path: Path) -> "InterestModel":
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         model = cls(ModelConfig(**ckpt["config"]))
+        ckpt["state"].setdefault("d_rebuy", torch.zeros(()))  # saved before the count term: d = 0 scores as it did
         try:
             model.load_state_dict(ckpt["state"])
         except RuntimeError as exc:

@@ -144,23 +144,27 @@ def lanes(seqs: Sequences, users: list[int], lengths: list[int], n_lanes: int, r
 class LaneState:
     """What each lane carries from one window to the next: the GRU state; per catalogue item, the decayed
     weight W of its current user's history (``models.history``: bounded and pruned as the stream's, when
-    re-buys are candidates; every item the user had, when they are excluded) and the time of the item's
-    last touch; the time of the lane's last event; and the state and weights as of the current group's start."""
+    re-buys are candidates; every item the user had, when they are excluded), the time of the item's last
+    touch and the touches it had; the time of the lane's last event; and the state, weights and counts as of
+    the current group's start."""
 
     hidden: torch.Tensor  # [L, H]
     had: torch.Tensor  # [L, N]
     touched: torch.Tensor  # [L, N] float64
+    count: torch.Tensor  # [L, N]
     time: torch.Tensor  # [L] float64
     group_hidden: torch.Tensor  # [L, H]
     group_had: torch.Tensor  # [L, N]
+    group_count: torch.Tensor  # [L, N]
 
     @classmethod
     def empty(cls, lanes: int, hidden: int, items: int) -> "LaneState":
         h, had = torch.zeros(lanes, hidden), torch.zeros(lanes, items)
-        return cls(h, had, torch.zeros(lanes, items, dtype=torch.float64), torch.zeros(lanes, dtype=torch.float64), h, had)
+        return cls(h, had, torch.zeros(lanes, items, dtype=torch.float64), had, torch.zeros(lanes, dtype=torch.float64), h, had, had)
 
     def detach(self) -> "LaneState":
-        return LaneState(*(x.detach() for x in (self.hidden, self.had, self.touched, self.time, self.group_hidden, self.group_had)))
+        return LaneState(*(x.detach() for x in (self.hidden, self.had, self.touched, self.count, self.time, self.group_hidden,
+                                                 self.group_had, self.group_count)))
 
 
 def _prune(had: torch.Tensor, touched: torch.Tensor, now: torch.Tensor, joined: torch.Tensor, items: torch.Tensor,
@@ -193,24 +197,29 @@ def window_logits(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, s
     items, types, new_user, new_group = seqs.items[g], seqs.types[g], seqs.pos[g] == 0, seqs.group[g]
     times, weights = seqs.times[g], seqs.weights[g].float()
     space = model.item_space(emb, rows)  # [N, dim + 1]
-    h, had, touched, t_last, gh, ghad = lane.hidden, lane.had, lane.touched, lane.time, lane.group_hidden, lane.group_had
-    before, had_before = [], []
+    h, had, touched, count, t_last = lane.hidden, lane.had, lane.touched, lane.count, lane.time
+    gh, ghad, gcount = lane.group_hidden, lane.group_had, lane.group_count
+    before, had_before, count_before = [], [], []
     lane_ix = torch.arange(L)
     for t in range(W):
         fresh = new_user[:, t, None]
-        h, had = h.masked_fill(fresh, 0.0), had.masked_fill(fresh, 0.0)  # the next user in this lane starts empty
+        # the next user in this lane starts empty
+        h, had, count = h.masked_fill(fresh, 0.0), had.masked_fill(fresh, 0.0), count.masked_fill(fresh, 0.0)
         starts = new_group[:, t, None]
-        gh, ghad = torch.where(starts, h, gh), torch.where(starts, had, ghad)
+        gh, ghad, gcount = torch.where(starts, h, gh), torch.where(starts, had, ghad), torch.where(starts, count, gcount)
         before.append(gh)
         had_before.append(ghad)
+        count_before.append(gcount)
         h = model.step(h, drop(space[items[:, t], :-1]), types[:, t])
         decay = longterm.decay_factor((times[:, t] - t_last).masked_fill(new_user[:, t], 0.0).numpy(), settings.half_life_s)
         joined = had[lane_ix, items[:, t]] == 0
         had = had * torch.as_tensor(decay, dtype=had.dtype).unsqueeze(-1)
         had = had.index_put((lane_ix, items[:, t]), weights[:, t], accumulate=True)
+        count = count.index_put((lane_ix, items[:, t]), (weights[:, t] > 0).float(), accumulate=True)  # a touch the history records
         touched = touched.index_put((lane_ix, items[:, t]), times[:, t])
         if not exclude_seen:  # the re-buy term reads the history as the stream bounds it
             had = _prune(had, touched, times[:, t], joined & (weights[:, t] > 0), items[:, t], settings)
+            count = count * (had > 0)  # a pruned entry's touches go with it
         t_last = times[:, t]
     q = model.query(drop(torch.stack(before, 1)).reshape(L * W, -1), seqs.lt_avg[g].reshape(L * W, -1), seqs.lt_weight[g].reshape(-1).float())
     logits = (model.scoring_query(q) @ space.T).view(L, W, -1)
@@ -223,9 +232,9 @@ def window_logits(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, s
         candidate = ~seen.gather(2, items.unsqueeze(-1)).squeeze(-1)  # a repeated target is not a candidate: a miss
         logits = logits.masked_fill(seen, float("-inf"))
     elif model.config.rebuys:
-        at = prior.nonzero(as_tuple=True)  # a user has a few dozen of the N items: r(0) = 0 elsewhere
-        logits = logits.index_put(at, model.rebuy(prior[at]), accumulate=True)
-    return logits, candidate, LaneState(h, had, touched, t_last, gh, ghad)
+        at = prior.nonzero(as_tuple=True)  # a user has a few dozen of the N items: r(0, 0) = 0 elsewhere
+        logits = logits.index_put(at, model.rebuy(prior[at], torch.stack(count_before, 1)[at]), accumulate=True)
+    return logits, candidate, LaneState(h, had, touched, count, t_last, gh, ghad, gcount)
 
 
 def _pass(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, seqs: Sequences, grid: torch.Tensor, config: TrainConfig,

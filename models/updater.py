@@ -214,14 +214,16 @@ class InterestUpdater:
         return self.model.trend(torch.from_numpy(self.trending.feature(self.catalogue)))
 
     def rebuy_boost(self, states: list[UserState]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per state, the catalogue rows of its history's items and their re-buy terms r(W) (``InterestModel.rebuy``),
-        W being the decayed weight of the user's clicks and purchases of the item at the state's ``lt_time`` (``history.weights_at``)."""
+        """Per state, the catalogue rows of its history's items and their re-buy terms r(W, n) (``InterestModel.rebuy``),
+        W being the decayed weight of the user's clicks and purchases of the item at the state's ``lt_time``
+        (``history.weights_at``), n how many times they touched it."""
         boost = []
         for x in states:
             rows = self.catalogue.rows(x.history.items)
             present = rows >= 0
             weight = torch.from_numpy(history.weights_at(x.history, x.lt_time, self.config.half_life_s)[present])
-            boost.append((rows[present], self.model.rebuy(weight).numpy()))
+            count = torch.tensor(x.history.counts, dtype=torch.float64)[torch.from_numpy(present)]
+            boost.append((rows[present], self.model.rebuy(weight, count).numpy()))
         return boost
 
     def apply(self, batch: list[Delivered], states: dict[str, UserState | None]) -> BatchResult:

@@ -16,45 +16,55 @@ _HEADER = struct.Struct("<BIII")  # format version, json length, hidden size, lo
 
 
 _HISTORY_HEADER = struct.Struct("<dI")  # base time (unix seconds), entries
+_ENTRY_BYTES = 16  # time offset, weight, fingerprint, touch count
 _SEARCHED_IDS = 16  # ``holds_any`` searches the packed ids for this many ids at most
 
 
 class History:
     """What the long-term sum is made of, one entry per item, so that it can be recomputed when item
     vectors change (``models.history``): the item, the event time its last touch counted at (unix seconds),
-    its touches' weights decayed-summed to that time, and the fingerprint of the vector its weight was
-    added with. Python lists, not arrays: a state holds a few to ~100 entries, read and written per event.
+    its touches' weights decayed-summed to that time, the fingerprint of the vector its weight was added
+    with, and how many touches it had (undecayed: the re-buy term's purchase frequency). Python lists, not
+    arrays: a state holds a few to ~100 entries, read and written per event.
 
     Packed as one block: the base time (the newest entry's) and the number of entries, float32 offsets
-    from the base (seconds), float32 weights, uint32 fingerprints, then the ids in UTF-8, NUL-separated
-    (ids hold no control characters: ``streams.schemas``); 12 bytes an entry plus its id. A decoded
-    history stays packed until it is used: the decay pass decodes every user of a partition, needs no
-    history, and writes an unused one back as it was.
+    from the base (seconds), float32 weights, uint32 fingerprints, uint32 touch counts, then the ids in
+    UTF-8, NUL-separated (ids hold no control characters: ``streams.schemas``); 16 bytes an entry plus its
+    id. A block written before touches were counted has no counts: each entry is read as touched once. A
+    decoded history stays packed until it is used: the decay pass decodes every user of a partition, needs
+    no history, and writes an unused one back as it was.
     """
 
     def __init__(self, items: list[str] | None = None, times: list[float] | None = None, weights: list[float] | None = None,
-                 fingerprints: list[int] | None = None) -> None:
+                 fingerprints: list[int] | None = None, counts: list[int] | None = None) -> None:
         self._items = items if items is not None else []
         self._times = times if times is not None else []
         self._weights = weights if weights is not None else []
         self._fingerprints = fingerprints if fingerprints is not None else []
+        self._counts = counts if counts is not None else [1] * len(self._items)
         self._block: bytes | None = None
+        self._stride = _ENTRY_BYTES  # bytes an entry takes in ``_block`` before the ids
 
     @classmethod
-    def packed(cls, block: bytes) -> History:
-        """The history ``pack`` made ``block``, unpacked on first use."""
+    def packed(cls, block: bytes, counted: bool = True) -> History:
+        """The history ``pack`` made ``block``, unpacked on first use; ``counted``: False for a block written
+        before touches were counted."""
         history = cls()
         history._block = block or None
+        history._stride = _ENTRY_BYTES if counted else _ENTRY_BYTES - 4
         return history
 
     def _unpack(self) -> None:
         block, self._block = self._block, None
         if block is not None:
             base, n = _HISTORY_HEADER.unpack_from(block)
-            numbers = struct.unpack_from(f"<{n}f{n}f{n}I", block, _HISTORY_HEADER.size)
-            self._items = block[_HISTORY_HEADER.size + 12 * n :].decode().split("\0")
+            counted = self._stride == _ENTRY_BYTES
+            numbers = struct.unpack_from(f"<{n}f{n}f{n}I" + (f"{n}I" if counted else ""), block, _HISTORY_HEADER.size)
+            self._items = block[_HISTORY_HEADER.size + self._stride * n :].decode().split("\0")
             self._times = [base + offset for offset in numbers[:n]]
-            self._weights, self._fingerprints = list(numbers[n : 2 * n]), list(numbers[2 * n :])
+            self._weights, self._fingerprints = list(numbers[n : 2 * n]), list(numbers[2 * n : 3 * n])
+            self._counts = list(numbers[3 * n :]) if counted else [1] * n
+            self._stride = _ENTRY_BYTES
 
     @property
     def items(self) -> list[str]:
@@ -76,6 +86,11 @@ class History:
         self._unpack()
         return self._fingerprints
 
+    @property
+    def counts(self) -> list[int]:
+        self._unpack()
+        return self._counts
+
     def __len__(self) -> int:
         return _HISTORY_HEADER.unpack_from(self._block)[1] if self._block is not None else len(self._items)
 
@@ -84,7 +99,7 @@ class History:
         search per id, the block left packed); many, in the unpacked list."""
         if self._block is None or len(item_ids) > _SEARCHED_IDS:
             return not item_ids.isdisjoint(self.items)
-        framed = b"\0" + self._block[_HISTORY_HEADER.size + 12 * len(self) :] + b"\0"
+        framed = b"\0" + self._block[_HISTORY_HEADER.size + self._stride * len(self) :] + b"\0"
         return any(b"\0" + item_id.encode() + b"\0" in framed for item_id in item_ids)
 
     def keep(self, kept: list[bool]) -> None:
@@ -94,18 +109,21 @@ class History:
         self._times = [x for x, k in zip(self._times, kept) if k]
         self._weights = [x for x, k in zip(self._weights, kept) if k]
         self._fingerprints = [x for x, k in zip(self._fingerprints, kept) if k]
+        self._counts = [x for x, k in zip(self._counts, kept) if k]
 
     def pack(self) -> bytes:
         """The history as bytes (empty if it has no entries); raises ``NonFinite`` for a NaN or infinity."""
-        if self._block is not None:
+        if self._block is not None and self._stride == _ENTRY_BYTES:
             return self._block
+        self._unpack()  # a block without counts is written with them
         n = len(self._items)
         if not n:
             return b""
         base = max(self._times)
         offsets = [t - base for t in self._times]
         require_finite("the user history", base + sum(offsets) + sum(self._weights))  # any NaN or infinity makes the sum one
-        return b"".join((_HISTORY_HEADER.pack(base, n), struct.pack(f"<{n}f{n}f{n}I", *offsets, *self._weights, *self._fingerprints),
+        return b"".join((_HISTORY_HEADER.pack(base, n),
+                         struct.pack(f"<{n}f{n}f{n}I{n}I", *offsets, *self._weights, *self._fingerprints, *self._counts),
                          "\0".join(self._items).encode()))
 
 
@@ -162,7 +180,7 @@ def encode(state: UserState) -> bytes:
         "le": state.last_event_id, "let": state.last_event_time, "mv": state.model_version,
         "ap": state.applied, "ri": state.recent_items, "re": state.recent_event_ids,
         "lr": [(item, round(score, 5)) for item, score in state.latest], "la": state.latest_at,
-        "sp": state.space, "hb": len(history),
+        "sp": state.space, "hb": len(history), "hc": 1,
     }
     blob = orjson.dumps(meta)  # the same compact JSON as json.dumps, ~10x faster
     hidden = np.ascontiguousarray(state.hidden, np.float32)
@@ -180,7 +198,8 @@ def decode(raw: bytes) -> UserState:
     hidden = np.frombuffer(raw, np.float32, n_hidden, start).copy()
     lt_sum = np.frombuffer(raw, np.float32, n_lt, start + 4 * n_hidden).copy()
     start += 4 * (n_hidden + n_lt)
-    history = History.packed(raw[start : start + meta.get("hb", 0)])  # absent before the long-term refresh
+    # "hb" is absent before the long-term refresh; "hc" before touches were counted
+    history = History.packed(raw[start : start + meta.get("hb", 0)], counted="hc" in meta)
     return UserState(
         hidden=hidden, lt_sum=lt_sum, lt_weight=meta["lw"], lt_time=meta["lt"], clicks=meta["c"], purchases=meta["p"],
         last_event_id=meta["le"], last_event_time=meta["let"], model_version=meta["mv"], applied=meta["ap"],

@@ -11,7 +11,7 @@ def random_model(embed_dim: int, dim: int, hidden: int, known: list[str] | None 
                  encoder: str = "t", seed: int = 0, trend_half_life_s: float = 0.0) -> InterestModel:
     """A random model whose learned parts are not at their (zero) start: a text bias, learned rows [E_i, B_i]
     for the ``known`` items (row 0, every other item's, stays zero) and, with ``rebuys``, a re-buy term
-    with a constant part (fresh, r(W) = log1p(W)); with ``trend_half_life_s``, a trend weight (fresh, 0)."""
+    with a constant and a count part (fresh, r(W, n) = log1p(W)); with ``trend_half_life_s``, a trend weight (fresh, 0)."""
     torch.manual_seed(seed)
     known = known or []
     model = InterestModel(ModelConfig(embed_dim, dim, hidden, encoder, len(known), rebuys, trend_half_life_s))
@@ -22,6 +22,7 @@ def random_model(embed_dim: int, dim: int, hidden: int, known: list[str] | None 
         model.item_id.weight[1:].normal_(std=0.3)
         model.log_a_rebuy.fill_(0.4)
         model.c_rebuy.fill_(0.5)
+        model.d_rebuy.fill_(0.3)
         if trend_half_life_s > 0:
             model.trend_weight.fill_(0.7)
     return model.eval()

@@ -3,6 +3,8 @@ long-term sum with the current item vectors, the same as the incremental sum whe
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import orjson
 import pytest
@@ -129,6 +131,33 @@ def test_the_history_round_trips_and_old_states_decode_without_one():
     arrays = raw[_HEADER.size + n_json : _HEADER.size + n_json + 4 * (n_hidden + n_lt)]
     old = decode(_HEADER.pack(version, len(blob), n_hidden, n_lt) + blob + arrays)
     assert old.space == "" and len(old.history) == 0 and old.history.items == [] and old.lt_time == state.lt_time
+
+
+def test_touches_are_counted_and_a_history_from_before_counts_reads_each_entry_as_touched_once():
+    state = UserState.new(4, DIM, "v", "enc@1")
+    for item, t in [("a", 100.0), ("b", 200.0), ("a", 300.0), ("a", 400.0)]:
+        history.record(state.history, item, t, 1.0, 7, 604800.0)
+    assert state.history.items == ["a", "b"] and state.history.counts == [3, 1]
+    raw = encode(state)
+    assert decode(raw).history.counts == [3, 1]
+    state.history.keep([False, True])
+    assert state.history.counts == [1]
+
+    # the same state as written before touches were counted: entries of 12 bytes, no "hc"
+    version, n_json, n_hidden, n_lt = _HEADER.unpack_from(raw)
+    meta = orjson.loads(raw[_HEADER.size : _HEADER.size + n_json])
+    start = _HEADER.size + n_json + 4 * (n_hidden + n_lt)
+    block = raw[start:]
+    base, n = struct.unpack_from("<dI", block)
+    numbers = struct.unpack_from(f"<{n}f{n}f{n}I", block, 12)
+    old_block = struct.pack("<dI", base, n) + struct.pack(f"<{n}f{n}f{n}I", *numbers) + block[12 + 16 * n :]
+    del meta["hc"]
+    meta["hb"] = len(old_block)
+    blob = orjson.dumps(meta)
+    old = decode(_HEADER.pack(version, len(blob), n_hidden, n_lt) + blob + raw[_HEADER.size + n_json : start] + old_block)
+    assert old.history.holds_any({"b"}) and not old.history.holds_any({"c"})  # searched in the packed ids
+    assert old.history.items == ["a", "b"] and old.history.counts == [1, 1] and old.history.weights == decode(raw).history.weights
+    assert decode(encode(old)).history.counts == [1, 1]  # written back with counts
 
 
 def test_recomputing_from_the_history_agrees_with_the_incremental_sum():

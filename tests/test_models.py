@@ -77,6 +77,18 @@ def test_checkpoint_round_trip_is_versioned_and_keeps_the_learned_items(tmp_path
         assert torch.equal(a, b)
 
 
+def test_a_rebuy_checkpoint_from_before_the_count_term_scores_as_it_did(tmp_path):
+    model = random_model(embed_dim=6, dim=4, hidden=5, rebuys=True)
+    model.save(tmp_path / "m.pt")
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    del ckpt["state"]["d_rebuy"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    loaded = InterestModel.load(tmp_path / "old.pt")
+    weight, count = torch.tensor([0.0, 1.0, 5.0]), torch.tensor([0.0, 1.0, 4.0])
+    with torch.no_grad():
+        assert torch.allclose(loaded.rebuy(weight, count), model.log_a_rebuy.exp() * torch.log1p(weight) + model.c_rebuy * (weight > 0))
+
+
 def test_a_checkpoint_of_the_layout_before_item_biases_asks_to_train_again(tmp_path):
     model = InterestModel(ModelConfig(embed_dim=6, dim=4, hidden=5, encoder="t"))
     model.save(tmp_path / "m.pt")

@@ -187,11 +187,13 @@ def test_a_rebuy_models_scores_are_the_dense_scores_plus_rebuy_terms_and_rank_as
         q = m.scoring_query(m.query(torch.from_numpy(np.stack([s.hidden for s in st])), torch.from_numpy(np.stack([s.long_term for s in st])),
                                     torch.tensor([s.lt_weight for s in st])))
         dense = q @ m.item_space(catalogue.embeddings, m.rows(catalogue.ids)).T
-        for b, s in enumerate(st):  # W: each history item's weight decayed from its last touch to the state's time
-            weight = torch.zeros(n, dtype=torch.float64)
+        for b, (u, s) in enumerate(zip(users, st)):  # W: each history item's weight decayed from its last touch to the state's time
+            weight, count = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
             for item, t, w in zip(s.history.items, s.history.times, s.history.weights):
                 weight[catalogue.index[item]] = w * 2.0 ** (-(s.lt_time - t) / config.half_life_s)
-            dense[b] += m.rebuy(weight).float()  # r(0) = 0: only the user's items move
+            for item, _, _ in user_events[u]:  # n: the user's events of the item, counted from the input
+                count[catalogue.index[item]] += 1
+            dense[b] += m.rebuy(weight, count).float()  # r(0, 0) = 0: only the user's items move
     assert np.allclose(got, dense.numpy(), atol=1e-5)
     published = updater.recommend([states[u] for u in users])
     for row, recs in zip(got, published):

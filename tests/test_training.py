@@ -173,9 +173,9 @@ def test_training_with_rebuys_as_candidates_learns_the_rebuy_term_the_log_calls_
     config = TrainConfig(dim=8, hidden=8, epochs=5, lr=3e-2, lanes=8, window=12, val_fraction=0.0, exclude_seen=False)
     model, _ = train(rebuy_log(items, rebuy), {i.item_id: n for n, i in enumerate(items)}, emb, "tiny", SETTINGS, config)
     assert model.config.rebuys
-    start = math.log(2.0)  # r(1) of a fresh model: log1p(1)
+    start = math.log(2.0)  # r(1, 1) of a fresh model: log1p(1)
     with torch.no_grad():
-        learned = model.rebuy(torch.tensor(1.0)).item()
+        learned = model.rebuy(torch.tensor(1.0), torch.tensor(1.0)).item()
     assert (learned > start + 0.5) if rebuy else (learned < start - 0.5), learned
 
 
