@@ -144,9 +144,9 @@ def lanes(seqs: Sequences, users: list[int], lengths: list[int], n_lanes: int, r
 class LaneState:
     """What each lane carries from one window to the next: the GRU state; per catalogue item, the decayed
     weight W of its current user's history (``models.history``: bounded and pruned as the stream's, when
-    re-buys are candidates; every item the user had, when they are excluded), the time of the item's last
-    touch and the touches it had; the time of the lane's last event; and the state, weights and counts as of
-    the current group's start."""
+    re-buys are candidates; every item the user had, when they are excluded) and, with re-buys, the time of
+    the item's last touch and the touches it had; the time of the lane's last event; and the state, weights
+    and counts as of the current group's start."""
 
     hidden: torch.Tensor  # [L, H]
     had: torch.Tensor  # [L, N]
@@ -203,22 +203,24 @@ def window_logits(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, s
     lane_ix = torch.arange(L)
     for t in range(W):
         fresh = new_user[:, t, None]
-        # the next user in this lane starts empty
-        h, had, count = h.masked_fill(fresh, 0.0), had.masked_fill(fresh, 0.0), count.masked_fill(fresh, 0.0)
+        h, had = h.masked_fill(fresh, 0.0), had.masked_fill(fresh, 0.0)  # the next user in this lane starts empty
         starts = new_group[:, t, None]
-        gh, ghad, gcount = torch.where(starts, h, gh), torch.where(starts, had, ghad), torch.where(starts, count, gcount)
+        gh, ghad = torch.where(starts, h, gh), torch.where(starts, had, ghad)
         before.append(gh)
         had_before.append(ghad)
-        count_before.append(gcount)
+        if not exclude_seen:  # touch counts, for the re-buy term
+            count = count.masked_fill(fresh, 0.0)
+            gcount = torch.where(starts, count, gcount)
+            count_before.append(gcount)
         h = model.step(h, drop(space[items[:, t], :-1]), types[:, t])
         decay = longterm.decay_factor((times[:, t] - t_last).masked_fill(new_user[:, t], 0.0).numpy(), settings.half_life_s)
         joined = had[lane_ix, items[:, t]] == 0
         had = had * torch.as_tensor(decay, dtype=had.dtype).unsqueeze(-1)
         had = had.index_put((lane_ix, items[:, t]), weights[:, t], accumulate=True)
-        count = count.index_put((lane_ix, items[:, t]), (weights[:, t] > 0).float(), accumulate=True)  # a touch the history records
-        touched = touched.index_put((lane_ix, items[:, t]), times[:, t])
         if not exclude_seen:  # the re-buy term reads the history as the stream bounds it
+            touched = touched.index_put((lane_ix, items[:, t]), times[:, t])
             had = _prune(had, touched, times[:, t], joined & (weights[:, t] > 0), items[:, t], settings)
+            count = count.index_put((lane_ix, items[:, t]), (weights[:, t] > 0).float(), accumulate=True)  # a touch the history records
             count = count * (had > 0)  # a pruned entry's touches go with it
         t_last = times[:, t]
     q = model.query(drop(torch.stack(before, 1)).reshape(L * W, -1), seqs.lt_avg[g].reshape(L * W, -1), seqs.lt_weight[g].reshape(-1).float())

@@ -97,10 +97,10 @@ class Settings:
     exclude_seen: bool = setting(True, "Drop the user's recent items from their recommendations.")
     reasons: bool = setting(
         False, "Add a reason to each recommended item: the user's recent item nearest to it, and its score's parts "
-        "(short-term, long-term, item bias, re-buy; README, Using it).")
+        "(short-term, long-term, item bias, re-buy, trend; README, Using it).")
     recent_items: int = setting(50, "Recent items remembered per user (for exclusion).", _at_least(0))
     history_items: int = setting(
-        100, "Items a user's long-term history keeps (event time, decayed weight), to recompute the long-term vector when "
+        100, "Items a user's long-term history keeps (event time, decayed weight, touches), to recompute the long-term vector when "
         "item vectors change; the least weighty go first (README, Long-term refresh).", _at_least(1))
     half_life_s: float = setting(604800.0, "Half-life of the long-term interest, seconds of event time.", POSITIVE)
     click_weight: float = setting(1.0, "Long-term weight of a click.", _at_least(0))
