@@ -11,6 +11,7 @@ import torch
 from cli.main import main
 from models import sasrec
 from models.data import EventLog, load_files, write_log
+from models.interest import InterestModel
 from models.peers import EASE, EASE_GRID, SASREC_GRID
 from models.records import CatalogueItem, Event
 
@@ -48,8 +49,10 @@ def test_train_then_evaluate_on_a_recorded_log(sample_catalogue, sample_events, 
     files = ["--catalogue", str(catalogue), "--events", str(events), "--cache", str(tmp_path / "cache")]
     checkpoint = tmp_path / "model.pt"
 
-    status, out, err = run(capsys, "train", *files, "--out", str(checkpoint), "--epochs", "2", "--dim", "8", "--hidden", "8")
+    status, out, err = run(capsys, "train", *files, "--out", str(checkpoint), "--epochs", "2", "--dim", "8", "--hidden", "8",
+                           "--trend-half-life", "3600")
     assert status == 0, err
+    assert InterestModel.load(checkpoint).config.trend_half_life_s == 3600.0  # evaluated below: replayed in time order
     assert f"log: {catalogue} + {events}: 96 items, 720 events (1 skipped: item not in the catalogue)" in out
     trained = json.loads(checkpoint.with_suffix(".json").read_text())
     data = {"source": {"catalogue": str(catalogue), "events": str(events)}, "items": 96, "events": 720, "skipped_events": 1}
@@ -190,8 +193,9 @@ def test_quality_over_two_seeds_on_a_recorded_log(sample_catalogue, sample_event
     assert all(cell.endswith("± 0.0000") for name in report["deterministic"] for cell in rows[name])
 
     status, _, err = run(capsys, "quality", *files, "--keep-seen", "--seeds", "1", "--epochs", "1", "--out", str(tmp_path / "again.json"),
-                         "--peer-params", str(tmp_path / "q.json"))
+                         "--peer-params", str(tmp_path / "q.json"), "--trend-half-life", "3600")
     assert status == 0, err
+    assert json.loads((tmp_path / "again.json").read_text())["config"]["trend_half_life_s"] == 3600.0
     again = json.loads((tmp_path / "again.json").read_text())["runs"][0]["results"]
     assert {name: again[name]["tuning"] for name in names[2:]} == {name: {"params": p, "validation NDCG@10": None} for name, p in report["params"].items()}
 
