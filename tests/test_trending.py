@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.catalogue import Catalogue
 from models.evaluate import StreamRecommender, build_catalogue
 from models.interest import InterestModel
 from models.records import CatalogueItem, Event
@@ -29,14 +30,8 @@ def brute_feature(items: np.ndarray, times: np.ndarray, n: int, at: float, half_
     return np.log1p(n * counts / counts.sum()) if counts.sum() else np.zeros(n)
 
 
-class Ids:
-    """The part of a catalogue ``Trending.feature`` reads: its ids in row order."""
-
-    def __init__(self, n: int) -> None:
-        self.ids = [f"i{j}" for j in range(n)]
-
-    def __len__(self) -> int:
-        return len(self.ids)
+def catalogue_of(n: int) -> Catalogue:
+    return build_catalogue([CatalogueItem(f"i{j}", "") for j in range(n)], np.eye(n, 4, dtype=np.float32))
 
 
 def test_the_worker_counts_give_the_decayed_shares_in_any_batching_and_across_a_rescale():
@@ -44,16 +39,27 @@ def test_the_worker_counts_give_the_decayed_shares_in_any_batching_and_across_a_
     n, h = 50, 3600.0
     items = rng.integers(n, size=2000)
     times = np.sort(rng.uniform(0, 2000 * h, 2000))  # 2000 half-lives: the forward weights are rescaled on the way
-    whole, batched = Trending(h), Trending(h)
+    catalogue, whole, batched = catalogue_of(n), Trending(h), Trending(h)
     whole.add([f"i{j}" for j in items], times)
     for start in range(0, 2000, 37):  # out of order within a batch, as a micro-batch holds several users
         part = slice(start, start + 37)
         order = rng.permutation(len(items[part]))
         batched.add([f"i{j}" for j in items[part][order]], times[part][order])
+        seen = slice(0, start + 37)
+        # read after every batch: the rows follow the events added since
+        assert np.allclose(batched.feature(catalogue), brute_feature(items[seen], times[seen], n, times[seen][-1] + 1e-6, h), atol=1e-5)
     want = brute_feature(items, times, n, times[-1] + 1e-6, h)
-    assert np.allclose(whole.feature(Ids(n)), want, atol=1e-5) and np.allclose(batched.feature(Ids(n)), want, atol=1e-5)  # type: ignore[arg-type]
+    assert np.allclose(whole.feature(catalogue), want, atol=1e-5) and np.allclose(batched.feature(catalogue), want, atol=1e-5)
     assert whole.t0 is not None and whole.t0 > 1000 * h  # rescaled, and still exact
-    assert np.array_equal(Trending(h).feature(Ids(3)), np.zeros(3, np.float32))  # type: ignore[arg-type]  # no events: no term
+
+    catalogue.remove(["i3"])  # rows move: i49 takes row 3
+    batched.add(["i49", "i7"], np.array([times[-1], times[-1]]))
+    counts = np.zeros(n)
+    np.add.at(counts, items, 2.0 ** (-(times[-1] - times) / h))
+    counts[[49, 7]] += 1.0
+    counts[3], counts[49] = counts[49], 0.0
+    assert np.allclose(batched.feature(catalogue), np.log1p(49 * counts[:49] / counts[:49].sum()), atol=1e-5)
+    assert np.array_equal(Trending(h).feature(catalogue), np.zeros(49, np.float32))  # no events: no term
     with pytest.raises(ValueError):
         Trending(0.0)
 
