@@ -103,9 +103,9 @@ def groups(events: list[Event]) -> list[list[int]]:
 def rounds(events: list[Event], independent_users: bool) -> Iterator[list[list[int]]]:
     """The groups of ``events`` in batches holding at most one group per user, each user's groups in order.
 
-    Time-dependent peers get consecutive runs of the groups in log order (nothing from the future leaks
-    in); stream models, whose users never interact, get every user's n-th group together: the same scores,
-    far fewer batches.
+    Time-dependent recommenders (popularity, a model with a trend term) get consecutive runs of the groups in
+    log order (nothing from the future leaks in); those whose users never interact (a stream model without a
+    trend term) get every user's n-th group together: the same scores, far fewer batches.
     """
     if independent_users:
         by_position: dict[int, list[list[int]]] = defaultdict(list)

@@ -109,6 +109,10 @@ class InterestModel(nn.Module):
         counts n (the same shape, any; r = 0 where both are 0)."""
         return self.log_a_rebuy.exp() * torch.log1p(weight) + self.c_rebuy * (weight > 0) + self.d_rebuy * torch.log1p(count)
 
+    def feature_weights(self) -> list[nn.Parameter]:
+        """The scalar weights of the score's feature terms (re-buy, trend): ``models.train`` lets them learn faster."""
+        return [self.log_a_rebuy, self.c_rebuy, self.d_rebuy, *([self.trend_weight] if self.config.trend_half_life_s > 0 else [])]
+
     def trend(self, feature: torch.Tensor) -> torch.Tensor:
         """The trend term g f_i (module docstring) for trend features ``feature`` (any shape, ``models.trending``)."""
         return self.trend_weight * feature

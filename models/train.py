@@ -17,6 +17,7 @@ import copy
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +45,9 @@ class TrainConfig:
     epochs: int = 30  # upper bound: early stopping usually ends sooner
     patience: int = 3  # epochs without a better validation NDCG@10 before stopping
     lr: float = 3e-3
+    # Adam moves a parameter by about lr a step: a few hundred steps (grocery's ~80 a epoch) would hold a
+    # re-buy or trend weight under ~1, where they need several (their features span 0-8)
+    feature_lr_scale: float = 10.0
     dropout: float = 0.2  # on the item vectors entering the GRU and the hidden state entering the fusion, while training
     lanes: int = 32  # users processed side by side
     window: int = 32  # steps per mini-batch (truncated backpropagation through time)
@@ -301,7 +305,10 @@ def train(
                                         config.trend_half_life_s))
         model.learn_items([ids[i] for i in trained])
         rows = model.rows(ids)
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+        scalars = model.feature_weights()
+        groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if all(p is not s for s in scalars)]},
+                                        {"params": scalars, "lr": config.lr * config.feature_lr_scale}]
+        opt = torch.optim.Adam(groups, lr=config.lr)
         history, best, best_state, stale = [], -1.0, None, 0
         bar = tqdm(range(1, epochs + 1), desc="fit" if early_stop else "refit", unit="epoch", disable=not progress)
         for epoch in bar:

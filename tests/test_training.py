@@ -221,4 +221,4 @@ def test_train_command_defaults_are_the_train_config_defaults():
     config = TrainConfig()
     for name in ("dim", "hidden", "epochs", "patience", "lr", "dropout", "lanes", "window", "seed"):
         assert getattr(args, name) == getattr(config, name), name
-    assert args.no_refit is not config.refit
+    assert args.no_refit is not config.refit and args.trend_half_life == config.trend_half_life_s
