@@ -196,11 +196,13 @@ def _train(args: argparse.Namespace, settings: Settings) -> None:
     version = model.save(out)
     summary = {"version": version, "checkpoint": str(out), "encoder": encoder.name, "data": log.describe(), "events": len(train_events),
                "train_before": cutoff, "config": asdict(config), "epochs": report.epochs,
-               "settings": _model_settings(settings), "seconds": round(report.seconds, 1), "history": report.history}
+               "settings": _model_settings(settings), "seconds": round(report.seconds, 1), "history": report.history,
+               "calibration": report.calibration}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     best = max((r for r in report.history if "val_ndcg@10" in r), key=lambda r: r["val_ndcg@10"], default={})
     print(f"saved {out} ({version}): {report.epochs} epoch{'s' if report.epochs != 1 else ''}, {report.seconds:.0f}s, "
-          f"validation NDCG@10 {best.get('val_ndcg@10', float('nan')):.4f}")
+          f"validation NDCG@10 {best.get('val_ndcg@10', float('nan')):.4f}"
+          + "".join(f", {name} x{scale:g} (calibrated)" for name, scale in report.calibration.items()))
 
 
 def _evaluate(args: argparse.Namespace, settings: Settings) -> None:

@@ -47,7 +47,8 @@ def measure(train_events: list[Event], test_events: list[Event], items: list[Cat
         model, report = train(train_events, index, embeddings, encoder, serving,
                               TrainConfig(epochs=config.epochs, exclude_seen=config.exclude_seen,
                                           trend_half_life_s=config.trend_half_life_s, seed=seed), progress)
-        training.append({"seed": seed, "seconds": round(report.seconds, 1), "events": len(train_events), "epochs": report.epochs})
+        training.append({"seed": seed, "seconds": round(report.seconds, 1), "events": len(train_events), "epochs": report.epochs,
+                         "calibration": report.calibration})
         peers = with_params(default_peers(ids, config.exclude_seen, seed), config.peer_params if seed == 0 else params)
         if seed > 0:
             peers = [p for p in peers if p.seeded]  # the others: seed 0's rows

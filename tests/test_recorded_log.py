@@ -57,6 +57,7 @@ def test_train_then_evaluate_on_a_recorded_log(sample_catalogue, sample_events, 
     trained = json.loads(checkpoint.with_suffix(".json").read_text())
     data = {"source": {"catalogue": str(catalogue), "events": str(events)}, "items": 96, "events": 720, "skipped_events": 1}
     assert checkpoint.exists() and trained["data"] == data and trained["events"] == 576  # the first 80% by time
+    assert set(trained["calibration"]) == {"trend_weight"} and "trend_weight x" in out  # chosen on validation, said
     assert len(list((tmp_path / "cache").glob("items-*.npy"))) == 1
 
     status, out, err = run(capsys, "evaluate", *files, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "eval.json"))

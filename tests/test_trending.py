@@ -197,3 +197,19 @@ def test_a_restarted_worker_goes_on_from_the_trend_counts_it_saved(tiny_encoder,
     other = start(DAY / 2)
     assert other.updater.trending is not None and other.updater.trending.half_life_s == DAY / 2
     other.store.close()
+
+
+def test_calibration_scales_each_feature_weight_to_the_best_validation_score_the_smaller_on_ties():
+    from models.train import calibrate
+
+    model = random_model(6, 4, 3, rebuys=True, trend_half_life_s=DAY)  # trend weight 0.7, count weight 0.3
+    calls = []
+
+    def score(m: InterestModel) -> float:  # best at trend weight 3 and count weight >= 1.2 (flat beyond: a tie)
+        calls.append((m.trend_weight.item(), m.d_rebuy.item()))
+        return -abs(m.trend_weight.item() - 3.0) - max(0.0, 1.2 - m.d_rebuy.item())
+
+    assert calibrate(model, score) == {"trend_weight": 4.0, "d_rebuy": 4.0}
+    assert model.trend_weight.item() == pytest.approx(2.8) and model.d_rebuy.item() == pytest.approx(1.2)
+    assert len(calls) == 8 and calls[4][0] == pytest.approx(2.8)  # the count weight is scaled with the trend weight chosen
+    assert calibrate(random_model(6, 4, 3), score) == {}  # no trend, no re-buy term: nothing to calibrate
