@@ -213,3 +213,54 @@ def test_calibration_scales_each_feature_weight_to_the_best_validation_score_the
     assert model.trend_weight.item() == pytest.approx(2.8) and model.d_rebuy.item() == pytest.approx(1.2)
     assert len(calls) == 8 and calls[4][0] == pytest.approx(2.8)  # the count weight is scaled with the trend weight chosen
     assert calibrate(random_model(6, 4, 3), score) == {}  # no trend, no re-buy term: nothing to calibrate
+
+
+@pytest.mark.e2e
+def test_a_trend_models_worker_explains_the_trend_and_keeps_its_counts_across_a_restart(settings, sample_events, tmp_path):
+    """A real worker (broker, RocksDB, tiny BERT) serving a trend checkpoint: every published item's parts hold
+    the trend term and add up to its score; the decay passes save the counts of every applied event in the
+    item store, and the next start reads them back."""
+    from dataclasses import replace
+
+    from cli.worker_process import WorkerProcess
+    from models.encoder import ItemEncoder
+    from state.item_store import ItemStore
+    from tests.helpers import latest_recommendations, metric_sum, run_sample, scrape, wait_until
+
+    encoder = ItemEncoder(settings.encoder_path, "cpu")
+    checkpoint = tmp_path / "trend.pt"
+    random_model(encoder.dim, 16, settings.hidden_size, encoder=encoder.name, trend_half_life_s=3600.0).save(checkpoint)
+    settings = replace(settings, checkpoint=str(checkpoint), reasons=True)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        run_sample(settings, worker, sample_events, tmp_path)
+        passes = metric_sum(scrape(settings.metrics_port), "interest_decay_duration_seconds_count")
+        wait_until(lambda: metric_sum(scrape(settings.metrics_port), "interest_decay_duration_seconds_count") >= passes + 2 * settings.partitions,
+                   what="two decay passes after the last event (each saves the counts)")
+        recs = latest_recommendations(settings)
+    finally:
+        worker.stop()
+    assert worker.exit_code == 0, worker.log_tail()
+
+    trend_parts = [item.reason.parts["trend"] for rec in recs.values() for item in rec.items if item.reason is not None]
+    assert len(trend_parts) == settings.top_k * len(recs) and max(trend_parts) > 0
+    assert all(sum(item.reason.parts.values()) == pytest.approx(item.score, rel=1e-5, abs=1e-6)
+               for rec in recs.values() for item in rec.items if item.reason is not None)
+    store = ItemStore(settings.data_dir / "items")
+    raw = store.trending()
+    catalogue = Catalogue(encoder.dim)
+    catalogue.upsert(list(store))
+    store.close()
+    assert raw is not None
+    index = catalogue.index
+    items, times = np.array([index[e["item_id"]] for e in sample_events]), np.array([e["ts"] for e in sample_events])
+    assert np.allclose(Trending.from_bytes(raw).feature(catalogue), brute_feature(items, times, len(catalogue), times.max() + 1e-6, 3600.0),
+                       atol=1e-4)  # every applied event, once
+
+    again = WorkerProcess(settings, tmp_path / "again.log").start()
+    try:
+        again.wait_ready(min_items=96)
+        assert f"trend counts of {len(set(items.tolist()))} items restored" in (tmp_path / "again.log").read_text()
+    finally:
+        again.stop()
+    assert again.exit_code == 0, again.log_tail()
