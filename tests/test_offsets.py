@@ -78,3 +78,30 @@ def test_a_partition_behind_its_end_with_nothing_arriving_is_stalled():
     for o in range(12, 50):
         progress.admit(CLICKS, o)
     assert progress.stalled({CLICKS: 50}) == {} and progress.stalled({CLICKS: 50}) == {}  # caught up
+
+
+def test_the_stall_timer_skips_a_look_when_the_broker_does_not_answer_instead_of_crashing_the_worker():
+    """At a stop, the admin client's connection closes under an in-flight committed-offsets request: the
+    timer raised KafkaConnectionError and faust took it for a crash (exit 1). The next tick looks again."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka.errors import KafkaConnectionError
+
+    from streams.checkpoints import Checkpoints
+
+    tp = TP("clicks", 0)
+
+    async def earliest_offsets(*tps):
+        return {t: 0 for t in tps}
+
+    async def unanswered(tps):
+        raise KafkaConnectionError("Connection at 127.0.0.1:9092 closed")
+
+    checkpoints = object.__new__(Checkpoints)  # only what the timer touches: no app, no broker
+    checkpoints.app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: {tp}, highwater=lambda tp: 5,
+                                                               earliest_offsets=earliest_offsets))
+    checkpoints.progress = PartitionProgress(["clicks"])
+    checkpoints.committed_offsets = unanswered  # type: ignore[method-assign]
+    asyncio.run(checkpoints.re_read_stalled())
+    assert not checkpoints.progress.knows(tp)  # not started: the next look starts it
