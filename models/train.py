@@ -149,7 +149,8 @@ def lanes(seqs: Sequences, users: list[int], lengths: list[int], n_lanes: int, r
 class LaneState:
     """What each lane carries from one window to the next: the GRU state; per catalogue item, the decayed
     weight W of its current user's history (``models.history``: bounded and pruned as the stream's, when
-    re-buys are candidates; every item the user had, when they are excluded) and, with re-buys, the time of
+    re-buys are candidates; when they are excluded, every item the user had, undecayed: only whether there
+    is a weight matters) and, with re-buys, the time of
     the item's last touch and the touches it had; the time of the lane's last event; and the state, weights
     and counts as of the current group's start."""
 
@@ -218,9 +219,10 @@ def window_logits(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, s
             gcount = torch.where(starts, count, gcount)
             count_before.append(gcount)
         h = model.step(h, drop(space[items[:, t], :-1]), types[:, t])
-        decay = longterm.decay_factor((times[:, t] - t_last).masked_fill(new_user[:, t], 0.0).numpy(), settings.half_life_s)
         joined = had[lane_ix, items[:, t]] == 0
-        had = had * torch.as_tensor(decay, dtype=had.dtype).unsqueeze(-1)
+        if not exclude_seen:  # the re-buy term reads the weights; the seen mask only whether there is one
+            decay = longterm.decay_factor((times[:, t] - t_last).masked_fill(new_user[:, t], 0.0).numpy(), settings.half_life_s)
+            had = had * torch.as_tensor(decay, dtype=had.dtype).unsqueeze(-1)
         had = had.index_put((lane_ix, items[:, t]), weights[:, t], accumulate=True)
         if not exclude_seen:  # the re-buy term reads the history as the stream bounds it
             touched = touched.index_put((lane_ix, items[:, t]), times[:, t])
