@@ -158,7 +158,7 @@ def recommendations(settings: Settings, from_beginning: bool = False,
 def format_recommendation(rec: Recommendation, titles: dict[str, str] | None = None) -> str:
     """One line, `user U after E [model]: item (score), ...`; items with reasons a line each,
     `  item 0.830  (near 17 0.91 · short 0.48 / long 0.31 / item 0.21)`: the nearest recent item and its cosine, then
-    each score part's share. ``titles``: item id -> what to print for it."""
+    each score part's share, with a minus for a part that lowered the score. ``titles``: item id -> what to print for it."""
     def name(item_id: str) -> str:
         return titles.get(item_id, item_id) if titles else item_id
 
@@ -171,4 +171,5 @@ def format_recommendation(rec: Recommendation, titles: dict[str, str] | None = N
 
 def _why(reason: Reason, name: Callable[[str], str]) -> str:
     near = f"near {name(reason.nearest)} {reason.similarity:.2f}" if reason.nearest is not None else "no other recent item"
-    return f"{near} · " + " / ".join(f"{part} {share:.2f}" for part, share in reason.shares().items())
+    # a share is |part| / sum |parts|: the sign says which way the part moved the score
+    return f"{near} · " + " / ".join(f"{part} {'-' if reason.parts[part] < 0 else ''}{share:.2f}" for part, share in reason.shares().items())

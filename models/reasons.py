@@ -67,7 +67,7 @@ def explain(query_parts: dict[str, torch.Tensor], space: torch.Tensor, rows: tor
         named["rebuy"] = amounts
     if trend is not None:
         named["trend"] = trend.cpu()[rows]
-    parts = {name: part.numpy().tolist() for name, part in named.items()}
+    parts = {name: (part + 0.0).numpy().tolist() for name, part in named.items()}  # + 0.0: no -0.0 (a negative weight times 0)
     position, similarity = nearest(items[..., :-1], rows, vectors(recent.clamp(min=0))[..., :-1], recent)
     return [
         [Reason(ids[recent_rows[b][p]] if p >= 0 else None, sim, {name: parts[name][b][j] for name in parts})

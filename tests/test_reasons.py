@@ -150,5 +150,5 @@ def test_subscribe_prints_a_line_per_item_with_its_reason_and_one_line_without()
     assert format_recommendation(explained, {"17": "tent"}).splitlines() == [
         "user u after e [v1]:",
         "  a 0.500  (near tent 0.91 · short 0.61 / long 0.39)",
-        "  b 0.250  (no other recent item · short 0.33 / long 0.67)",
+        "  b 0.250  (no other recent item · short -0.33 / long 0.67)",  # a part that lowered the score: signed
     ]
