@@ -4,11 +4,13 @@ GRU4Rec-style: the state before every event of a user's time-ordered sequence pr
 with a full softmax over the whole catalogue (cross-entropy). Session-parallel mini-batches: users are laid
 end to end in a few lanes, the GRU restarts from the empty state where a new user begins, and gradients
 are truncated every ``window`` steps (the hidden state itself carries on). Adam, early stopping on the last
-part of the training period.
+part of the training period, then the count and trend weights calibrated on it (``calibrate``) and, by
+default, a refit on the whole period.
 
 The model is stepped with the stream's own ``step`` and ``query``; the long-term inputs are not learned
 but precomputed with ``models.longterm`` under the stream's settings (half-life, click/purchase weights),
-so training sees exactly the states the stream will hold.
+so training sees exactly the states the stream will hold; so is the trend feature (``models.trending``,
+snapshots of all users' events).
 """
 
 from __future__ import annotations
@@ -150,9 +152,8 @@ class LaneState:
     """What each lane carries from one window to the next: the GRU state; per catalogue item, the decayed
     weight W of its current user's history (``models.history``: bounded and pruned as the stream's, when
     re-buys are candidates; when they are excluded, every item the user had, undecayed: only whether there
-    is a weight matters) and, with re-buys, the time of
-    the item's last touch and the touches it had; the time of the lane's last event; and the state, weights
-    and counts as of the current group's start."""
+    is a weight matters) and, with re-buys, the time of the item's last touch and the touches it had; the
+    time of the lane's last event; and the state, weights and counts as of the current group's start."""
 
     hidden: torch.Tensor  # [L, H]
     had: torch.Tensor  # [L, N]
