@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from models import longterm
 from models.catalogue import Catalogue
 
 RESCALE_EXPONENT = 500.0  # 2^500 of 2^1023: forward weights rescaled (t_0 moved up) past this
@@ -63,7 +64,7 @@ class Trending:
         exponent = (ts - self.t0) / self.half_life_s
         if exponent.max() > RESCALE_EXPONENT:  # move t_0 to now: every count shrinks alike, shares stay
             shift = float(ts.max()) - self.t0
-            scale = 2.0 ** (-shift / self.half_life_s)
+            scale = float(longterm.decay_factor(shift, self.half_life_s))
             floor = NEGLIGIBLE * sum(self.counts.values()) * scale
             self.counts = {i: c * scale for i, c in self.counts.items() if c * scale > floor}
             self.t0 += shift
@@ -122,7 +123,7 @@ def snapshots(items: np.ndarray, times: np.ndarray, n_items: int, half_life_s: f
     counts, out, begin = np.zeros(n_items), np.zeros((len(starts), n_items), np.float32), 0
     for k, start in enumerate(starts):
         if k:
-            counts *= 2.0 ** (-step / half_life_s)
+            counts *= longterm.decay_factor(step, half_life_s)
         out[k] = feature(counts)
         done = order[begin : ends[k]]
         np.add.at(counts, items[done], 2.0 ** ((times[done] - start) / half_life_s))  # at its time, as of `start`

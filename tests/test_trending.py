@@ -17,6 +17,7 @@ from models.train import LaneState, TrainConfig, _pass, build_sequences, lanes, 
 from models.trending import Trending, feature, snapshots
 from models.updater import Delivered, InterestUpdater, UpdaterConfig
 from tests.model_helpers import random_model
+from tests.test_reasons import catalogue_of
 from tests.test_training import SETTINGS, embedded  # noqa: F401  (a fixture)
 
 DAY = 86400.0
@@ -30,16 +31,12 @@ def brute_feature(items: np.ndarray, times: np.ndarray, n: int, at: float, half_
     return np.log1p(n * counts / counts.sum()) if counts.sum() else np.zeros(n)
 
 
-def catalogue_of(n: int) -> Catalogue:
-    return build_catalogue([CatalogueItem(f"i{j}", "") for j in range(n)], np.eye(n, 4, dtype=np.float32))
-
-
 def test_the_worker_counts_give_the_decayed_shares_in_any_batching_and_across_a_rescale():
     rng = np.random.default_rng(0)
     n, h = 50, 3600.0
     items = rng.integers(n, size=2000)
     times = np.sort(rng.uniform(0, 2000 * h, 2000))  # 2000 half-lives: the forward weights are rescaled on the way
-    catalogue, whole, batched = catalogue_of(n), Trending(h), Trending(h)
+    catalogue, whole, batched = catalogue_of(np.eye(n, 4, dtype=np.float32)), Trending(h), Trending(h)
     whole.add([f"i{j}" for j in items], times)
     for start in range(0, 2000, 37):  # out of order within a batch, as a micro-batch holds several users
         part = slice(start, start + 37)
