@@ -38,6 +38,13 @@ class WorkerApp:
     events: EventAgent
     catalogue: CatalogueAgents
 
+    def close(self) -> None:
+        """Close the worker's RocksDB stores (item store, user-table partitions) once faust has stopped, in
+        this thread: RocksDB wants its databases closed before the process exits, while its background
+        threads and static state still exist, not left to the interpreter's teardown."""
+        self.runtime.close()
+        self.table.close_partitions()
+
 
 def build_app(settings: Settings) -> WorkerApp:
     """The faust app of a worker with ``settings``. Raises ``IncompatibleLibrary`` if the installed faust or

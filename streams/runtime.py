@@ -98,6 +98,14 @@ class Runtime:
             self.store.save_trending(self.updater.trending.to_bytes())
             self._trending_saved = time.monotonic()
 
+    def close(self) -> None:
+        """Let the model and encoder threads finish the job they run (queued ones are dropped: nothing will read
+        their results), then close the item store. Call once the app has stopped."""
+        self.model_thread.shutdown(cancel_futures=True)
+        self.encoder_thread.shutdown(cancel_futures=True)
+        if hasattr(self, "store"):  # not before ``load``
+            self.store.close()
+
     async def in_model_thread(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
 

@@ -95,6 +95,12 @@ class UserTable(faust.Table):
                     self._users[partition] = sum(1 for key in dbs[partition].keys() if key != OFFSET_KEY)
         return sum(self._users.get(partition, 0) for partition in partitions if partition in dbs)
 
+    def close_partitions(self) -> None:
+        """Close every partition's RocksDB still open (faust's stop leaves them to the garbage collector)."""
+        dbs = partition_dbs(self)
+        while dbs:
+            dbs.popitem()[1].close()
+
     def changelog_sent(self) -> list[FutureMessage]:
         """Delivery futures of the changelog records sent since the last call."""
         sent, self._unconfirmed = self._unconfirmed, []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import socket
 from pathlib import Path
@@ -28,6 +29,7 @@ def run_worker(settings: Settings) -> None:
     logging.basicConfig(level=level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     # kafka-python's debug log holds its whole configuration and the SASL exchange: the password in clear.
     logging.getLogger("kafka").setLevel(max(level, logging.INFO))
+    faulthandler.enable()  # a crash in native code (torch, RocksDB) logs every thread's Python stack, not a bare status
     held = lock(settings.data_dir)  # noqa: F841 - held open for the life of the process
     # faust binds its web port only once the app runs, and fails there with a traceback naming no setting.
     require_free_port(settings.web_port, "INTEREST_WEB_PORT")
@@ -45,7 +47,10 @@ def run_worker(settings: Settings) -> None:
     from streams.faust_worker import Worker
 
     worker = build_app(settings)
-    Worker(worker.app, settings.stop_timeout_s, loglevel=settings.log_level).execute_from_commandline()
+    try:
+        Worker(worker.app, settings.stop_timeout_s, loglevel=settings.log_level).execute_from_commandline()
+    finally:  # it always ends in SystemExit, with the exit status
+        worker.close()
 
 
 def require_free_port(port: int, variable: str) -> None:

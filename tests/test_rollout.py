@@ -70,14 +70,14 @@ def test_the_item_store_is_emptied_when_the_worker_reads_another_topic_or_encode
     runtime = load(settings)
     vector = ItemVector("i1", text_hash("t"), np.full(runtime.encoder.dim, 0.1, np.float32))
     runtime.store.apply([vector], [], {0: 7})
-    runtime.store.close()
+    runtime.close()  # the store too: RocksDB refuses a second opening of a directory still open
     again = load(settings)  # the same source: kept
     assert len(again.updater.catalogue) == 1 and again.store.offsets() == {0: 7}
     assert again.updater.catalogue.space == again.encoder.space
-    again.store.close()
+    again.close()
     moved = load(replace(settings, item_vectors_topic="item-vectors-b"))  # another source: read again from its start
     assert len(moved.updater.catalogue) == 0 and moved.store.offsets() == {} and list(moved.store) == []
-    moved.store.close()
+    moved.close()
     store = ItemStore(tmp_path / "items")
     assert store.source() == f"item-vectors-b {moved.encoder.space}"
     store.close()
