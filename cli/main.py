@@ -179,11 +179,9 @@ def _given_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def _train(args: argparse.Namespace, settings: Settings) -> None:
     from dataclasses import asdict
 
-    import torch
-
     from models.train import TrainConfig, train
 
-    torch.set_num_threads(args.threads)
+    _offline_compute(args.threads)
     log = _event_log(args)
     train_events, _, cutoff = log.split(args.test_fraction)
     encoder, embeddings = _embedded(args, settings, log)
@@ -208,13 +206,11 @@ def _train(args: argparse.Namespace, settings: Settings) -> None:
 def _evaluate(args: argparse.Namespace, settings: Settings) -> None:
     from dataclasses import asdict
 
-    import torch
-
     from models.evaluate import EvalConfig, ablate, chosen_params, evaluate, format_table
     from models.interest import InterestModel
     from models.peers import default_peers, with_params
 
-    torch.set_num_threads(args.threads)
+    _offline_compute(args.threads)
     log = _event_log(args)
     train_events, test_events, cutoff = log.split(args.test_fraction)
     encoder, embeddings = _embedded(args, settings, log)
@@ -244,12 +240,11 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _quality(args: argparse.Namespace, settings: Settings) -> None:
-    import torch
 
     from cli.quality import QualityConfig, markdown, measure
     from models.data import DEFAULT_DATASET
 
-    torch.set_num_threads(args.threads)
+    _offline_compute(args.threads)
     log = _event_log(args)
     train_events, test_events, cutoff = log.split(args.test_fraction)
     encoder, embeddings = _embedded(args, settings, log)
@@ -276,6 +271,17 @@ def _quality(args: argparse.Namespace, settings: Settings) -> None:
 # SASRec+ on the sample log: 1 s against 37 s), and a fixed count keeps runs comparable across machines (BLAS
 # may split a sum differently with another thread count).
 THREADS = 1
+
+
+def _offline_compute(threads: int) -> None:
+    """`train`, `evaluate` and `quality`: ``threads`` torch threads, and freed tensor memory kept for reuse
+    (``hardware.keep_freed_memory``: these commands allocate the same large tensors mini-batch after mini-batch)."""
+    import torch
+
+    from models.hardware import keep_freed_memory
+
+    torch.set_num_threads(threads)
+    keep_freed_memory()
 
 
 def _threads_argument(p: argparse.ArgumentParser) -> None:

@@ -9,8 +9,9 @@ default, a refit on the whole period.
 
 The model is stepped with the stream's own ``step`` and ``query``; the long-term inputs are not learned
 but precomputed with ``models.longterm`` under the stream's settings (half-life, click/purchase weights),
-so training sees exactly the states the stream will hold; so is the trend feature (``models.trending``,
-snapshots of all users' events).
+so training sees exactly the states the stream will hold; so are the user's items before each event (the
+seen mask's, or the re-buy term's history, by the stream's own ``models.history``) and the trend feature
+(``models.trending``, snapshots of all users' events).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models import longterm, trending
-from models.history import HORIZON_HALF_LIVES, PRUNE_TO
+from models import history, longterm, trending
 from models.interest import InterestModel, ModelConfig
 from models.records import Event
 from models.updater import UpdaterConfig
 from state.faults import InterestStreamError
+from state.user_state import History
 
 
 def validation_cutoff(times: np.ndarray, fraction: float) -> float:
@@ -85,14 +86,35 @@ class Sequences:
     weights: torch.Tensor  # [E] its long-term (and history) weight: click or purchase weight times quantity
     lt_avg: torch.Tensor  # [E, embed_dim] decayed average before the event's group (zeros before the first)
     lt_weight: torch.Tensor  # [E] its decayed weight
+    history: "HistoryEntries"  # the user's items as of each event's group: what the seen mask or the re-buy term reads
     trend: torch.Tensor | None = None  # [K, N] trend feature snapshots over all users' events (``trending.snapshots``)
     trend_at: torch.Tensor | None = None  # [E] the snapshot each event reads
 
 
+@dataclass
+class HistoryEntries:
+    """Per event, the user's items before its group: entries ``begin[e]`` to ``end[e]`` (exclusive) of ``items``.
+    They depend on the log alone, not on the model, so they are computed once (``seen_items``, ``rebuy_history``) and each
+    mini-batch reads a few thousand entries instead of carrying [lanes, items] weights step by step.
+
+    With ``rebuys``: the stream's own bounded history (``models.history``: recorded, pruned and decayed as the
+    stream does), snapshot at each group's start: ``weight`` its W decayed to the user's newest event, ``count``
+    its touches. Without (seen items excluded): every item the user had, unbounded, as the evaluation masks
+    them; the ranges are prefixes of one list per user, ``weight`` and ``count`` unused (ones)."""
+
+    rebuys: bool
+    begin: torch.Tensor  # [E] int64
+    end: torch.Tensor  # [E] int64
+    items: torch.Tensor  # [M] int64 catalogue rows
+    weight: torch.Tensor  # [M] float32
+    count: torch.Tensor  # [M] float32
+
+
 def build_sequences(events: list[Event], index: dict[str, int], embeddings: np.ndarray, settings: UpdaterConfig,
-                    trend_half_life_s: float = 0.0) -> Sequences:
+                    trend_half_life_s: float = 0.0, rebuys: bool = False) -> Sequences:
     """Group time-ordered events by user; long-term inputs via ``longterm.add``, batched by position like the
-    stream; with ``trend_half_life_s`` > 0 the trend feature each event is scored with."""
+    stream; the user's items before each group (``HistoryEntries``: with ``rebuys`` the re-buy term's history,
+    else the seen mask's items); with ``trend_half_life_s`` > 0 the trend feature each event is scored with."""
     by_user: dict[str, list[Event]] = defaultdict(list)
     for e in events:
         if e.item_id in index:
@@ -122,11 +144,63 @@ def build_sequences(events: list[Event], index: dict[str, int], embeddings: np.n
         )
     first = np.maximum.accumulate(np.where(group, np.arange(len(flat)), 0))  # each event's group's first event
     lt_avg, lt_weight = lt_avg[first], lt_weight[first]
-    out = Sequences(list(start), *(torch.from_numpy(a) for a in (items, types, times, user, pos, group, weights, lt_avg, lt_weight)))
+    entries = rebuy_history(items, times, weights, start, first, settings) if rebuys else seen_items(items, weights, start, first)
+    tensor = torch.from_numpy
+    out = Sequences(list(start), tensor(items), tensor(types), tensor(times), tensor(user), tensor(pos), tensor(group), tensor(weights),
+                    tensor(lt_avg), tensor(lt_weight), entries)
     if trend_half_life_s > 0:
         starts, table = trending.snapshots(items, times, len(embeddings), trend_half_life_s)
         out.trend, out.trend_at = torch.from_numpy(table), torch.from_numpy(np.searchsorted(starts, times, "right") - 1)
     return out
+
+
+def seen_items(items: np.ndarray, weights: np.ndarray, start: np.ndarray, first: np.ndarray) -> HistoryEntries:
+    """``HistoryEntries`` without re-buys: per user the items in the order they first came (with a weight), each
+    event's range the prefix of its user's list that came before its group (``first``: the group's first event)."""
+    firsts = np.zeros(len(items), bool)
+    for u in range(len(start) - 1):
+        had: set[int] = set()
+        for n in range(start[u], start[u + 1]):
+            if weights[n] > 0 and items[n] not in had:
+                had.add(items[n])
+                firsts[n] = True
+    before = np.concatenate([[0], np.cumsum(firsts)])  # entries before each event
+    user = np.repeat(np.arange(len(start) - 1), np.diff(start))
+    ones = torch.ones(int(firsts.sum()))
+    return HistoryEntries(False, torch.from_numpy(before[start[user]]), torch.from_numpy(before[first]), torch.from_numpy(items[firsts]),
+                          ones, ones)
+
+
+def rebuy_history(items: np.ndarray, times: np.ndarray, weights: np.ndarray, start: np.ndarray, first: np.ndarray,
+                  settings: UpdaterConfig) -> HistoryEntries:
+    """``HistoryEntries`` with re-buys: each user's events recorded in a ``History`` by the stream's own
+    ``history.record`` and ``prune`` (an item's catalogue row stands for its id), snapshot at each group's start."""
+    begin, end = np.zeros(len(items), np.int64), np.zeros(len(items), np.int64)
+    rows: list[np.ndarray] = []
+    decayed: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    size = 0
+    for u in range(len(start) - 1):
+        h, newest = History(), -np.inf
+        for n in range(start[u], start[u + 1]):
+            if first[n] == n:  # a group starts: the entries it is scored with
+                if h.items:
+                    rows.append(np.array(h.items, np.int64))
+                    decayed.append(history.weights_at(h, newest, settings.half_life_s))
+                    counts.append(np.array(h.counts))
+                begin[n], end[n] = size, size + len(h.items)
+                size += len(h.items)
+            else:
+                begin[n], end[n] = begin[first[n]], end[first[n]]
+            newest = max(newest, times[n])  # a late event counts as of the user's newest (``longterm.add``)
+            if weights[n] > 0 and history.record(h, str(items[n]), newest, float(weights[n]), 0, settings.half_life_s):
+                history.prune(h, settings.history_items, settings.half_life_s)
+    return HistoryEntries(True, torch.from_numpy(begin), torch.from_numpy(end), _concat(rows, np.int64), _concat(decayed, np.float32),
+                          _concat(counts, np.float32))
+
+
+def _concat(parts: list[np.ndarray], dtype: type) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype))
 
 
 def lanes(seqs: Sequences, users: list[int], lengths: list[int], n_lanes: int, rng: np.random.Generator | None = None) -> torch.Tensor:
@@ -149,128 +223,98 @@ def lanes(seqs: Sequences, users: list[int], lengths: list[int], n_lanes: int, r
 
 @dataclass
 class LaneState:
-    """What each lane carries from one window to the next: the GRU state; per catalogue item, the decayed
-    weight W of its current user's history (``models.history``: bounded and pruned as the stream's, when
-    re-buys are candidates; when they are excluded, every item the user had, undecayed: only whether there
-    is a weight matters) and, with re-buys, the time of the item's last touch and the touches it had; the
-    time of the lane's last event; and the state, weights and counts as of the current group's start."""
+    """What each lane carries from one window to the next: the GRU state, and the state as of the current
+    group's start (what its events are predicted from)."""
 
     hidden: torch.Tensor  # [L, H]
-    had: torch.Tensor  # [L, N]
-    touched: torch.Tensor  # [L, N] float64
-    count: torch.Tensor  # [L, N]
-    time: torch.Tensor  # [L] float64
     group_hidden: torch.Tensor  # [L, H]
-    group_had: torch.Tensor  # [L, N]
-    group_count: torch.Tensor  # [L, N]
 
     @classmethod
-    def empty(cls, lanes: int, hidden: int, items: int) -> "LaneState":
-        h, had = torch.zeros(lanes, hidden), torch.zeros(lanes, items)
-        return cls(h, had, torch.zeros(lanes, items, dtype=torch.float64), had, torch.zeros(lanes, dtype=torch.float64), h, had, had)
+    def empty(cls, lanes: int, hidden: int) -> "LaneState":
+        h = torch.zeros(lanes, hidden)
+        return cls(h, h)
 
     def detach(self) -> "LaneState":
-        return LaneState(*(x.detach() for x in (self.hidden, self.had, self.touched, self.count, self.time, self.group_hidden,
-                                                 self.group_had, self.group_count)))
+        return LaneState(self.hidden.detach(), self.group_hidden.detach())
 
 
-def _prune(had: torch.Tensor, touched: torch.Tensor, now: torch.Tensor, joined: torch.Tensor, items: torch.Tensor,
-           settings: UpdaterConfig) -> torch.Tensor:
-    """``history.prune`` for the lanes whose user's history an item just ``joined`` [L]: entries untouched for
-    ``HORIZON_HALF_LIVES`` before ``now`` [L] go; past ``history_items``, those of least weight, never the
-    newest (``items`` [L]), down to ``PRUNE_TO`` of the cap. ``had`` is already decayed to ``now``."""
-    horizon = (now - HORIZON_HALF_LIVES * settings.half_life_s).unsqueeze(-1)
-    had = had.masked_fill(joined.unsqueeze(-1) & (touched < horizon), 0.0)
-    for lane in (joined & ((had > 0).sum(1) > settings.history_items)).nonzero().flatten().tolist():
-        weights = had[lane].clone()
-        weights[items[lane]] = float("inf")
-        keep = torch.topk(weights, max(1, int(PRUNE_TO * settings.history_items))).indices
-        had[lane] = torch.zeros_like(weights).index_copy(0, keep, had[lane, keep])
-    return had
+def history_of(entries: HistoryEntries, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entries of ``events`` [B] (event indices, -1 for none) flattened: (the position in ``events`` each
+    belongs to, the entry's index), both [M] int64."""
+    valid = events >= 0
+    g = events.clamp(min=0)
+    lengths = (entries.end[g] - entries.begin[g]).masked_fill(~valid, 0)
+    owner = torch.repeat_interleave(torch.arange(len(events)), lengths)
+    offset = torch.arange(len(owner)) - (torch.cumsum(lengths, 0) - lengths)[owner]
+    return owner, entries.begin[g][owner] + offset
 
 
 def window_logits(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, seqs: Sequences, idx: torch.Tensor, lane: LaneState,
-                  exclude_seen: bool, settings: UpdaterConfig, dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, LaneState]:
-    """Scores [L, W, N] of every catalogue item before each event of ``idx`` [L, W] (as the stream ranks them
-    before the event's group), whether each event's item was a candidate [L, W] (with ``exclude_seen`` the
-    user's items before the group are not), and the lanes' state after the window. ``rows``: the catalogue's
-    learned rows (``InterestModel.rows``)."""
+                  exclude_seen: bool, dropout: float = 0.0, scored: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, LaneState]:
+    """Steps the lanes through the events ``idx`` [L, W] and scores the positions ``scored`` [L, W] (bool;
+    None: all): the scores [M, N] of every catalogue item before each scored event (as the stream ranks them
+    before the event's group; M scored events, row-major), whether each one's item was a candidate [M] (with
+    ``exclude_seen`` the user's items before the group are not), and the lanes' state after the window.
+    ``rows``: the catalogue's learned rows (``InterestModel.rows``). Raises ``ValueError`` if ``seqs`` was
+    built for the other mode."""
+    if seqs.history.rebuys == exclude_seen:
+        raise ValueError(f"sequences built {'with' if seqs.history.rebuys else 'without'} re-buys, scored with exclude_seen={exclude_seen}")
     L, W = idx.shape
 
     def drop(x: torch.Tensor) -> torch.Tensor:
         return nn.functional.dropout(x, dropout, model.training)
 
-    g = idx.clamp(min=0)  # padding (-1) computes on event 0 and is never scored
+    g = idx.clamp(min=0)  # padding (-1) computes on event 0
     items, types, new_user, new_group = seqs.items[g], seqs.types[g], seqs.pos[g] == 0, seqs.group[g]
-    times, weights = seqs.times[g], seqs.weights[g].float()
     space = model.item_space(emb, rows)  # [N, dim + 1]
-    h, had, touched, count, t_last = lane.hidden, lane.had, lane.touched, lane.count, lane.time
-    gh, ghad, gcount = lane.group_hidden, lane.group_had, lane.group_count
-    before, had_before, count_before = [], [], []
-    lane_ix = torch.arange(L)
+    h, gh = lane.hidden, lane.group_hidden
+    before = []
     for t in range(W):
-        fresh = new_user[:, t, None]
-        h, had = h.masked_fill(fresh, 0.0), had.masked_fill(fresh, 0.0)  # the next user in this lane starts empty
-        starts = new_group[:, t, None]
-        gh, ghad = torch.where(starts, h, gh), torch.where(starts, had, ghad)
+        h = h.masked_fill(new_user[:, t, None], 0.0)  # the next user in this lane starts empty
+        gh = torch.where(new_group[:, t, None], h, gh)
         before.append(gh)
-        had_before.append(ghad)
-        if not exclude_seen:  # touch counts, for the re-buy term
-            count = count.masked_fill(fresh, 0.0)
-            gcount = torch.where(starts, count, gcount)
-            count_before.append(gcount)
         h = model.step(h, drop(space[items[:, t], :-1]), types[:, t])
-        joined = had[lane_ix, items[:, t]] == 0
-        if not exclude_seen:  # the re-buy term reads the weights; the seen mask only whether there is one
-            decay = longterm.decay_factor((times[:, t] - t_last).masked_fill(new_user[:, t], 0.0).numpy(), settings.half_life_s)
-            had = had * torch.as_tensor(decay, dtype=had.dtype).unsqueeze(-1)
-        had = had.index_put((lane_ix, items[:, t]), weights[:, t], accumulate=True)
-        if not exclude_seen:  # the re-buy term reads the history as the stream bounds it
-            touched = touched.index_put((lane_ix, items[:, t]), times[:, t])
-            had = _prune(had, touched, times[:, t], joined & (weights[:, t] > 0), items[:, t], settings)
-            count = count.index_put((lane_ix, items[:, t]), (weights[:, t] > 0).float(), accumulate=True)  # a touch the history records
-            count = count * (had > 0)  # a pruned entry's touches go with it
-        t_last = times[:, t]
-    q = model.query(drop(torch.stack(before, 1)).reshape(L * W, -1), seqs.lt_avg[g].reshape(L * W, -1), seqs.lt_weight[g].reshape(-1).float())
-    logits = (model.scoring_query(q) @ space.T).view(L, W, -1)
-    prior = torch.stack(had_before, 1)  # [L, W, N]
-    candidate = torch.ones(L, W, dtype=torch.bool)
+    at = torch.arange(L * W) if scored is None else scored.reshape(-1).nonzero().squeeze(1)
+    events = idx.reshape(-1)[at]
+    e = events.clamp(min=0)
+    q = model.query(drop(torch.stack(before, 1).reshape(L * W, -1)[at]), seqs.lt_avg[e], seqs.lt_weight[e].float())
+    logits = model.scoring_query(q) @ space.T  # [M, N]: the full catalogue, only where an event is scored
+    candidate = torch.ones(len(at), dtype=torch.bool)
     if seqs.trend is not None and seqs.trend_at is not None:
-        logits = logits + model.trend(seqs.trend[seqs.trend_at[g]])
+        logits = logits + model.trend(seqs.trend[seqs.trend_at[e]])
+    owner, entry = history_of(seqs.history, events)  # a user has a few dozen of the N items
+    had = seqs.history.items[entry]
     if exclude_seen:
-        seen = prior > 0
-        candidate = ~seen.gather(2, items.unsqueeze(-1)).squeeze(-1)  # a repeated target is not a candidate: a miss
-        logits = logits.masked_fill(seen, float("-inf"))
-    elif model.config.rebuys:
-        at = prior.nonzero(as_tuple=True)  # a user has a few dozen of the N items: r(0, 0) = 0 elsewhere
-        logits = logits.index_put(at, model.rebuy(prior[at], torch.stack(count_before, 1)[at]), accumulate=True)
-    return logits, candidate, LaneState(h, had, touched, count, t_last, gh, ghad, gcount)
+        logits = logits.index_put((owner, had), torch.tensor(float("-inf")))
+        # a repeated target is not a candidate: a miss
+        candidate = candidate.index_put((owner[had == seqs.items[e][owner]],), torch.tensor(False))
+    elif model.config.rebuys:  # r(0, 0) = 0 for every other item
+        logits = logits.index_put((owner, had), model.rebuy(seqs.history.weight[entry], seqs.history.count[entry]), accumulate=True)
+    return logits, candidate, LaneState(h, gh)
 
 
 def _pass(model: InterestModel, emb: torch.Tensor, rows: torch.Tensor, seqs: Sequences, grid: torch.Tensor, config: TrainConfig,
-          settings: UpdaterConfig, opt: torch.optim.Optimizer | None = None, since: float = -np.inf) -> tuple[float, int, torch.Tensor]:
+          opt: torch.optim.Optimizer | None = None, since: float = -np.inf) -> tuple[float, int, torch.Tensor]:
     """One pass over ``grid``: trains if ``opt`` is given, else ranks. Scores events at or after ``since``:
     (loss sum over the events whose item was a candidate, their number, and without ``opt`` the 1-based
     rank of each scored event's item, 0 where it was not a candidate: a miss)."""
-    lane = LaneState.empty(grid.shape[0], model.config.hidden, len(emb))
+    lane = LaneState.empty(grid.shape[0], model.config.hidden)
     total, fitted, ranks = 0.0, 0, []
     with torch.set_grad_enabled(opt is not None):
         for w in range(0, grid.shape[1], config.window):
             idx = grid[:, w : w + config.window]
-            logits, candidate, lane = window_logits(model, emb, rows, seqs, idx, lane, config.exclude_seen, settings, config.dropout)
-            lane = lane.detach()  # truncated backpropagation: the state goes on, its gradient stops here
             scored = (idx >= 0) & (seqs.times[idx.clamp(min=0)] >= since)
-            fit = scored & candidate
-            flat = logits.view(-1, logits.shape[-1])
-            if opt is None and scored.any():
-                ranked, target = flat[scored.view(-1)], seqs.items[idx[scored]]
-                rank = (ranked > ranked.gather(1, target.unsqueeze(1))).sum(1) + 1
-                ranks.append(rank.masked_fill(~candidate[scored], 0))
-            if not fit.any():
+            logits, candidate, lane = window_logits(model, emb, rows, seqs, idx, lane, config.exclude_seen, config.dropout, scored)
+            lane = lane.detach()  # truncated backpropagation: the state goes on, its gradient stops here
+            target = seqs.items[idx[scored]]
+            if opt is None and len(target):
+                rank = (logits > logits.gather(1, target.unsqueeze(1))).sum(1) + 1
+                ranks.append(rank.masked_fill(~candidate, 0))
+            if not candidate.any():
                 continue
-            # the target -100 (cross_entropy's ignore_index) leaves an event out without copying the [L * W, N] logits
-            loss = nn.functional.cross_entropy(flat, seqs.items[idx].masked_fill(~fit, -100).view(-1), reduction="sum")
-            n = int(fit.sum())
+            # the target -100 (cross_entropy's ignore_index) leaves an event out without copying the [M, N] logits
+            loss = nn.functional.cross_entropy(logits, target.masked_fill(~candidate, -100), reduction="sum")
+            n = int(candidate.sum())
             if opt is not None:
                 opt.zero_grad()
                 (loss / n).backward()
@@ -312,7 +356,7 @@ def train(
     """Train on time-ordered ``events`` (items by ``index`` into ``embeddings``); returns the model, unsaved.
     Raises ``InterestStreamError`` when no event is left to fit before the validation part."""
     started = time.perf_counter()
-    seqs = build_sequences(events, index, embeddings, settings, config.trend_half_life_s)
+    seqs = build_sequences(events, index, embeddings, settings, config.trend_half_life_s, rebuys=not config.exclude_seen)
     emb = torch.from_numpy(embeddings)
     ids = sorted(index, key=index.__getitem__)
     n_users = len(seqs.start) - 1
@@ -329,7 +373,7 @@ def train(
         """Loss, HR@10 and NDCG@10 of ``model`` on the validation part, as the evaluation ranks."""
         assert val_grid is not None  # early stopping and calibration need a validation period
         model.eval()
-        loss, fitted, ranks = _pass(model, emb, rows, seqs, val_grid, config, settings, since=cutoff)
+        loss, fitted, ranks = _pass(model, emb, rows, seqs, val_grid, config, since=cutoff)
         hit = ((ranks >= 1) & (ranks <= 10)).double()  # 0: the item was not a candidate, a miss as in the evaluation
         return {"val_loss": loss / max(fitted, 1), "val_hr@10": hit.mean().item(),
                 "val_ndcg@10": (hit / torch.log2(ranks.clamp(min=1) + 1.0)).mean().item()}
@@ -352,7 +396,7 @@ def train(
         for epoch in bar:
             grid = lanes(seqs, [u for u in range(n_users) if lengths[u]], lengths, config.lanes, rng)
             model.train()
-            loss, fitted, _ = _pass(model, emb, rows, seqs, grid, config, settings, opt)
+            loss, fitted, _ = _pass(model, emb, rows, seqs, grid, config, opt)
             row = {"epoch": epoch, "train_loss": loss / max(fitted, 1)}
             if early_stop:
                 row.update(validation(model, rows))

@@ -69,16 +69,15 @@ def test_early_stopping_then_refit_on_the_whole_period(embedded):
 
 
 def run_windows(model: InterestModel, emb: torch.Tensor, ids: list[str], seqs: Sequences, grid: torch.Tensor, window: int,
-                exclude_seen: bool, half_life_s: float = SETTINGS.half_life_s) -> tuple[torch.Tensor, torch.Tensor]:
+                exclude_seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``window_logits`` over the whole of a one-lane ``grid``, ``window`` events at a time, the lane's state
     carried across: (logits [T, N], candidate [T])."""
-    lane, logits, candidate = LaneState.empty(1, model.config.hidden, len(emb)), [], []
+    lane, logits, candidate = LaneState.empty(1, model.config.hidden), [], []
     with torch.no_grad():
         for w in range(0, grid.shape[1], window):
-            out, cand, lane = window_logits(model, emb, model.rows(ids), seqs, grid[:, w : w + window], lane, exclude_seen,
-                                            replace(SETTINGS, half_life_s=half_life_s))
-            logits.append(out[0])
-            candidate.append(cand[0])
+            out, cand, lane = window_logits(model, emb, model.rows(ids), seqs, grid[:, w : w + window], lane, exclude_seen)
+            logits.append(out)  # one lane: [W, N]
+            candidate.append(cand)
     return torch.cat(logits), torch.cat(candidate)
 
 
@@ -98,10 +97,10 @@ def test_training_sees_the_states_the_stream_holds(embedded, sample_events, rebu
     index = {item: n for n, item in enumerate(ids)}
     model = random_model(32, 16, 16, known=ids[::2], rebuys=rebuys, encoder="tiny", seed=1)  # half the items known
     settings = replace(SETTINGS, half_life_s=half_life_s, exclude_seen=not rebuys, top_k=len(items), recent_items=len(items))
-    seqs = build_sequences(events, index, emb, settings)
+    seqs = build_sequences(events, index, emb, settings, rebuys=rebuys)
     users = list(dict.fromkeys(e.user_id for e in events))  # build_sequences numbers users by first event
     grid = lanes(seqs, [2, 0, 1], np.diff(seqs.start).tolist(), 1)
-    logits, candidate = run_windows(model, torch.from_numpy(emb), ids, seqs, grid, 7, not rebuys, half_life_s)
+    logits, candidate = run_windows(model, torch.from_numpy(emb), ids, seqs, grid, 7, not rebuys)
 
     updater = InterestUpdater(model, build_catalogue(items, emb), settings)
     row = 0
@@ -125,7 +124,7 @@ def one_user(items: list[int], times: list[float] | None = None, rebuys: bool = 
     emb = torch.nn.functional.normalize(torch.randn(5, 4), dim=-1)
     times = times or [float(n + 1) for n in range(len(items))]
     ev = [Event(f"e{n}", "u", f"i{i}", "click", t) for n, (i, t) in enumerate(zip(items, times))]
-    return emb, build_sequences(ev, {f"i{n}": n for n in range(5)}, emb.numpy(), SETTINGS), random_model(4, 3, 3, rebuys=rebuys)
+    return emb, build_sequences(ev, {f"i{n}": n for n in range(5)}, emb.numpy(), SETTINGS, rebuys=rebuys), random_model(4, 3, 3, rebuys=rebuys)
 
 
 IDS5 = [f"i{n}" for n in range(5)]
@@ -142,10 +141,15 @@ def test_training_masks_the_items_the_user_had_and_a_masked_target_is_a_miss(exc
     logits, cand = run_windows(model, emb, IDS5, seqs, grid, 4, exclude_seen)
     assert [torch.isinf(row).nonzero().flatten().tolist() for row in logits] == masked
     assert cand.tolist() == candidate
-    loss, _, ranks = _pass(model, emb, model.rows(IDS5), seqs, grid, TrainConfig(window=4, dropout=0.0, exclude_seen=exclude_seen),
-                        SETTINGS)
+    loss, _, ranks = _pass(model, emb, model.rows(IDS5), seqs, grid, TrainConfig(window=4, dropout=0.0, exclude_seen=exclude_seen))
     assert math.isfinite(loss)  # the masked target is left out of the loss: its -inf logit would make it infinite
     assert (ranks > 0).tolist() == candidate  # rank 0: a miss
+
+
+def test_sequences_built_for_one_mode_are_refused_in_the_other():
+    emb, seqs, model = one_user([0, 1, 0], rebuys=False)  # the seen mask's items: no re-buy weights to score with
+    with pytest.raises(ValueError, match="without re-buys"):
+        run_windows(model, emb, IDS5, seqs, lanes(seqs, [0], [3], 1), 3, exclude_seen=False)
 
 
 def test_an_event_in_the_same_second_as_the_previous_one_is_predicted_from_the_state_before_both():

@@ -115,10 +115,10 @@ def test_training_adds_the_snapshot_trend_to_every_items_logit(embedded):  # noq
     model = random_model(32, 8, 8, trend_half_life_s=3600.0)
     grid = lanes(seqs, [0, 1, 2, 3], np.diff(seqs.start).tolist(), 4)
     with torch.no_grad():
-        with_trend, _, _ = window_logits(model, torch.from_numpy(emb), model.rows(ids), seqs, grid, LaneState.empty(4, 8, len(ids)), True, SETTINGS)
-        without, _, _ = window_logits(model, torch.from_numpy(emb), model.rows(ids), plain, grid, LaneState.empty(4, 8, len(ids)), True, SETTINGS)
+        with_trend, _, _ = window_logits(model, torch.from_numpy(emb), model.rows(ids), seqs, grid, LaneState.empty(4, 8), True)
+        without, _, _ = window_logits(model, torch.from_numpy(emb), model.rows(ids), plain, grid, LaneState.empty(4, 8), True)
     assert seqs.trend is not None and seqs.trend_at is not None
-    want = without + 0.7 * seqs.trend[seqs.trend_at[grid.clamp(min=0)]]
+    want = without + 0.7 * seqs.trend[seqs.trend_at[grid.clamp(min=0)]].view(without.shape)
     finite = torch.isfinite(without)
     assert torch.allclose(with_trend[finite], want[finite], atol=1e-5) and (seqs.trend[seqs.trend_at] > 0).any()
 
@@ -146,9 +146,9 @@ def test_training_learns_the_trend_where_demand_moves_day_to_day_and_ranks_bette
     assert with_trend.trend_weight.item() > 0.5  # learned up from 0
 
     def ndcg(model: InterestModel, config: TrainConfig) -> float:
-        seqs = build_sequences(log, index, emb, SETTINGS, config.trend_half_life_s)
+        seqs = build_sequences(log, index, emb, SETTINGS, config.trend_half_life_s, rebuys=not config.exclude_seen)
         grid = lanes(seqs, list(range(len(seqs.start) - 1)), np.diff(seqs.start).tolist(), 8)
-        _, _, ranks = _pass(model, torch.from_numpy(emb), model.rows([i.item_id for i in items]), seqs, grid, config, SETTINGS)
+        _, _, ranks = _pass(model, torch.from_numpy(emb), model.rows([i.item_id for i in items]), seqs, grid, config)
         hit = (ranks >= 1) & (ranks <= 10)
         return float((hit / torch.log2(ranks.clamp(min=1) + 1.0)).mean())
 
