@@ -36,9 +36,10 @@ def keep_freed_memory() -> bool:
     allocate and free [events, catalogue] tensors (tens of MB) every mini-batch; by default glibc maps each
     afresh and the kernel zero-fills its every page on first touch: grocery training with re-buys spent 414 of
     its 993 CPU seconds in the kernel (230 million page faults); 12 of its mini-batches take 2.8 s with this
-    instead of 5.0 s (and the whole run, with validation since made cheaper too, 7 kernel seconds of 265). The PyTorch CPU tuning guide's advice, another allocator (jemalloc,
-    tcmalloc), keeps memory the same way. For processes that do only this: the memory stays with the process
-    until it exits. False where the C library is not glibc (nothing changed)."""
+    instead of 5.0 s (and the whole run, with validation since made cheaper too, 7 kernel seconds of 265).
+    The PyTorch CPU tuning guide's advice, another allocator (jemalloc, tcmalloc), keeps memory the same way.
+    For processes that do only this: the memory stays with the process until it exits. False where the C
+    library is not glibc (nothing changed)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))

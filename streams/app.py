@@ -9,11 +9,15 @@ delivery and checkpointing (``checkpoints``), lag reporting (``observability``) 
 
 from __future__ import annotations
 
+import functools
+import logging
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
+from aiokafka.errors import KafkaError
 
 from streams import faust_compat
 from streams.catalogue_agents import CatalogueAgents
@@ -26,6 +30,8 @@ from streams.runtime import Runtime
 from streams.settings import Settings
 from streams.user_table import UserTable
 from streams.web import add_pages
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,7 @@ def build_app(settings: Settings) -> WorkerApp:
 
     app.agent(events_topic, name="update_interests")(events.run)
     table.on_recover(events.forget_passes)
-    app.timer(interval=s.decay_interval_s, on_leader=True, name="tick_all_partitions")(events.tick_all_partitions)
+    app.timer(interval=s.decay_interval_s, on_leader=True, name="tick_all_partitions")(skip_without_broker(events.tick_all_partitions))
     app.agent(items_topic, name="embed_items")(catalogue.embed_items)
     app.task(catalogue.follow_item_vectors)
 
@@ -101,7 +107,23 @@ def build_app(settings: Settings) -> WorkerApp:
         if runtime.ready.is_set():
             await checkpoints.re_read_stalled()
 
-    app.timer(interval=5.0, name="re_read_stalled_partitions")(re_read_stalled_partitions)
-    app.timer(interval=5.0, name="report_lag")(LagReporter(app, runtime, table).report)
+    app.timer(interval=5.0, name="re_read_stalled_partitions")(skip_without_broker(re_read_stalled_partitions))
+    app.timer(interval=5.0, name="report_lag")(skip_without_broker(LagReporter(app, runtime, table).report))
     add_pages(app, runtime, table, s.partitions)
     return WorkerApp(app, s, table, runtime, checkpoints, events, catalogue)  # type: ignore[arg-type]
+
+
+def skip_without_broker(tick: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``tick``, a faust timer's body, with a tick that finds the broker unreachable (down, or a connection
+    closed by a stop under way: aiokafka's ``KafkaError``) skipped, logged: the next tick tries again. A timer
+    that raises stops the worker (faust takes it for a crash), and a missed tick loses nothing: decay ticks,
+    stall checks and lag reports are repeated every interval."""
+
+    @functools.wraps(tick)
+    async def guarded() -> None:
+        try:
+            await tick()
+        except KafkaError as exc:
+            log.warning("timer %s skipped a tick, the broker did not answer (%r); the next tick tries again", tick.__name__, exc)
+
+    return guarded

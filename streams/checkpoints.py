@@ -19,7 +19,6 @@ from typing import Any, NoReturn
 import faust
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from faust.types import TP, EventT
 
 from streams import faust_compat, metrics
@@ -105,15 +104,7 @@ class Checkpoints:
                 await self._seek_back(tp, offset, "was lost before it reached this worker")
 
     async def re_read_stalled(self) -> None:
-        """Timer: re-read every partition behind its end where nothing was applied since the last look. A
-        broker that does not answer (down, or its connection closed by a stop under way) skips this look:
-        the next tick looks again, and a timer that raised would crash the worker."""
-        try:
-            await self._re_read_stalled()
-        except KafkaError as exc:
-            log.warning("stall check skipped, the broker did not answer (%r); the next tick looks again", exc)
-
-    async def _re_read_stalled(self) -> None:
+        """Timer: re-read every partition behind its end where nothing was applied since the last look."""
         assigned = [tp for tp in self.app.consumer.assignment() if tp.topic in self.progress.topics]
         for tp in assigned:
             # A partition whose first messages faust dropped (around a recovery) and that receives nothing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from faust.types import TP
 
 from streams.offsets import HOLE_CONFIRMATIONS, PartitionProgress, Verdict
@@ -80,14 +81,17 @@ def test_a_partition_behind_its_end_with_nothing_arriving_is_stalled():
     assert progress.stalled({CLICKS: 50}) == {} and progress.stalled({CLICKS: 50}) == {}  # caught up
 
 
-def test_the_stall_timer_skips_a_look_when_the_broker_does_not_answer_instead_of_crashing_the_worker():
-    """At a stop, the admin client's connection closes under an in-flight committed-offsets request: the
-    timer raised KafkaConnectionError and faust took it for a crash (exit 1). The next tick looks again."""
+@pytest.mark.parametrize("error", ["KafkaConnectionError", "KafkaTimeoutError"])
+def test_a_timer_skips_a_tick_when_the_broker_does_not_answer_instead_of_crashing_the_worker(error):
+    """At a stop, the admin client's connection closes under an in-flight committed-offsets request: the stall
+    timer raised KafkaConnectionError and faust took it for a crash (exit 1). Every timer of the app is
+    guarded (``skip_without_broker``): the next tick looks again; any other error still raises."""
     import asyncio
     from types import SimpleNamespace
 
-    from aiokafka.errors import KafkaConnectionError
+    from aiokafka import errors
 
+    from streams.app import skip_without_broker
     from streams.checkpoints import Checkpoints
 
     tp = TP("clicks", 0)
@@ -96,12 +100,20 @@ def test_the_stall_timer_skips_a_look_when_the_broker_does_not_answer_instead_of
         return {t: 0 for t in tps}
 
     async def unanswered(tps):
-        raise KafkaConnectionError("Connection at 127.0.0.1:9092 closed")
+        raise getattr(errors, error)("Connection at 127.0.0.1:9092 closed")
 
     checkpoints = object.__new__(Checkpoints)  # only what the timer touches: no app, no broker
     checkpoints.app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: {tp}, highwater=lambda tp: 5,
                                                                earliest_offsets=earliest_offsets))
     checkpoints.progress = PartitionProgress(["clicks"])
     checkpoints.committed_offsets = unanswered  # type: ignore[method-assign]
-    asyncio.run(checkpoints.re_read_stalled())
+    with pytest.raises(getattr(errors, error)):  # unguarded, it reaches faust
+        asyncio.run(checkpoints.re_read_stalled())
+    asyncio.run(skip_without_broker(checkpoints.re_read_stalled)())
     assert not checkpoints.progress.knows(tp)  # not started: the next look starts it
+
+    async def bug():
+        raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):  # not the broker's: a defect is not hidden
+        asyncio.run(skip_without_broker(bug)())
