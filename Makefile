@@ -38,9 +38,8 @@ evaluate: install
 	$(BIN)/interest-stream evaluate --checkpoint results/model.pt --out results/eval.json
 
 # The quality tables (README, Quality): each trains the model with seeds 0, 1, 2 beside the peers, writing
-# results/quality/<dataset>-<mode>.json and .md. Long on 2 cores: MovieLens ~25 minutes, grocery 30-40 minutes
-# a seed (the README's grocery tables are seed 0 only: `--seeds 1`); `--peer-params FILE` reuses an earlier
-# run's tuned params.
+# results/quality/<dataset>-<mode>.json and .md. Long on 2 cores: the README's three ran side by side in ~30
+# minutes with `--peer-params FILE` (an earlier run's tuned params, reused); tuning the peers takes longer.
 quality: install
 	$(BIN)/interest-stream quality --dataset movielens-100k
 	$(BIN)/interest-stream quality --dataset grocery --trend-half-life 43200
