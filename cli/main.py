@@ -240,7 +240,6 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _quality(args: argparse.Namespace, settings: Settings) -> None:
-
     from cli.quality import QualityConfig, markdown, measure
     from models.data import DEFAULT_DATASET
 

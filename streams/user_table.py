@@ -96,7 +96,7 @@ class UserTable(faust.Table):
         return sum(self._users.get(partition, 0) for partition in partitions if partition in dbs)
 
     def close_partitions(self) -> None:
-        """Close every partition's RocksDB still open (faust's stop leaves them to the garbage collector)."""
+        """Close every partition's RocksDB still open (faust's store drops them at its stop without closing them)."""
         dbs = partition_dbs(self)
         while dbs:
             dbs.popitem()[1].close()
