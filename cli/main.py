@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from state.faults import InterestStreamError
-from streams.settings import Settings, describe, in_effect
+from streams.settings import Settings, describe, in_effect, stream_settings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -198,7 +198,10 @@ def _train(args: argparse.Namespace, settings: Settings) -> None:
                "calibration": report.calibration}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     best = max((r for r in report.history if "val_ndcg@10" in r), key=lambda r: r["val_ndcg@10"], default={})
-    print(f"saved {out} ({version}): {report.epochs} epoch{'s' if report.epochs != 1 else ''}, {report.seconds:.0f}s, "
+    fitted = sum(1 for r in report.history if not r.get("refit"))
+    refit = f", refit {report.epochs}" if fitted < len(report.history) else ""
+    epochs = f"best at epoch {report.epochs} of {fitted}{refit}" if "val_ndcg@10" in report.history[0] else f"{report.epochs} epochs"
+    print(f"saved {out} ({version}): {epochs}, {report.seconds:.0f}s, "
           f"validation NDCG@10 {best.get('val_ndcg@10', float('nan')):.4f}"
           + "".join(f", {name} x{scale:g} (calibrated)" for name, scale in report.calibration.items()))
 
@@ -219,6 +222,8 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> None:
         fused = InterestModel.load(Path(args.checkpoint))
         if (fused.config.encoder, fused.config.embed_dim) != (encoder.name, encoder.dim):
             raise InterestStreamError(f"checkpoint was trained on {fused.config.encoder} ({fused.config.embed_dim}-d), not {encoder.name}")
+        if trained := fused.config.stream_mismatch(settings.half_life_s, settings.click_weight, settings.purchase_weight):
+            raise InterestStreamError(f"the checkpoint was trained with {stream_settings(trained)}: set the same to evaluate it as it learned")
         if fused.config.rebuys != args.keep_seen:
             raise InterestStreamError("the checkpoint was trained " + ("with re-buys as candidates: evaluate it with --keep-seen" if fused.config.rebuys
                                       else "with seen items excluded: evaluate it without --keep-seen (train with --rebuys for that)"))

@@ -20,7 +20,7 @@ from streams.settings import ConfigError, Settings, variable
 
 def bootstrap(settings: Settings) -> list[str]:
     if not settings.broker:
-        raise InterestStreamError("no broker configured: set INTEREST_BROKER=host:port (or run `interest-stream demo`)")
+        raise InterestStreamError("no broker configured: set INTEREST_BROKER=host:port (or start a local one with `interest-stream dev`)")
     return [b.removeprefix("kafka://") for b in settings.broker.split(",")]
 
 

@@ -22,7 +22,7 @@ from state.faults import InterestStreamError
 from state.item_store import ItemStore
 from streams import metrics
 from streams.ingest import EventStep
-from streams.settings import Settings
+from streams.settings import Settings, stream_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,6 +55,9 @@ class Runtime:
                 # another encoder's vectors would be silently meaningless to this GRU and item tower
                 raise InterestStreamError(f"checkpoint was trained on {model.config.encoder} ({model.config.embed_dim}-d); "
                                           f"this worker's encoder is {self.encoder.name} ({self.encoder.dim}-d)")
+            if trained := model.config.stream_mismatch(s.half_life_s, s.click_weight, s.purchase_weight):
+                log.warning("checkpoint %s was trained with %s: this worker's other values feed it long-term averages and re-buy "
+                            "weights of another scale than it learned", s.checkpoint, stream_settings(trained))
             if model.config.rebuys and s.exclude_seen:
                 log.warning("checkpoint %s was trained with re-buys as candidates, but INTEREST_EXCLUDE_SEEN=true drops the user's "
                             "recent items: set INTEREST_EXCLUDE_SEEN=false to serve what it learned", s.checkpoint)

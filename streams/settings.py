@@ -222,6 +222,12 @@ class Settings:
         return {variable(f.name): str(getattr(self, f.name)) for f in fields(self)}
 
 
+def stream_settings(values: dict[str, float]) -> str:
+    """Settings named by field (``ModelConfig.stream_mismatch``) as the environment variables that set them:
+    ``INTEREST_HALF_LIFE_S=7776000.0``, comma-separated."""
+    return ", ".join(f"{variable(name)}={value}" for name, value in values.items())
+
+
 def variable(name: str) -> str:
     """The environment variable of setting ``name``."""
     return PREFIX + name.upper()

@@ -60,6 +60,11 @@ def test_train_then_evaluate_on_a_recorded_log(sample_catalogue, sample_events, 
     assert set(trained["calibration"]) == {"trend_weight"} and "trend_weight x" in out  # chosen on validation, said
     assert len(list((tmp_path / "cache").glob("items-*.npy"))) == 1
 
+    monkeypatch.setenv("INTEREST_HALF_LIFE_S", "3600")  # not what it was trained with: its inputs would be of another scale
+    status, _, err = run(capsys, "evaluate", *files, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "eval.json"))
+    assert status == 1 and "trained with INTEREST_HALF_LIFE_S=604800.0: set the same" in err, err
+    monkeypatch.delenv("INTEREST_HALF_LIFE_S")
+
     status, out, err = run(capsys, "evaluate", *files, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "eval.json"))
     assert status == 0, err
     report = json.loads((tmp_path / "eval.json").read_text())

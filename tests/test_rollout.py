@@ -88,3 +88,22 @@ def test_reembed_knows_the_latest_vector_each_item_has_in_its_space():
                vector_record("b", "t", "enc-b", 2), vector_record("b", "t", "enc-a", 3),  # b's latest is A's: embed again
                vector_record("c", "t", None, 4), vector_record("d", "t", "enc-b", 5), Record(b"d", None, offset=6)]
     assert held(records, "enc-b") == {"a": text_hash("new text")}
+
+
+def test_a_worker_serving_a_checkpoint_trained_under_other_stream_settings_names_them(tiny_encoder, tmp_path, caplog):
+    """Its long-term averages and re-buy weights would be of another scale than it learned: the worker says
+    which settings to set (it still serves: a deliberate change is the operator's to make)."""
+    import logging
+
+    from models.interest import InterestModel, ModelConfig
+
+    checkpoint = tmp_path / "m.pt"
+    InterestModel(ModelConfig(32, 8, 8, tiny_encoder.name, half_life_s=7776000.0, click_weight=1.0, purchase_weight=3.0)).save(checkpoint)
+    for half_life_s, warned in ((604800.0, True), (7776000.0, False)):
+        caplog.clear()
+        runtime = Runtime(Settings(data_dir=tmp_path / "state", encoder_path=str(tiny_encoder), encoder_device="cpu", torch_threads=0,
+                                   checkpoint=str(checkpoint), half_life_s=half_life_s), {})
+        with caplog.at_level(logging.WARNING, logger="streams.runtime"):
+            runtime.load()
+        runtime.close()
+        assert ("was trained with INTEREST_HALF_LIFE_S=7776000.0" in caplog.text) == warned, caplog.text
