@@ -44,17 +44,17 @@ class ModelConfig:
     known_items: int = 0  # items with a learned embedding and bias (seen in training; ids in the checkpoint)
     rebuys: bool = False  # trained with the user's own items as candidates: scores add the re-buy term r(W)
     trend_half_life_s: float = 0.0  # > 0: scores add the trend term g f_i(t) over events of this half-life (models.trending)
-    # The stream settings it was trained under: they make its long-term inputs and re-buy weights (0: not recorded)
-    half_life_s: float = 0.0
-    click_weight: float = 0.0
-    purchase_weight: float = 0.0
+    # The stream settings it was trained under: they make its long-term inputs and re-buy weights (None: not recorded)
+    half_life_s: float | None = None
+    click_weight: float | None = None
+    purchase_weight: float | None = None
 
     def stream_mismatch(self, half_life_s: float, click_weight: float, purchase_weight: float) -> dict[str, float]:
         """The stream settings it was trained under that differ from these (name -> the trained value), which
         would feed it long-term averages and re-buy weights of another scale than it learned; {} when they
         agree or were not recorded."""
         serving = {"half_life_s": half_life_s, "click_weight": click_weight, "purchase_weight": purchase_weight}
-        return {name: getattr(self, name) for name, value in serving.items() if getattr(self, name) and getattr(self, name) != value}
+        return {name: trained for name, value in serving.items() if (trained := getattr(self, name)) is not None and trained != value}
 
 
 class InterestModel(nn.Module):
