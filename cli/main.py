@@ -158,7 +158,9 @@ def _embedded(args: argparse.Namespace, settings: Settings, log: EventLog) -> tu
 
 def _model_settings(settings: Settings) -> dict[str, Any]:
     """The settings a report's numbers depend on: how the stream weighs and decays events."""
-    return {k: getattr(settings, k) for k in ("half_life_s", "click_weight", "purchase_weight")}
+    from models.interest import STREAM_SETTINGS
+
+    return {k: getattr(settings, k) for k in STREAM_SETTINGS}
 
 
 def _given_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -222,7 +224,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> None:
         fused = InterestModel.load(Path(args.checkpoint))
         if (fused.config.encoder, fused.config.embed_dim) != (encoder.name, encoder.dim):
             raise InterestStreamError(f"checkpoint was trained on {fused.config.encoder} ({fused.config.embed_dim}-d), not {encoder.name}")
-        if trained := fused.config.stream_mismatch(settings.half_life_s, settings.click_weight, settings.purchase_weight):
+        if trained := fused.config.stream_mismatch(settings):
             raise InterestStreamError(f"the checkpoint was trained with {stream_settings(trained)}: set the same to evaluate it as it learned")
         if fused.config.rebuys != args.keep_seen:
             raise InterestStreamError("the checkpoint was trained " + ("with re-buys as candidates: evaluate it with --keep-seen" if fused.config.rebuys

@@ -33,6 +33,8 @@ from torch import nn
 from state.faults import InterestStreamError
 
 N_EVENT_TYPES = 2  # click, purchase
+# The stream settings a model's inputs are made with (``UpdaterConfig``'s names): how events are weighed and decayed.
+STREAM_SETTINGS = ("half_life_s", "click_weight", "purchase_weight")
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,12 @@ class ModelConfig:
     click_weight: float | None = None
     purchase_weight: float | None = None
 
-    def stream_mismatch(self, half_life_s: float, click_weight: float, purchase_weight: float) -> dict[str, float]:
-        """The stream settings it was trained under that differ from these (name -> the trained value), which
-        would feed it long-term averages and re-buy weights of another scale than it learned; {} when they
-        agree or were not recorded."""
-        serving = {"half_life_s": half_life_s, "click_weight": click_weight, "purchase_weight": purchase_weight}
-        return {name: trained for name, value in serving.items() if (trained := getattr(self, name)) is not None and trained != value}
+    def stream_mismatch(self, serving: object) -> dict[str, float]:
+        """The ``STREAM_SETTINGS`` it was trained under that differ from those of ``serving`` (any object with
+        them: ``Settings``, ``UpdaterConfig``), name -> the trained value: they would feed it long-term averages
+        and re-buy weights of another scale than it learned; {} when they agree or were not recorded."""
+        return {name: trained for name in STREAM_SETTINGS
+                if (trained := getattr(self, name)) is not None and trained != getattr(serving, name)}
 
 
 class InterestModel(nn.Module):

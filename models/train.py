@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models import history, longterm, trending
-from models.interest import InterestModel, ModelConfig
+from models.interest import STREAM_SETTINGS, InterestModel, ModelConfig
 from models.records import Event
 from models.updater import UpdaterConfig
 from state.faults import InterestStreamError
@@ -384,7 +384,7 @@ def train(
         # learned rows for the items this fit trains on; every other item keeps its text alone
         trained = np.unique(np.concatenate([seqs.items[seqs.start[u] : seqs.start[u] + n].numpy() for u, n in enumerate(lengths)]))
         model = InterestModel(ModelConfig(embeddings.shape[1], config.dim, config.hidden, encoder, len(trained), not config.exclude_seen,
-                                        config.trend_half_life_s, settings.half_life_s, settings.click_weight, settings.purchase_weight))
+                                        config.trend_half_life_s, **{name: getattr(settings, name) for name in STREAM_SETTINGS}))
         model.learn_items([ids[i] for i in trained])
         rows = model.rows(ids)
         scalars = model.feature_weights()

@@ -55,7 +55,7 @@ class Runtime:
                 # another encoder's vectors would be silently meaningless to this GRU and item tower
                 raise InterestStreamError(f"checkpoint was trained on {model.config.encoder} ({model.config.embed_dim}-d); "
                                           f"this worker's encoder is {self.encoder.name} ({self.encoder.dim}-d)")
-            if trained := model.config.stream_mismatch(s.half_life_s, s.click_weight, s.purchase_weight):
+            if trained := model.config.stream_mismatch(s):
                 log.warning("checkpoint %s was trained with %s: this worker's other values feed it long-term averages and re-buy "
                             "weights of another scale than it learned", s.checkpoint, stream_settings(trained))
             if model.config.rebuys and s.exclude_seen:

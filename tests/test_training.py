@@ -54,9 +54,10 @@ def test_training_lowers_the_loss_and_the_checkpoint_serves(embedded, tmp_path):
     # the stream settings it learned under are recorded: a worker or evaluation with others is told
     assert loaded.version == version and loaded.config == ModelConfig(32, 16, 16, "tiny", known_items=len(trained), rebuys=False,
                                                                       half_life_s=3600.0, click_weight=1.0, purchase_weight=3.0)
-    assert loaded.config.stream_mismatch(3600.0, 1.0, 3.0) == {}
-    assert loaded.config.stream_mismatch(7200.0, 1.0, 2.0) == {"half_life_s": 3600.0, "purchase_weight": 3.0}
-    assert ModelConfig(32, 16, 16, "tiny").stream_mismatch(7200.0, 1.0, 2.0) == {}  # a checkpoint from before: not recorded
+    other = replace(SETTINGS, half_life_s=7200.0, purchase_weight=2.0)
+    assert loaded.config.stream_mismatch(SETTINGS) == {}
+    assert loaded.config.stream_mismatch(other) == {"half_life_s": 3600.0, "purchase_weight": 3.0}
+    assert ModelConfig(32, 16, 16, "tiny").stream_mismatch(other) == {}  # a checkpoint from before: not recorded
     assert loaded.item_ids == trained
     updater = InterestUpdater(loaded, build_catalogue(items, emb), SETTINGS)
     result = updater.apply([Delivered(e, "t:0", n) for n, e in enumerate(events[:20])], {})
