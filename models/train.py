@@ -144,7 +144,7 @@ def build_sequences(events: list[Event], index: dict[str, int], embeddings: np.n
         )
     first = np.maximum.accumulate(np.where(group, np.arange(len(flat)), 0))  # each event's group's first event
     lt_avg, lt_weight = lt_avg[first], lt_weight[first]
-    entries = rebuy_history(items, times, weights, start, first, settings) if rebuys else seen_items(items, weights, start, first)
+    entries = rebuy_history(items, times, weights, start, first, settings) if rebuys else seen_items(items, weights, start, user, first)
     tensor = torch.from_numpy
     out = Sequences(list(start), tensor(items), tensor(types), tensor(times), tensor(user), tensor(pos), tensor(group), tensor(weights),
                     tensor(lt_avg), tensor(lt_weight), entries)
@@ -154,9 +154,10 @@ def build_sequences(events: list[Event], index: dict[str, int], embeddings: np.n
     return out
 
 
-def seen_items(items: np.ndarray, weights: np.ndarray, start: np.ndarray, first: np.ndarray) -> HistoryEntries:
+def seen_items(items: np.ndarray, weights: np.ndarray, start: np.ndarray, user: np.ndarray, first: np.ndarray) -> HistoryEntries:
     """``HistoryEntries`` without re-buys: per user the items in the order they first came (with a weight), each
-    event's range the prefix of its user's list that came before its group (``first``: the group's first event)."""
+    event's range the prefix of its user's list that came before its group (``user``: each event's user,
+    ``first``: its group's first event)."""
     firsts = np.zeros(len(items), bool)
     for u in range(len(start) - 1):
         had: set[int] = set()
@@ -165,7 +166,6 @@ def seen_items(items: np.ndarray, weights: np.ndarray, start: np.ndarray, first:
                 had.add(items[n])
                 firsts[n] = True
     before = np.concatenate([[0], np.cumsum(firsts)])  # entries before each event
-    user = np.repeat(np.arange(len(start) - 1), np.diff(start))
     ones = torch.ones(int(firsts.sum()))
     return HistoryEntries(False, torch.from_numpy(before[start[user]]), torch.from_numpy(before[first]), torch.from_numpy(items[firsts]),
                           ones, ones)
