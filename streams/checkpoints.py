@@ -10,6 +10,7 @@ failed batch's offsets from ever being committed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -55,6 +56,7 @@ class Checkpoints:
         self.event_acks = AcksInOrder(self.progress.made_durable, lambda exc: stop_worker("a record of a batch was not delivered"))
         self.item_acks = AcksInOrder(self.progress.made_durable, lambda exc: stop_worker("an item vector was not delivered"))
         self._admin: AIOKafkaAdminClient | None = None
+        self._admin_started = asyncio.Lock()  # the agents and the stall timer ask at once: one client, used once started
         faust_compat.cap_commits(app, self.progress.topics, self.progress.durable.get)
         app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]  # mode's handler type wants a signal= argument
         app.on_before_shutdown.connect(self.close)  # type: ignore[arg-type]
@@ -90,9 +92,11 @@ class Checkpoints:
 
     async def committed_offsets(self, tps: list[TP]) -> dict[TP, int | None]:
         """The group's committed offset of each partition (the next to read), None where it has none."""
-        if self._admin is None:
-            self._admin = AIOKafkaAdminClient(**self.kafka, client_id=f"{self.group}-checkpoints")
-            await self._admin.start()
+        async with self._admin_started:  # a client still starting has no broker to send to (NodeNotReadyError)
+            if self._admin is None:
+                admin = AIOKafkaAdminClient(**self.kafka, client_id=f"{self.group}-checkpoints")
+                await admin.start()
+                self._admin = admin
         found = await self._admin.list_consumer_group_offsets(self.group, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps])
         offsets = {(t.topic, t.partition): meta.offset for t, meta in found.items()}
         return {tp: None if offsets.get((tp.topic, tp.partition), -1) < 0 else offsets[(tp.topic, tp.partition)] for tp in tps}

@@ -117,3 +117,40 @@ def test_a_timer_skips_a_tick_when_the_broker_does_not_answer_instead_of_crashin
 
     with pytest.raises(ZeroDivisionError):  # not the broker's: a defect is not hidden
         asyncio.run(skip_without_broker(bug)())
+
+
+def test_callers_asking_committed_offsets_at_once_share_one_admin_client_once_it_has_started(monkeypatch):
+    """At a restart the event agent, the catalogue agent and the stall timer all start partitions at once: the
+    second asked through a client whose start was still under way (aiokafka: NodeNotReadyError, node id None)
+    and the worker stopped (exit 70, seen in tests/test_faults.py's kill -9 restart)."""
+    import asyncio
+
+    from aiokafka.errors import NodeNotReadyError
+
+    from streams import checkpoints as module
+
+    started: list[object] = []
+
+    class SlowAdmin:  # aiokafka's AIOKafkaAdminClient as far as Checkpoints uses it
+        def __init__(self, **kwargs):
+            self.ready = False
+
+        async def start(self):
+            started.append(self)
+            await asyncio.sleep(0.05)  # bootstrap: metadata from the broker
+            self.ready = True
+
+        async def list_consumer_group_offsets(self, group, partitions):
+            if not self.ready:
+                raise NodeNotReadyError("Attempt to send a request to node which is not ready (node id None).")
+            return {}
+
+    monkeypatch.setattr(module, "AIOKafkaAdminClient", SlowAdmin)
+    checkpoints = object.__new__(module.Checkpoints)  # only what committed_offsets touches
+    checkpoints.kafka, checkpoints.group, checkpoints._admin, checkpoints._admin_started = {}, "g", None, asyncio.Lock()
+
+    async def three_at_once():
+        return await asyncio.gather(*(checkpoints.committed_offsets([TP("clicks", p)]) for p in range(3)))
+
+    assert asyncio.run(three_at_once()) == [{TP("clicks", p): None} for p in range(3)]
+    assert len(started) == 1
