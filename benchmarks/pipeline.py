@@ -25,6 +25,7 @@ from cli.worker_process import WorkerProcess
 from state.user_state import decode
 from streams.connection import client_options
 from streams.settings import Settings
+from streams.topics import topic_partitions
 from streams.user_table import iter_raw, latest_copies, table_files
 
 
@@ -252,7 +253,8 @@ async def latency(settings: Settings, fleet: Fleet, producer: Producer, rate: fl
     """Produce at ``rate`` events/s for ``duration_s``; latency of every recommendation of those events."""
     consumer = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
     await consumer.start()
-    tps = [TopicPartition(settings.recommendations_topic, p) for p in sorted(consumer.partitions_for_topic(settings.recommendations_topic) or [])]
+    topic = settings.recommendations_topic
+    tps = [TopicPartition(topic, p) for p in range(topic_partitions(settings, [topic]).get(topic, 0))]
     consumer.assign(tps)
     await consumer.seek_to_end(*tps)
     for tp in tps:

@@ -19,7 +19,7 @@ from cli.client import (
     recommendations,
     replay,
 )
-from cli.local_broker import LocalBroker, free_port
+from cli.local_broker import free_port, local_broker, on_broker
 from cli.worker_process import WorkerProcess
 from models.data import read_jsonl
 from models.records import Recommendation
@@ -29,14 +29,15 @@ from streams.settings import Settings
 SAMPLE = Path(__file__).parent / "sample"
 
 
-def run_demo(settings: Settings, show_users: int = 4, timeout_s: float = 180.0) -> dict[str, Recommendation]:
-    """Returns the last recommendation per user."""
+def run_demo(settings: Settings, show_users: int = 4, timeout_s: float = 180.0, broker_kind: str = "noida-db") -> dict[str, Recommendation]:
+    """Run the demo on ``settings.broker``, or on a local broker of ``broker_kind`` (``LOCAL_BROKERS``) if
+    none is set. Returns the last recommendation per user."""
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="interest-demo-")))
         if not settings.broker:
-            broker = stack.enter_context(LocalBroker(work / "broker"))
-            print(f"started a local Kafka-protocol broker (noida-db) at {broker.address}")
-            settings = replace(settings, broker=broker.address)
+            broker = stack.enter_context(local_broker(broker_kind, work / "broker"))
+            print(f"started a local broker ({broker.name}) at {broker.address}")
+            settings = on_broker(settings, broker)
         settings = replace(settings, data_dir=work / "state", web_port=free_port(), metrics_port=free_port())
         worker = WorkerProcess(settings, work / "worker.log").start()
         stack.callback(worker.stop)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cli.client import publish_catalogue
 from cli.demo import SAMPLE
-from cli.local_broker import LocalBroker
+from cli.local_broker import local_broker, on_broker
 from cli.worker_process import WorkerProcess
 from models.data import read_jsonl
 from state.faults import InterestStreamError
@@ -24,8 +24,11 @@ from streams.settings import Settings
 SAMPLE_CATALOGUE = SAMPLE / "catalogue.jsonl"
 
 
-def run_dev(settings: Settings, folder: Path, port: int, sample: bool = True, ready_timeout_s: float = 300.0) -> None:
-    """Run until interrupted; raises ``InterestStreamError`` if the worker exits on its own."""
+def run_dev(settings: Settings, folder: Path, port: int, sample: bool = True, ready_timeout_s: float = 300.0,
+            broker_kind: str = "noida-db") -> None:
+    """Run until interrupted, on ``settings.broker`` or else a local broker of ``broker_kind`` on ``port``
+    (``LOCAL_BROKERS``; its data in ``folder/broker``). Raises ``InterestStreamError`` if the worker
+    exits on its own."""
     folder.mkdir(parents=True, exist_ok=True)
     # SIGTERM ends it like Ctrl-C: both children are stopped in order either way. SIGINT is set too: a shell
     # without job control (a script's `dev &`, CI) starts it with SIGINT ignored, and Python keeps that.
@@ -33,8 +36,8 @@ def run_dev(settings: Settings, folder: Path, port: int, sample: bool = True, re
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with ExitStack() as stack:
         if not settings.broker:
-            broker = stack.enter_context(LocalBroker(folder / "broker", port))
-            settings = replace(settings, broker=broker.address)
+            broker = stack.enter_context(local_broker(broker_kind, folder / "broker", port))
+            settings = on_broker(settings, broker)
         settings = replace(settings, data_dir=folder / "state")
         worker = WorkerProcess(settings, folder / "worker.log").start()
         stack.callback(worker.stop)

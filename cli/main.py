@@ -111,13 +111,13 @@ def _worker(args: argparse.Namespace, settings: Settings) -> None:
 def _demo(args: argparse.Namespace, settings: Settings) -> None:
     from cli.demo import run_demo
 
-    run_demo(settings, show_users=args.users)
+    run_demo(settings, show_users=args.users, broker_kind=args.broker)
 
 
 def _dev(args: argparse.Namespace, settings: Settings) -> None:
     from cli.dev import run_dev
 
-    run_dev(settings, Path(args.dir), args.port, sample=not args.no_sample)
+    run_dev(settings, Path(args.dir or f"var/dev/{args.broker}"), args.port, sample=not args.no_sample, broker_kind=args.broker)
 
 
 def _config(args: argparse.Namespace, settings: Settings) -> None:
@@ -301,6 +301,14 @@ def _trend_argument(p: argparse.ArgumentParser) -> None:
                    "(e.g. 86400; default 0: none), for catalogues whose demand moves week to week (promotions, seasons)")
 
 
+def _local_broker_argument(p: argparse.ArgumentParser) -> None:
+    from cli.local_broker import LOCAL_BROKERS
+
+    p.add_argument("--broker", choices=LOCAL_BROKERS, default=LOCAL_BROKERS[0],
+                   help="the local broker started when INTEREST_BROKER is empty: noida-db (default, needs nothing but Python) "
+                   "or apache-kafka (Apache Kafka from the jars `make install` resolves; needs Java 17+)")
+
+
 def _peer_arguments(p: argparse.ArgumentParser) -> None:
     """--threads and --peer-params: how `evaluate` and `quality` run the peers."""
     _threads_argument(p)
@@ -380,12 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="local broker + worker + bundled sample, then print recommendations")
     p.add_argument("--users", type=int, default=4, help="users to print")
+    _local_broker_argument(p)
     p.set_defaults(run=_demo)
 
     p = sub.add_parser("dev", help="a local broker + worker that stay up until Ctrl-C, for the client commands from another terminal")
-    p.add_argument("--dir", default="var/dev", help="broker data, worker state and log; kept across restarts")
+    p.add_argument("--dir", help="broker data, worker state and log; kept across restarts (default var/dev/<broker>)")
     p.add_argument("--port", type=int, default=19092, help="the local broker's port (the same one on every start)")
     p.add_argument("--no-sample", action="store_true", help="do not publish the bundled sample catalogue on the first start")
+    _local_broker_argument(p)
     p.set_defaults(run=_dev)
 
     p = sub.add_parser("movielens", help="write MovieLens-100K (from the recbole package) as catalogue and event logs")

@@ -34,7 +34,7 @@ from streams.ingest import Message, item_step
 from streams.runtime import Runtime
 from streams.schemas import check_id
 from streams.settings import Settings
-from streams.topics import ENCODER_HEADER, encoder_of
+from streams.topics import ENCODER_HEADER, encoder_of, topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +127,12 @@ class CatalogueAgents:
         await asyncio.get_running_loop().run_in_executor(None, self.runtime.load)  # the encoder takes seconds
         heap.settle()
         topic = self.settings.item_vectors_topic
+        # From the broker: an aiokafka consumer knows no topic's partitions before it is assigned one.
+        count = await asyncio.get_running_loop().run_in_executor(None, topic_partitions, self.settings, [topic])
+        partitions = [TopicPartition(topic, p) for p in range(count.get(topic, 0))]
         consumer = AIOKafkaConsumer(**client_options(self.settings), enable_auto_commit=False, group_id=None)
         await consumer.start()
         try:
-            await consumer.topics()  # fetches metadata for every topic
-            partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
             consumer.assign(partitions)
             saved = self.runtime.store.offsets()
             for tp in partitions:

@@ -134,8 +134,8 @@ class Settings:
         1, "Threads for the worker's model work (GRU, scoring); more take cores from the event loop and the broker. "
         "0: torch's default.", _at_least(0))
     fetch_backoff_s: float = setting(
-        0.01, "Wait after a fetch that returned nothing: brokers that answer at once instead of waiting (noida-db) would "
-        "make idle consumers spin. 0: off.", _at_least(0))
+        0.0, "Wait after a fetch that returned nothing, for a broker that answers an empty fetch at once instead of holding "
+        "it as Kafka does (noida-db: idle consumers would spin; `demo` and `dev` set 0.01 for it). 0: off.", _at_least(0))
     encoder_path: str = setting("", "Hugging Face model directory. Empty: the packaged all-MiniLM-L6-v2.")
     encoder_device: str = setting(
         "auto", "auto (cuda if present), cuda or cpu.",

@@ -57,6 +57,17 @@ def admin_client(settings: Settings, wait_s: float = 30.0) -> KafkaAdminClient:
             time.sleep(0.5)
 
 
+def topic_partitions(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """The partition count of each of ``topics`` that exists on the broker (a metadata request; a missing
+    topic is left out, never created)."""
+    admin = admin_client(settings)
+    try:
+        described = admin.describe_topics(topics)
+    finally:
+        admin.close()
+    return {t["name"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+
+
 def ensure_topics(settings: Settings, specs: dict[str, tuple[int, dict[str, str]]] | None = None) -> None:
     """Create the topics of ``specs`` (name -> (partitions, configs); default: ``topic_specs``) that do
     not exist; an existing topic is left as it is."""

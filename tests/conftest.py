@@ -12,7 +12,7 @@ import pytest
 from cli.local_broker import free_port
 from models.tiny_bert import build_tiny_bert
 from streams.settings import Settings, topic_settings
-from tests.brokers import BROKER_BUGS, BROKERS, new_broker
+from tests.brokers import BROKER_BUGS, BROKERS, default_broker, new_broker
 
 SAMPLE = Path(__file__).resolve().parents[1] / "cli" / "sample"
 
@@ -33,12 +33,21 @@ def tiny_encoder(tmp_path_factory, sample_catalogue) -> Path:
 
 
 def pytest_addoption(parser) -> None:
-    parser.addoption("--broker", choices=BROKERS, default="noida-db",
-                     help="the Kafka-protocol broker the end-to-end tests run against (default: noida-db)")
+    parser.addoption("--broker", choices=BROKERS, default=None,
+                     help="the Kafka-protocol broker the end-to-end tests run against (default: apache-kafka where "
+                          "Java 17+ and its jars are present, else noida-db)")
 
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "broker_bug(name): impossible on a broker with this known fault (tests/brokers.py)")
+    if config.getoption("--broker") is None:
+        config.option.broker, config.broker_reason = default_broker()
+    else:
+        config.broker_reason = f"{config.getoption('--broker')} (--broker)"
+
+
+def pytest_report_header(config) -> str:
+    return f"end-to-end broker: {config.broker_reason}"
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -59,6 +68,17 @@ def broker_kind(request) -> str:
 def broker(tmp_path_factory, broker_kind):
     with new_broker(broker_kind, tmp_path_factory.mktemp("broker")) as b:
         yield b
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report names the shared broker's log and shows its last lines (the log is kept
+    with pytest's temporary directories of the last three runs)."""
+    report = yield
+    broker = getattr(item, "funcargs", {}).get("broker")
+    if report.failed and broker is not None:
+        report.sections.append((f"{broker.name} log ({broker.log_path})", broker.log_tail(40)))
+    return report
 
 
 def settings_for(broker_address: str, encoder: Path, state_dir: Path, test_name: str) -> Settings:

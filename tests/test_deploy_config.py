@@ -199,6 +199,21 @@ def test_environments_are_valid_settings():
 # -- docker compose ---------------------------------------------------------------------------------------------
 
 
+def pinned_kafka_version() -> str:
+    """deploy/kafka/pom.xml's kafka.version: the Apache Kafka the tests and the benchmark run."""
+    import xml.etree.ElementTree as ET
+
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    return ET.parse(DEPLOY / "kafka" / "pom.xml").getroot().find("m:properties/m:kafka.version", ns).text
+
+
+def test_compose_and_k8s_name_the_kafka_version_the_tests_run():
+    version = pinned_kafka_version()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+    assert service("kafka")["image"] == f"apache/kafka:{version}"
+    assert f"Apache Kafka {version}" in (DEPLOY / "k8s" / "configmap.yaml").read_text()
+
+
 def test_compose_kafka_is_single_node_kraft_on_kafka_9092():
     kafka = service("kafka")
     assert kafka["image"].startswith("apache/kafka:")
