@@ -36,9 +36,11 @@ $(KAFKA_LIBS)/.resolved: deploy/kafka/pom.xml
 demo: install
 	$(BIN)/interest-stream demo
 
-# Lint and type-check first (seconds), then the suite; `$(BIN)/python -m pytest -m "not e2e"` runs the unit tests alone.
+# Lint and type-check first (seconds), then the suite in TEST_PROCESSES processes (pytest-xdist; each starts its own
+# broker); `$(BIN)/python -m pytest -m "not e2e"` runs the unit tests alone, `--broker noida-db` on another broker.
+TEST_PROCESSES ?= 2
 test: install lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist worksteal
 
 lint: install
 	$(BIN)/ruff check .

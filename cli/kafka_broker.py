@@ -63,6 +63,19 @@ logger.cleaner.level = INFO
 """
 
 
+# Kafka's command-line clients: warnings only, on stderr, so that stdout is the tool's own output.
+LOG4J_TOOLS = """\
+status = warn
+appender.err.type = Console
+appender.err.name = err
+appender.err.target = SYSTEM_ERR
+appender.err.layout.type = PatternLayout
+appender.err.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.err.ref = err
+"""
+
+
 def java_version(java: str) -> int | None:
     """The feature version of ``java`` (17 for "17.0.15"), None if it does not say."""
     try:
@@ -145,11 +158,10 @@ class ApacheKafka(BrokerProcess):
             **self.config,
         }
 
-    def _java(self, main: str, *args: str, jvm: list[str] = JVM_OPTIONS) -> list[str]:
+    def _java(self, main: str, *args: str, jvm: list[str] = JVM_OPTIONS, log4j: str = "log4j2.properties") -> list[str]:
         if reason := unavailable(self.libs):
             raise InterestStreamError(f"Apache Kafka cannot run here: {reason}")
-        return ["java", *jvm, f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-                "-cp", f"{self.libs}/*", main, *args]
+        return ["java", *jvm, f"-Dlog4j2.configurationFile={self.data_dir / log4j}", "-cp", f"{self.libs}/*", main, *args]
 
     def prepare(self) -> None:
         self.properties.write_text("".join(f"{k}={v}\n" for k, v in self.settings().items()))
@@ -194,5 +206,7 @@ class ApacheKafka(BrokerProcess):
         """Run one of Kafka's command-line clients (a main class of the kafka-tools jar, e.g.
         ``org.apache.kafka.tools.ConsoleProducer``) against this broker's jars; its output is returned."""
         # Small and quick to start: a client's JVM, not the broker's (the C1 compiler alone starts faster).
-        command = self._java(main, *args, jvm=["-Xmx256m", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"])
+        (self.data_dir / "log4j2-tools.properties").write_text(LOG4J_TOOLS)
+        command = self._java(main, *args, jvm=["-Xmx256m", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"],
+                             log4j="log4j2-tools.properties")
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, input=input)

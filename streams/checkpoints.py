@@ -109,15 +109,18 @@ class Checkpoints:
 
     async def re_read_stalled(self) -> None:
         """Timer: re-read every partition behind its end where nothing was applied since the last look."""
-        assigned = [tp for tp in self.app.consumer.assignment() if tp.topic in self.progress.topics]
-        for tp in assigned:
+        for tp in self._assigned():
             # A partition whose first messages faust dropped (around a recovery) and that receives nothing
             # new would never be started by an event; start it here so that it is seen stalled below.
             if not self.progress.knows(tp):
                 await self.start_partition(tp)
-        ends = {tp: self.app.consumer.highwater(tp) for tp in assigned}
+        # Asked again: a rebalance during the awaits above may have taken partitions away (aiokafka asserts).
+        ends = {tp: self.app.consumer.highwater(tp) for tp in self._assigned()}
         for tp, offset in self.progress.stalled({tp: end for tp, end in ends.items() if end is not None}).items():
             await self._seek_back(tp, offset, "is behind the end and nothing arrived for 5 s")
+
+    def _assigned(self) -> list[TP]:
+        return [tp for tp in self.app.consumer.assignment() if tp.topic in self.progress.topics]
 
     async def _seek_back(self, tp: TP, offset: int, why: str) -> None:
         log.warning("offset %s of %s:%s %s; re-reading from it", offset, tp.topic, tp.partition, why)

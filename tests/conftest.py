@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def pytest_addoption(parser) -> None:
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "broker_bug(name): impossible on a broker with this known fault (tests/brokers.py)")
+    config.addinivalue_line("markers", "apache_kafka(why): runs on Apache Kafka only (why: what the others lack)")
     if config.getoption("--broker") is None:
         config.option.broker, config.broker_reason = default_broker()
     else:
@@ -57,6 +59,9 @@ def pytest_collection_modifyitems(config, items) -> None:
             on, why = BROKER_BUGS[mark.args[0]]
             if on == kind:
                 item.add_marker(pytest.mark.skip(reason=f"{mark.args[0]}: {why}"))
+        for mark in item.iter_markers("apache_kafka"):
+            if kind != "apache-kafka":
+                item.add_marker(pytest.mark.skip(reason=f"Apache Kafka only ({config.broker_reason}): {mark.args[0]}"))
 
 
 @pytest.fixture(scope="session")
@@ -97,4 +102,4 @@ def settings_for(broker_address: str, encoder: Path, state_dir: Path, test_name:
 
 @pytest.fixture
 def settings(broker, tiny_encoder, tmp_path, request) -> Settings:
-    return settings_for(broker.address, tiny_encoder, tmp_path / "state", request.node.name)
+    return replace(settings_for(broker.address, tiny_encoder, tmp_path / "state", request.node.name), **broker.worker_settings)

@@ -201,7 +201,7 @@ def test_the_worker_and_the_cli_work_over_sasl_and_log_no_password(tiny_encoder,
     its environment, authenticate with SASL PLAIN; the password is in no log line and no output."""
     with LocalBroker(tmp_path / "broker") as broker:
         s = replace(settings_for(broker.address, tiny_encoder, tmp_path / "state", request.node.name),
-                    security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", log_level="debug", **SASL)
+                    security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", log_level="debug", **SASL, **broker.worker_settings)
         env = {**os.environ, **s.env()}
 
         def cli(*args: str) -> subprocess.CompletedProcess:

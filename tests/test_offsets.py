@@ -154,3 +154,35 @@ def test_callers_asking_committed_offsets_at_once_share_one_admin_client_once_it
 
     assert asyncio.run(three_at_once()) == [{TP("clicks", p): None} for p in range(3)]
     assert len(started) == 1
+
+
+def test_the_stall_timer_looks_only_at_partitions_still_assigned_after_it_started_new_ones():
+    """A rebalance while the timer asked the broker for a partition's committed offset took a partition away;
+    the timer then asked aiokafka for its high watermark (``AssertionError: Partition is not assigned``) and the
+    worker crashed (seen on Apache Kafka, tests/test_faults.py's two-worker takeover)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streams.checkpoints import Checkpoints
+
+    kept, taken = TP("clicks", 0), TP("clicks", 1)
+    assignment = {kept, taken}
+
+    async def earliest_offsets(*tps):
+        return {t: 0 for t in tps}
+
+    async def committed_offsets(tps):
+        assignment.discard(taken)  # the rebalance, while this request is in flight
+        return {t: 3 for t in tps}
+
+    def highwater(tp):  # as aiokafka's AIOKafkaConsumer.highwater
+        assert tp in assignment, "Partition is not assigned"
+        return 5
+
+    checkpoints = object.__new__(Checkpoints)  # only what the timer touches: no app, no broker
+    checkpoints.app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: set(assignment), highwater=highwater,
+                                                               earliest_offsets=earliest_offsets))
+    checkpoints.progress = PartitionProgress(["clicks"])
+    checkpoints.committed_offsets = committed_offsets  # type: ignore[method-assign]
+    asyncio.run(checkpoints.re_read_stalled())
+    assert checkpoints.progress.knows(kept)

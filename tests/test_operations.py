@@ -37,8 +37,9 @@ def timed_stop(worker: WorkerProcess) -> float:
 
 @pytest.mark.broker_bug("tansu-list-offsets")  # each restart recovers the table from its changelog
 def test_sigterm_stops_a_worker_cleanly_within_seconds_every_time(settings, sample_catalogue, tmp_path):
-    """20 stops: one after a minute idle (beside the others, on its own data), 9 idle, 10 in the middle
-    of a replay; then every event of the replays is applied exactly once across those stops."""
+    """11 stops: one after a minute idle (beside the others, on its own data), 5 idle, 5 in the middle of
+    a replay; then every event of the replays is applied exactly once across those stops. The hang this
+    guards against was seen in 14 of 22 stops: 10 miss it with a probability of 0.36^10 (4e-5)."""
     events = click_log(sample_catalogue, users=30, per_user=40, seed=7)
     idle = variant(settings, "idle", tmp_path / "idle")
     for s in (settings, idle):
@@ -52,11 +53,11 @@ def test_sigterm_stops_a_worker_cleanly_within_seconds_every_time(settings, samp
         stops.append((n, round(took, 1), worker.exit_code))
         assert worker.exit_code == 0 and took < STOP_WITHIN_S, (stops, worker.log_tail())
 
-    for n in range(1, 20):
+    for n in range(1, 11):
         worker = start_ready(settings, tmp_path, f"stop-{n}")
         player = None
-        if n >= 10:  # a tenth of the log each, throttled so that the stop lands mid-stream
-            part = events[(n - 10) * len(events) // 10 : (n - 9) * len(events) // 10]
+        if n > 5:  # a fifth of the log each, throttled so that the stop lands mid-stream
+            part = events[(n - 6) * len(events) // 5 : (n - 5) * len(events) // 5]
             player = threading.Thread(target=send_events, args=(settings, part), kwargs={"speed": 1200.0, "progress": False})
             player.start()
             wait_until(lambda: metric_sum(scrape(settings.metrics_port), "interest_events_consumed_total") >= 20,
