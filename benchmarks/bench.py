@@ -5,7 +5,8 @@
     INTEREST_PARTITIONS=16 python -m benchmarks.bench --workers 4   # scale-out: workers over partitions
     make bench
 
-One run, one broker (noida-db, or INTEREST_BROKER). It measures
+One run, one broker (``--broker``: a local noida-db or Apache Kafka started for the run, or INTEREST_BROKER).
+It measures
   (a) the reference: consume N events and produce one message per event, with aiokafka (faust's client)
       and kafka-python; and two floors: the model's work alone in-process (no Kafka, no faust), and
       aiokafka's loop producing per event the bytes the pipeline writes (a user state, a recommendation);
@@ -47,7 +48,8 @@ from kafka.admin import NewTopic
 
 from benchmarks import encoder, micro, pipeline, reference
 from benchmarks.workload import EventSource, catalogue
-from cli.local_broker import LocalBroker
+from cli import kafka_broker
+from cli.local_broker import LOCAL_BROKERS, local_broker, on_broker
 from models.tiny_bert import build_tiny_bert
 from streams.settings import Settings, shown, topic_settings
 from streams.topics import admin_client, ensure_topics
@@ -57,6 +59,9 @@ MINILM_DIM = 384  # the decay cost is for production-sized states
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--broker", choices=LOCAL_BROKERS, default=None,
+                   help="the local broker started for the run when INTEREST_BROKER is empty, its CPU measured too "
+                   "(default: apache-kafka where it can run, else noida-db)")
     p.add_argument("--users", type=int, default=10_000, help="distinct users (each gets state)")
     p.add_argument("--workers", type=int, default=1, help="worker processes in the consumer group (at most INTEREST_PARTITIONS)")
     p.add_argument("--items", type=int, default=10_000, help="catalogue size")
@@ -74,10 +79,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def bench_settings(base: Settings, broker: str, encoder_path: str) -> Settings:
+def bench_settings(base: Settings, encoder_path: str) -> Settings:
     prefix = f"bench-{int(time.time())}"
     topics = {f: f"{prefix}-{getattr(base, f)}" for f in topic_settings()}
-    return replace(base, broker=broker, app_id=prefix, encoder_path=encoder_path, **topics)  # each worker: own state, ports
+    return replace(base, app_id=prefix, encoder_path=encoder_path, **topics)  # each worker: own state, ports
 
 
 def run_reference(settings: Settings, n: int, broker_pid: int | None, value_sizes: tuple[int, int]) -> dict:
@@ -240,6 +245,7 @@ def summary(r: dict) -> list[tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    args.broker = args.broker or ("noida-db" if kafka_broker.unavailable() else "apache-kafka")
     base = Settings.from_env()
     results: dict = {"args": vars(args), "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}}
     with ExitStack() as stack:
@@ -248,15 +254,16 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"working directory: {work}")
         else:
             stack.callback(shutil.rmtree, work, ignore_errors=True)
-        broker, broker_pid = base.broker, None
-        if not broker:
-            local = stack.enter_context(LocalBroker(work / "broker"))
-            broker, broker_pid = local.address, local.pid
+        broker_pid = None
+        if not base.broker:
+            local = stack.enter_context(local_broker(args.broker, work / "broker"))
+            base, broker_pid = on_broker(base, local), local.pid
+        results["broker"] = args.broker if broker_pid else base.broker
         items = catalogue(args.items)
         encoder_path = base.encoder_path
         if args.encoder == "tiny":  # MiniLM's width, so scoring and state sizes are production-sized
             encoder_path = str(build_tiny_bert(work / "tiny-bert", [i["text"] for i in items], hidden=MINILM_DIM, layers=1))
-        settings = bench_settings(base, broker, encoder_path)
+        settings = bench_settings(base, encoder_path)
         if not 1 <= args.workers <= settings.partitions:
             raise SystemExit(f"--workers {args.workers}: between 1 and the partitions ({settings.partitions}, INTEREST_PARTITIONS)")
         results["settings"] = shown(settings)  # written to results/bench.json: the SASL password masked

@@ -19,13 +19,14 @@ from streams.settings import Settings
 class WorkerProcess:
     """A worker in a child process with its own settings; ``kill()`` is a crash (SIGKILL), ``stop()`` is clean."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, environ: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.environ = environ or {}  # more environment variables (not settings), e.g. CUDA_VISIBLE_DEVICES
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> "WorkerProcess":
-        env = {**os.environ, **self.settings.env(), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.environ, **self.settings.env(), "PYTHONUNBUFFERED": "1"}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "worker"], env=env, stdin=subprocess.DEVNULL,

@@ -19,7 +19,7 @@ from typing import Any, cast
 import faust
 from aiokafka.errors import KafkaError
 
-from streams import faust_compat
+from streams import faust_compat, metrics
 from streams.catalogue_agents import CatalogueAgents
 from streams.checkpoints import Checkpoints
 from streams.connection import bootstrap, client_options, faust_credentials
@@ -57,6 +57,7 @@ def build_app(settings: Settings) -> WorkerApp:
     aiokafka lacks a private part this worker relies on (``faust_compat``)."""
     faust_compat.check()
     faust_compat.back_off_empty_fetches(settings.fetch_backoff_s)
+    faust_compat.stand_in_for_undecodable_batches(report_undecodable)
     s = settings
     app = faust.App(
         s.app_id,
@@ -111,6 +112,14 @@ def build_app(settings: Settings) -> WorkerApp:
     app.timer(interval=5.0, name="report_lag")(skip_without_broker(LagReporter(app, runtime, table).report))
     add_pages(app, runtime, table, s.partitions)
     return WorkerApp(app, s, table, runtime, checkpoints, events, catalogue)  # type: ignore[arg-type]
+
+
+def report_undecodable(tp: Any, first: int, end: int, exc: BaseException) -> None:
+    """A record batch the consumer could not decode (called in the consumer's thread): its offsets become
+    dead letters, the partition goes on."""
+    log.error("%s:%s offsets %d-%d: a record batch that cannot be decoded (%r); each offset becomes a dead letter and the "
+              "partition goes on (README, Bad input)", tp.topic, tp.partition, first, end - 1, exc)
+    metrics.UNDECODABLE_BATCHES.labels(tp.topic).inc()
 
 
 def skip_without_broker(tick: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:

@@ -25,7 +25,7 @@ from faust.streams import Stream
 
 from models.records import Rejection
 from state.item_store import ItemVector
-from streams import heap, metrics
+from streams import faust_compat, heap, metrics
 from streams.boundary import contain
 from streams.checkpoints import Checkpoints, fail_stop, stop_worker
 from streams.connection import client_options
@@ -54,6 +54,8 @@ def read_vectors(records: Sequence[ConsumerRecord], dim: int, space: str) -> Vec
     record that is not a finite ``dim``-d vector, or a null, under a valid item id."""
     out = VectorRecords()
     for r in records:
+        if (why := faust_compat.undecodable(r.headers)) is not None:
+            raise ValueError(f"a record batch that cannot be decoded: {why}")
         item_id = check_id(r.key.decode(), "item id")
         if isinstance(item_id, Rejection):
             raise ValueError(item_id.detail)
@@ -85,8 +87,8 @@ class CatalogueAgents:
             with fail_stop(batch):
                 admitted, missing = await self.checkpoints.admit(batch)
                 sent: list[Awaitable] = []
-                await contain(self.settings.items_topic, [e.message for e in admitted], partial(self.embed, sent=sent),
-                              self.dead_letters.into(sent))
+                messages = await self.dead_letters.set_aside_undecodable([e.message for e in admitted], sent)
+                await contain(self.settings.items_topic, messages, partial(self.embed, sent=sent), self.dead_letters.into(sent))
                 await self.checkpoints.item_acks.add(sent, self.checkpoints.position(batch))
                 await self.checkpoints.re_read(missing)
 

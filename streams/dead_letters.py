@@ -1,7 +1,8 @@
 """Dead letters: a rejected message's copy with why and where it came from, that always fits the broker.
 
 Headers: ``reason`` (a short code, also the metric label), ``detail`` (at most ``MAX_DETAIL_CHARS``
-characters of explanation) and ``source`` (``topic:partition:offset`` of the original). A copy that
+characters of explanation) and ``source`` (``topic:partition:offset`` of the original); a message with
+neither key nor value has an empty value and ``null-value: true``. A copy that
 would exceed the largest record the broker takes keeps the start of the key and value, and says so:
 ``truncated: true`` with ``original-key-bytes`` and ``original-value-bytes``; the whole message is
 still at its ``source`` for as long as that topic keeps it.
@@ -9,12 +10,12 @@ still at its ``source`` for as long as that topic keeps it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from models.records import Rejection
-from streams import metrics
+from streams import faust_compat, metrics
 
 
 class Producer(Protocol):
@@ -37,6 +38,12 @@ class Source(Protocol):
     offset: int
     key: bytes | None
     value: bytes | None
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None: ...  # faust's HeadersArg
+
+
+M = TypeVar("M", bound=Source)
 
 MAX_DETAIL_CHARS = 500
 # Upper bound of what a record costs beyond its key, value and header bytes: the record batch header
@@ -64,6 +71,8 @@ def dead_letter(source: str, key: bytes | None, value: bytes | None, rejection: 
     """The dead letter of the message at ``source`` ("topic:partition:offset"), at most ``max_bytes``."""
     detail = rejection.detail[:MAX_DETAIL_CHARS].encode("utf-8", "backslashreplace")  # lone surrogates too
     headers = [("reason", rejection.reason.encode()), ("detail", detail), ("source", source.encode())]
+    if key is None and value is None:  # a record needs one of them (aiokafka refuses to send neither)
+        value, headers = b"", [*headers, ("null-value", b"true")]
     if record_size(key, value, headers) <= max_bytes:
         return DeadLetter(key, value, headers)
     k, v = key or b"", value or b""
@@ -88,6 +97,19 @@ class DeadLetterWriter:
         sent = await self.app.producer.send(self.topic, letter.key, letter.value, None, None, letter.headers)
         metrics.EVENTS_DEAD_LETTERED.labels(rejection.reason, msg.topic).inc()
         return sent
+
+    async def set_aside_undecodable(self, messages: Sequence[M], sent: list[Awaitable]) -> list[M]:
+        """``messages`` less the stand-ins of a record batch the consumer could not decode
+        (``faust_compat.stand_in_for_undecodable_batches``), each of which becomes an ``undecodable_batch``
+        dead letter (no key, no value: the records are still at ``source``), its future into ``sent``."""
+        kept = []
+        for msg in messages:
+            why = faust_compat.undecodable(msg.headers)
+            if why is None:
+                kept.append(msg)
+            else:
+                sent.append(await self.send(msg, Rejection("undecodable_batch", why)))
+        return kept
 
     def into(self, sent: list[Awaitable]) -> Callable[[Source, Rejection], Awaitable[None]]:
         """The ingestion boundary's poison handler: dead-letter the message, its future into ``sent``."""

@@ -71,12 +71,14 @@ class EventAgent:
             with fail_stop(batch):
                 admitted, missing = await self.checkpoints.admit([e for e in batch if e.message.topic != s.ticks_topic])
                 sent: list[Awaitable] = []
-                messages = [e.message for e in admitted if e.message.topic != s.erasures_topic]
+                decoded = await self.dead_letters.set_aside_undecodable([e.message for e in admitted], sent)
+                messages = [m for m in decoded if m.topic != s.erasures_topic]
                 self._count(messages, taken)
                 await contain("events", messages, partial(self.apply, sent=sent, taken=taken), self.dead_letters.into(sent))
-                erasures = [e.message for e in admitted if e.message.topic == s.erasures_topic]
+                erasures = [m for m in decoded if m.topic == s.erasures_topic]
                 await contain(s.erasures_topic, erasures, partial(self.erase, sent=sent), self.dead_letters.into(sent))
-                for tick in [e.message for e in batch if e.message.topic == s.ticks_topic]:
+                ticks = await self.dead_letters.set_aside_undecodable([e.message for e in batch if e.message.topic == s.ticks_topic], sent)
+                for tick in ticks:
                     await contain(s.ticks_topic, [tick], partial(self.decay_ticked, sent=sent), self.dead_letters.into(sent))
                 await self.checkpoints.event_acks.add([*sent, *self.table.changelog_sent()], self.checkpoints.position(batch))
                 await self.checkpoints.re_read(missing)

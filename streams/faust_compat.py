@@ -14,6 +14,9 @@ faust and aiokafka classes, so that an upgrade that stops calling a patched meth
   instead of waiting ``fetch_max_wait_ms``, and faust exposes no aiokafka fetch setting that helps.
 - faust's on-disk layout of a table (``OFFSET_KEY``, ``table_files``), for reading a stopped worker's
   state: its file names and offset key are not an API.
+- Record batches that cannot be decoded (``stand_in_for_undecodable_batches``): aiokafka raises from the
+  fetch (a codec it lacks, a failed CRC, corrupt compressed bytes) and the consumer, so the worker, stops
+  at the same offset at every start; no setting or hook lets a consumer skip a batch.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import contextlib
 import functools
 import inspect
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import aiokafka
 import faust
-from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.consumer.fetcher import Fetcher, PartitionRecords
+from aiokafka.errors import CorruptRecordException
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
@@ -56,17 +60,20 @@ def check() -> None:
         (Consumer, "_filter_committable_offsets", ["self", "tps"]),
         (Consumer, "_should_commit", ["self", "tp", "offset"]),
         (Fetcher, "_proc_fetch_request", ["self", "assignment", "node_id", "request"]),
+        (PartitionRecords, "__init__", ["self", "tp", "records", "aborted_transactions", "fetch_offset", "key_deserializer",
+                                        "value_deserializer", "check_crcs", "isolation_level"]),
     ]
     for owner, name, params in expectations:
         fn = getattr(owner, name, None)
         if fn is None or _parameters(fn) != params:
             problems.append(f"{owner.__module__}.{owner.__name__}.{name}({', '.join(params[1:])}) is gone or changed")
-    callers = [(RocksDBStore, "__init__", "_dbs = "), (Consumer, "_commit_tps", "_filter_committable_offsets"),
-               (Fetcher, "_fetch_requests_routine", "_proc_fetch_request")]
-    for owner, method, callee in callers:
-        source = inspect.getsource(getattr(owner, method))
-        if (f"self.{callee}" if callee.endswith("= ") else f"self.{callee}(") not in source:
-            problems.append(f"{owner.__name__}.{method} no longer uses {callee.strip(' =')}")
+    uses = [(RocksDBStore, "__init__", "self._dbs = "), (Consumer, "_commit_tps", "self._filter_committable_offsets("),
+            (Fetcher, "_fetch_requests_routine", "self._proc_fetch_request("),
+            (PartitionRecords, "_unpack_records", "records.next_batch()"), (PartitionRecords, "_unpack_records", ".validate_crc()"),
+            (PartitionRecords, "_unpack_records", "for record in next_batch:")]
+    for owner, method, code in uses:
+        if code not in inspect.getsource(getattr(owner, method)):
+            problems.append(f"{owner.__name__}.{method} no longer does {code!r}")
     if AIOKafkaDriverConsumer._filter_committable_offsets is not Consumer._filter_committable_offsets:
         problems.append("faust's aiokafka Consumer overrides _filter_committable_offsets")
     if not isinstance(OFFSET_KEY, bytes):
@@ -167,3 +174,97 @@ def back_off_empty_fetches(delay_s: float) -> None:
 
     fetch_then_back_off.backs_off = True  # type: ignore[attr-defined]
     Fetcher._proc_fetch_request = fetch_then_back_off  # type: ignore[method-assign,assignment]
+
+
+# -- record batches that cannot be decoded ---------------------------------------------------------------
+
+UNDECODABLE_HEADER = "interest-stream-undecodable"  # on a stand-in record: why its batch could not be decoded
+_REPORT: list[Callable[[object, int, int, BaseException], None]] = []  # stand_in_for_undecodable_batches' report
+
+
+def undecodable(headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None) -> str | None:
+    """Why the batch of a stand-in record could not be decoded (from its headers: aiokafka's pairs or
+    faust's); None for a real record."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    return next((value.decode(errors="replace") for key, value in pairs if key == UNDECODABLE_HEADER), None)
+
+
+class _StandIn:
+    """A record in place of one that could not be decoded: its offset, no key, no value, and the reason
+    in a header (what aiokafka's fetcher reads of a record)."""
+
+    key = value = None
+    checksum = None
+    timestamp_type = 0
+
+    def __init__(self, offset: int, timestamp: int, why: bytes) -> None:
+        self.offset, self.timestamp = offset, timestamp
+        self.headers = [(UNDECODABLE_HEADER, why)]
+
+
+class _GuardedBatch:
+    """A fetched record batch whose records, if they cannot be decoded, are stand-ins at the same offsets."""
+
+    def __init__(self, batch, tp, report: Callable[[object, int, int, BaseException], None]) -> None:
+        self._batch, self._tp, self._report = batch, tp, report
+        self._corrupt = False
+
+    def __getattr__(self, name: str):
+        return getattr(self._batch, name)
+
+    def validate_crc(self) -> bool:
+        self._corrupt = not self._batch.validate_crc()
+        return True  # iterating says what is wrong, offset by offset, instead of the fetch raising
+
+    def __next__(self):  # a control batch's marker (never compressed)
+        return next(self._batch)
+
+    def __iter__(self):
+        first, end = self._batch.base_offset, self._batch.next_offset
+        try:
+            if self._corrupt:
+                raise CorruptRecordException(f"invalid CRC of the batch at offset {first}")
+            records = list(self._batch)  # decompresses: a codec missing or bad compressed bytes raise here
+        except Exception as exc:  # noqa: BLE001 - any way the batch fails to decode stays with it
+            self._report(self._tp, first, end, exc)
+            said = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"  # aiokafka's name themselves
+            why = f"{said}; batch offsets {first}-{end - 1}".encode()[:500]
+            return iter([_StandIn(offset, self._batch.first_timestamp or 0, why) for offset in range(first, end)])
+        return iter(records)
+
+
+class _GuardedRecords:
+    """A fetch response's record batches (aiokafka's ``MemoryRecords``), each guarded."""
+
+    def __init__(self, records, tp, report: Callable[[object, int, int, BaseException], None]) -> None:
+        self._records, self._tp, self._report = records, tp, report
+
+    def __getattr__(self, name: str):
+        return getattr(self._records, name)
+
+    def has_next(self) -> bool:
+        return self._records.has_next()
+
+    def next_batch(self):
+        batch = self._records.next_batch()
+        return None if batch is None else _GuardedBatch(batch, self._tp, self._report)
+
+
+def stand_in_for_undecodable_batches(report: Callable[[object, int, int, BaseException], None]) -> None:
+    """Make every aiokafka consumer of this process deliver, for a record batch it cannot decode, one
+    stand-in record per offset of the batch (no key, no value, ``UNDECODABLE_HEADER`` naming why), and go
+    on with the next batch; ``report(tp, first offset, next offset, exception)`` is called once per
+    batch, in the consumer's thread (the last ``report`` given, for every consumer). The stand-ins go
+    through the ingestion boundary as any record does (each becomes a dead letter), so the partition moves
+    on and its offsets are committed as usual."""
+    _REPORT[:] = [report]
+    if getattr(PartitionRecords.__init__, "guarded", False):
+        return
+    init = PartitionRecords.__init__
+
+    @functools.wraps(init)
+    def guarded_init(self, tp, records, *args, **kwargs) -> None:
+        init(self, tp, _GuardedRecords(records, tp, lambda *failed: _REPORT[0](*failed)), *args, **kwargs)
+
+    guarded_init.guarded = True  # type: ignore[attr-defined]
+    PartitionRecords.__init__ = guarded_init  # type: ignore[method-assign]

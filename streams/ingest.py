@@ -8,7 +8,7 @@ agents then write what they return: dead letters, then user states, then recomme
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,6 +33,9 @@ class Message(Protocol):
     key: bytes | None
     value: bytes | None
     timestamp: float  # when it was produced, unix seconds
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None: ...  # faust's HeadersArg
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ EVENTS_REDELIVERED = Counter("interest_events_redelivered_total", "Redelivered e
 BATCH_SPLITS = Counter("interest_batch_splits_total", "Micro-batches that failed and were retried in halves to find the message at fault", ["topic"])
 ITEM_VECTORS_IGNORED = Counter(
     "interest_item_vectors_ignored_total", "item-vectors records that are not a vector of this encoder's size, or are another encoder's (skipped)")
+UNDECODABLE_BATCHES = Counter(
+    "interest_undecodable_batches_total", "Record batches the consumer could not decode (a codec missing, a failed CRC), by topic; "
+    "each of their offsets is an undecodable_batch dead letter", ["topic"])
 ITEMS_RETIRED = Counter("interest_items_retired_total", "Catalogue items removed by a null value (tombstone) on the items topic")
 STORE_REBUILDS = Counter("interest_local_store_rebuilds_total", "Damaged local stores set aside at start and rebuilt from the broker", ["store"])
 STATES_UNREADABLE = Counter("interest_decay_states_unreadable_total", "Stored user states the decay timer found that do not decode (left as they are)")

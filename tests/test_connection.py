@@ -189,7 +189,7 @@ def test_the_demo_runs_over_mutual_tls(tiny_encoder, sample_events, tmp_path, re
     with Tansu(tmp_path / "broker", advertised=f"127.0.0.1:{proxy_port}") as broker, \
             TlsProxy(broker.address, TLS / "broker.pem", TLS / "broker.key", TLS / "ca.pem", proxy_port) as proxy:
         plain = settings_for(proxy.address, tiny_encoder, tmp_path / "state", request.node.name)
-        s = replace(plain, **CASES["mutual-tls"])
+        s = replace(plain, **CASES["mutual-tls"], **broker.worker_settings)
         latest = run_demo(s, show_users=0, timeout_s=120)
     assert set(latest) == {e["user_id"] for e in sample_events}
     assert proxy.clients >= 5  # topic admin, catalogue producer, faust's consumer and producer, item-vectors consumer, ...

@@ -32,3 +32,11 @@ def test_null_stays_null_and_the_detail_survives_lone_surrogates():
     letter = dead_letter("items:0:1", b"run-5", None, Rejection("bad_key", "id \ud800"), LIMIT)
     assert letter.value is None and dict(letter.headers)["detail"] == b"id \\ud800"
     assert record_size(None, None, []) == record_size(b"", b"", [])
+
+
+def test_a_message_with_neither_key_nor_value_has_a_dead_letter_a_producer_can_send():
+    """aiokafka refuses a record without key and value (an assertion: the worker stopped with exit 70). Such
+    a message reaches the worker as a null on an event topic without a key, or as the stand-in of a record
+    batch it could not decode."""
+    letter = dead_letter("clicks:0:7", None, None, Rejection("undecodable_batch", "lz4 missing"), LIMIT)
+    assert letter.key is None and letter.value == b"" and dict(letter.headers)["null-value"] == b"true"

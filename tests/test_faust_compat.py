@@ -137,3 +137,42 @@ def test_the_user_table_counts_users_not_writes(tmp_path):
         assert table.users([1, 3]) == 4
 
     asyncio.run(scenario())
+
+
+def record_batch(codec: int, base: int, values: list[bytes]) -> bytes:
+    """A record batch as a broker returns it in a fetch (aiokafka's own builder; ``codec``: Kafka's
+    compression attribute, 0 none ... 4 zstd), starting at offset ``base``."""
+    import struct
+
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=codec, is_transactional=False, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    for delta, value in enumerate(values):
+        builder.append(delta, timestamp=1_790_000_000_000 + delta, key=b"u1", value=value, headers=[])
+    batch = bytearray(builder.build())
+    struct.pack_into(">q", batch, 0, base)  # the base offset, outside the CRC: the broker assigns it
+    return bytes(batch)
+
+
+@pytest.mark.parametrize("fault", ["codec missing", "failed CRC"])
+def test_an_undecodable_batch_is_delivered_as_stand_ins_and_the_next_batch_is_read(monkeypatch, fault):
+    """aiokafka's own fetch path (PartitionRecords over MemoryRecords): an lz4 batch that cannot be decoded
+    becomes one stand-in per offset, each naming why; the gzip batch after it is read as usual."""
+    import aiokafka.codec
+    from aiokafka.consumer.fetcher import PartitionRecords
+    from aiokafka.record.memory_records import MemoryRecords
+
+    reported = []
+    faust_compat.stand_in_for_undecodable_batches(lambda tp, first, end, exc: reported.append((first, end, type(exc).__name__)))
+    data = bytearray(record_batch(3, 10, [b"a" * 50, b"b" * 50, b"c" * 50]) + record_batch(1, 13, [b"d", b"e"]))
+    if fault == "codec missing":
+        monkeypatch.setattr(aiokafka.codec, "has_lz4", lambda: False)
+    else:
+        data[80] ^= 0xFF  # a byte of the first batch's compressed records
+    records = PartitionRecords(TopicPartition("clicks", 0), MemoryRecords(bytes(data)), [], 10, None, None, True, 0)
+    got = [(r.offset, r.value, faust_compat.undecodable(r.headers)) for r in records]
+    assert [(offset, value) for offset, value, _ in got] == [(10, None), (11, None), (12, None), (13, b"d"), (14, b"e")]
+    assert all(why and "batch offsets 10-12" in why for _, _, why in got[:3]) and got[3][2] is None
+    assert reported == [(10, 13, "UnsupportedCodecError" if fault == "codec missing" else "CorruptRecordException")]
+    assert records.next_fetch_offset == 15
