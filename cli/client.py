@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from tqdm import tqdm
 
+from cli.delivery import Delivery
 from models.data import read_jsonl
 from models.records import Reason, Recommendation
 from state.faults import InterestStreamError
@@ -24,9 +25,10 @@ from streams.settings import Settings
 from streams.topics import ensure_topics
 
 
-def producer(settings: Settings) -> KafkaProducer:
+def delivery(settings: Settings, what: str) -> Delivery:
+    """A checked producer of ``what`` (``cli.delivery``), the topics created first."""
     ensure_topics(settings)
-    return KafkaProducer(**client_options(settings), acks="all", linger_ms=5, batch_size=256 * 1024)
+    return Delivery(settings, what)
 
 
 def event_topic(settings: Settings, event: dict) -> str:
@@ -37,20 +39,20 @@ def event_topic(settings: Settings, event: dict) -> str:
 
 
 def send_events(settings: Settings, events: Iterable[dict], speed: float = 0.0, total: int | None = None, progress: bool = True) -> int:
-    """Send events keyed by user (their partition). ``speed`` 0: as fast as possible; N: event time x N."""
-    out = producer(settings)
-    sent, first_ts, started = 0, None, time.monotonic()
-    for event in tqdm(events, total=total, unit="ev", disable=not progress, desc="events"):
-        if speed > 0:
-            first_ts = first_ts if first_ts is not None else event["ts"]
-            ahead = (event["ts"] - first_ts) / speed - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
-        out.send(event_topic(settings, event), key=str(event["user_id"]).encode(), value=json.dumps(event).encode())
-        sent += 1
-    out.flush()
-    out.close()
-    return sent
+    """Send events keyed by user (their partition). ``speed`` 0: as fast as possible; N: event time x N.
+    Returns how many the broker acknowledged: all of them, or it raises ``NotDelivered`` saying how many
+    were not, and which."""
+    first_ts, started = None, time.monotonic()
+    with delivery(settings, "events") as out:
+        for event in tqdm(events, total=total, unit="ev", disable=not progress, desc="events"):
+            if speed > 0:
+                first_ts = first_ts if first_ts is not None else event["ts"]
+                ahead = (event["ts"] - first_ts) / speed - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+            out.send(event_topic(settings, event), str(event["user_id"]).encode(), json.dumps(event).encode(),
+                     label=f"event {event.get('event_id')!r}")
+    return out.done.acknowledged
 
 
 def replay(settings: Settings, path: str | Path, speed: float = 0.0, progress: bool = True) -> int:
@@ -60,23 +62,23 @@ def replay(settings: Settings, path: str | Path, speed: float = 0.0, progress: b
 
 
 def publish_catalogue(settings: Settings, path: str | Path, progress: bool = True) -> int:
-    out = producer(settings)
+    """Publish a catalogue file (JSON lines {item_id, text}) to the items topic; returns the items the broker
+    acknowledged (all, or ``NotDelivered``)."""
     items = list(read_jsonl(path))
-    for item in tqdm(items, unit="item", disable=not progress, desc="catalogue"):
-        out.send(settings.items_topic, key=str(item["item_id"]).encode(), value=json.dumps(item).encode())
-    out.flush()
-    out.close()
-    return len(items)
+    with delivery(settings, "items") as out:
+        for item in tqdm(items, unit="item", disable=not progress, desc="catalogue"):
+            out.send(settings.items_topic, str(item["item_id"]).encode(), json.dumps(item).encode(), label=f"item {item['item_id']!r}")
+    return out.done.acknowledged
 
 
 def request_erasure(settings: Settings, users: list[str]) -> None:
     """Ask the workers to erase ``users`` (``streams.erasure``): a request keyed by user id, so it reaches
-    the worker that holds the user, in order with their events."""
-    out = producer(settings)
-    for user in users:
-        out.send(settings.erasures_topic, key=user.encode(), value=json.dumps({"user_id": user, "requested_at": time.time()}).encode())
-    out.flush()
-    out.close()
+    the worker that holds the user, in order with their events. Raises ``NotDelivered`` if the broker did
+    not acknowledge a request."""
+    with delivery(settings, "erasure requests") as out:
+        for user in users:
+            request = json.dumps({"user_id": user, "requested_at": time.time()}).encode()
+            out.send(settings.erasures_topic, user.encode(), request, label=f"user {user!r}")
 
 
 def inspect_user(settings: Settings, user: str) -> dict | None:

@@ -33,19 +33,19 @@ def _produce(args: argparse.Namespace, settings: Settings) -> None:
         events = iter([event])
     else:
         raise InterestStreamError("give --user and --item, or --file")
-    print(f"sent {send_events(settings, events, progress=bool(args.file))} events")
+    print(f"sent {send_events(settings, events, progress=bool(args.file))} events (acknowledged by the broker)")
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> None:
     from cli.client import replay
 
-    print(f"replayed {replay(settings, args.log, args.speed)} events")
+    print(f"replayed {replay(settings, args.log, args.speed)} events (acknowledged by the broker)")
 
 
 def _catalogue(args: argparse.Namespace, settings: Settings) -> None:
     from cli.client import publish_catalogue
 
-    print(f"published {publish_catalogue(settings, args.file)} items")
+    print(f"published {publish_catalogue(settings, args.file)} items (acknowledged by the broker)")
 
 
 def _reembed(args: argparse.Namespace, settings: Settings) -> None:

@@ -21,12 +21,12 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from tqdm import tqdm
 
-from cli.client import producer
+from cli.delivery import Delivery
 from state.faults import InterestStreamError
 from streams.connection import client_options
 from streams.settings import Settings
@@ -216,15 +216,14 @@ def bounded_read(consumer: KafkaConsumer, topic: str, stall_s: float = STALL_S) 
 class Publisher:
     """Sends copies and, once the broker has acknowledged one, records its dead letter as re-driven."""
 
-    def __init__(self, out: KafkaProducer, record_topic: str) -> None:
+    def __init__(self, out: Delivery, record_topic: str) -> None:
         self.out = out
         self.record_topic = record_topic
         self.pending: list[tuple[Letter, object]] = []  # (dead letter, its copy's delivery future)
-        self.records: list = []  # the record topic's delivery futures
 
     def send(self, letter: Letter, source: Source) -> None:
-        sent = self.out.send(source.topic, key=letter.key, value=letter.value, partition=source.partition,
-                             headers=[(REDRIVEN_FROM, letter.coordinates.encode())])
+        sent = self.out.send(source.topic, letter.key, letter.value, label=f"the copy of {letter.coordinates}",
+                             partition=source.partition, headers=[(REDRIVEN_FROM, letter.coordinates.encode())])
         self.pending.append((letter, sent))
         if len(self.pending) >= IN_FLIGHT:
             self.settle()
@@ -232,32 +231,29 @@ class Publisher:
     def settle(self) -> None:
         """Wait for the copies in flight; record each acknowledged one. Raises ``InterestStreamError``
         (after recording the others) if one failed."""
-        self.out.flush()
+        self.out.producer.flush()
         failed = None
         for letter, sent in self.pending:
             try:
+                if sent is None:  # refused at once: counted by the delivery
+                    raise KafkaError("the producer refused the record")
                 meta = sent.get()  # type: ignore[attr-defined]
             except KafkaError as exc:
                 failed = failed or f"re-publishing {letter.coordinates} failed: {exc}"
                 continue
-            self.records.append(self.out.send(self.record_topic, key=letter.coordinates.encode(),
-                                              value=f"{meta.topic}:{meta.partition}:{meta.offset}".encode()))
+            self.out.send(self.record_topic, letter.coordinates.encode(), f"{meta.topic}:{meta.partition}:{meta.offset}".encode(),
+                          label=f"the record of {letter.coordinates} on {self.record_topic}")
         self.pending.clear()
         if failed:
             raise InterestStreamError(f"{failed}; the others were recorded: run again to re-drive the rest")
 
     def close(self) -> None:
-        """Settle, then wait for the records. Raises ``InterestStreamError`` if one failed."""
+        """Settle, then wait for the records. Raises ``InterestStreamError`` if one failed: a run again
+        re-sends a copy whose record is missing (the worker rejects it as a duplicate)."""
         try:
             self.settle()
-            self.out.flush()
-            for sent in self.records:
-                sent.get()
-        except KafkaError as exc:
-            raise InterestStreamError(f"recording a re-driven dead letter on {self.record_topic} failed: {exc}; "
-                                      "a run again re-sends it (the worker rejects the copy as duplicate)") from None
         finally:
-            self.out.close()
+            self.out.close()  # raises NotDelivered for a copy or a record the broker did not acknowledge
 
 
 def redrive(settings: Settings, selection: Selection, dry_run: bool = False, progress: bool = True) -> Summary:
@@ -274,7 +270,7 @@ def redrive(settings: Settings, selection: Selection, dry_run: bool = False, pro
     if dry_run:
         summary.redriven.update((letter.reason, source.topic) for source, letter in selected)
         return summary
-    publisher = Publisher(producer(settings), record_topic)
+    publisher = Publisher(Delivery(settings, "re-driven copies and their records"), record_topic)
     try:
         for source, letter in tqdm(selected, unit="letter", desc="re-driving", disable=not progress):
             publisher.send(letter, source)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
+from cli.delivery import Delivery
 from models.encoder import ItemEncoder
 from state.item_store import ItemVector
 from streams.connection import client_options
@@ -70,14 +71,10 @@ def reembed(settings: Settings, progress: bool = True) -> Reembedded:
     live = {r.key: r.value is not None for r in items if r.key is not None}  # the last record of each key wins
     out = item_step(items, known.get, lambda texts: encoder.encode(texts, progress=progress))
     gone = {item_id.encode() for item_id in known if not live.get(item_id.encode())} | set(out.retired)
-    producer = KafkaProducer(**client_options(settings), acks="all", linger_ms=5)
-    try:
+    with Delivery(settings, "item vectors") as sent:
         headers = [(ENCODER_HEADER, encoder.space.encode())]
         for key, value in out.vectors:
-            producer.send(settings.item_vectors_topic, key=key, value=value, headers=headers)
+            sent.send(settings.item_vectors_topic, key, value, label=f"item {key.decode()!r}", headers=headers)
         for key in gone:
-            producer.send(settings.item_vectors_topic, key=key, value=None)
-        producer.flush()
-    finally:
-        producer.close()
+            sent.send(settings.item_vectors_topic, key, None, label=f"the retirement of item {key.decode()!r}")
     return Reembedded(len(out.vectors), len(gone), len(out.rejected))

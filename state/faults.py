@@ -20,6 +20,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
+# The exit status of a worker stopped by the broker or the disk: nothing not durable was committed, a
+# restart resumes from the last commit (sysexits' EX_SOFTWARE; any other non-zero status is a defect).
+INFRASTRUCTURE_EXIT = 70
+
 
 class InterestStreamError(Exception):
     """An error the user can act on; its message says what to do."""

@@ -22,6 +22,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP, EventT
 
+from state.faults import INFRASTRUCTURE_EXIT
 from streams import faust_compat, metrics
 from streams.durability import AcksInOrder
 from streams.offsets import PartitionProgress, Verdict
@@ -34,7 +35,7 @@ def stop_worker(what: str) -> NoReturn:
     batch makes its offsets committable. Restarted, it resumes from the last commit."""
     log.critical("%s; exiting so that none of it is committed", what, exc_info=True)
     logging.shutdown()
-    os._exit(70)
+    os._exit(INFRASTRUCTURE_EXIT)
 
 
 @contextmanager

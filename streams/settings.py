@@ -145,7 +145,7 @@ class Settings:
     checkpoint: str = setting("", "Trained model checkpoint (`train` writes it). Empty: untrained defaults.")
     hidden_size: int = setting(128, "GRU hidden size when no checkpoint is given.", _at_least(1))
     stop_timeout_s: float = setting(
-        20.0, "After SIGTERM, a worker still running this long exits with status 1 (e.g. the broker is gone): keep it "
+        20.0, "After SIGTERM, a worker still running this long exits with status 70 (e.g. the broker is gone): keep it "
         "below Kubernetes' grace period (30 s).", POSITIVE)
     web_port: int = setting(6066, "faust web port: /health, /ready, /users/<id>.", PORT)
     web_host: str = setting(

@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.partitioner.default import murmur2
 
-from cli.client import producer, publish_catalogue, request_erasure, send_events
+from cli.client import delivery, publish_catalogue, request_erasure, send_events
 from cli.local_broker import free_port
 from cli.worker_process import WorkerProcess
 from streams.connection import client_options
@@ -112,9 +112,8 @@ def test_compacted_topics_keep_the_latest_record_per_key_and_a_rebuilt_worker_ha
             send_events(s, events[n::4], progress=False)
             wait_caught_up(s, worker, f"round {n}")
         retired, erased = sample_catalogue[0]["item_id"], events[0]["user_id"]
-        out = producer(s)
-        out.send(s.items_topic, key=retired.encode(), value=None).get(30)  # a null value on items retires the item
-        out.close()
+        with delivery(s, "catalogue deletes") as out:  # a null value on items retires the item
+            out.send(s.items_topic, retired.encode(), None, label=retired)
         request_erasure(s, [erased])
         wait_until(lambda: latest(log_of(s, changelog)).get(erased, b"") is None and
                    latest(log_of(s, s.item_vectors_topic)).get(retired, b"") is None, timeout_s=60,

@@ -186,3 +186,29 @@ def test_the_stall_timer_looks_only_at_partitions_still_assigned_after_it_starte
     checkpoints.committed_offsets = committed_offsets  # type: ignore[method-assign]
     asyncio.run(checkpoints.re_read_stalled())
     assert checkpoints.progress.knows(kept)
+
+
+@pytest.mark.parametrize("reason, status", [("ConsistencyError", 70), ("KafkaConnectionError", 70), ("StoreFailure", 70),
+                                            ("ZeroDivisionError", 1)])
+def test_a_crash_by_the_broker_or_the_disk_exits_70_any_other_keeps_faust_s_status(monkeypatch, tmp_path, reason, status):
+    """faust ends a crashed worker with 1 whatever crashed it: a broker restart under load (faust's
+    ConsistencyError at recovery: the changelog is shorter than what the table applied) ended it with 1."""
+    import faust
+    from aiokafka.errors import KafkaConnectionError
+    from faust.exceptions import ConsistencyError
+
+    from state.faults import StoreFailure
+    from streams.faust_worker import Worker
+
+    errors = {"ConsistencyError": ConsistencyError, "KafkaConnectionError": KafkaConnectionError, "StoreFailure": StoreFailure,
+              "ZeroDivisionError": ZeroDivisionError}
+    worker = Worker(faust.App("crash-test", datadir=str(tmp_path)), stop_timeout_s=5.0)
+
+    def crashed(self):  # what mode does after a crash: the reason kept, SystemExit(1) from its `exiting`
+        self.crash_reason = errors[reason]("what crashed it")
+        raise SystemExit(1)
+
+    monkeypatch.setattr(faust.Worker, "execute_from_commandline", crashed)
+    with pytest.raises(SystemExit) as exited:
+        worker.execute_from_commandline()
+    assert exited.value.code == status
