@@ -25,11 +25,31 @@ class DataDirInUse(InterestStreamError):
     pass
 
 
+class UnusableDataDir(InterestStreamError):
+    pass
+
+
+def _unusable(data_dir: Path, exc: OSError) -> str:
+    """What is wrong with a data directory that could not be made or written in, in words."""
+    if isinstance(exc, FileExistsError) or (isinstance(exc, NotADirectoryError) and data_dir.is_file()):
+        return "is a file, not a directory"
+    if isinstance(exc, NotADirectoryError):
+        above = next((p for p in data_dir.parents if p.is_file()), None)
+        return f"{above} above it is a file" if above else "a part of the path is not a directory"
+    if isinstance(exc, PermissionError):
+        return "cannot be made or written in (permission denied)"
+    return f"cannot be made or written in ({exc.strerror or exc})"
+
+
 def lock(data_dir: Path) -> IO[str]:
     """Take an exclusive lock on ``data_dir`` for as long as the returned file stays open (the process's
-    life); raises ``DataDirInUse`` naming the holder's pid if another process has it."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(data_dir / LOCK_FILE, "a+")
+    life); raises ``DataDirInUse`` naming the holder's pid if another process has it, and
+    ``UnusableDataDir`` if it is not a directory this process can make and write in."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(data_dir / LOCK_FILE, "a+")
+    except OSError as exc:
+        raise UnusableDataDir(f"INTEREST_DATA_DIR={str(data_dir)!r}: {_unusable(data_dir, exc)}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

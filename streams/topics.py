@@ -18,7 +18,7 @@ from kafka.errors import (
 
 from state.faults import InterestStreamError
 from streams.connection import client_options
-from streams.settings import Settings
+from streams.settings import ConfigError, Settings
 
 ENCODER_HEADER = "encoder"  # on item-vectors records: the space (``ItemEncoder.space``) the vector is in
 
@@ -83,3 +83,25 @@ def ensure_topics(settings: Settings, specs: dict[str, tuple[int, dict[str, str]
                 pass
     finally:
         admin.close()
+
+
+def check_partitions(settings: Settings) -> None:
+    """Raise ``ConfigError`` unless the topics that must be co-partitioned with the user table (events,
+    erasures, decay ticks, the table's changelog) all have ``INTEREST_PARTITIONS`` partitions: a user's
+    events, requests and state must meet on one partition, and the worker finds a user's state by
+    ``partition = murmur2(user id) % INTEREST_PARTITIONS``. Topics not created yet are left out."""
+    from streams.faust_compat import changelog_topic
+
+    s = settings
+    names = [s.clicks_topic, s.purchases_topic, s.erasures_topic, s.ticks_topic, changelog_topic(s.app_id)]
+    found = topic_partitions(settings, names)
+    wrong = {name: n for name, n in found.items() if n != s.partitions}
+    if not wrong:
+        return
+    counts = ", ".join(f"{name} has {n}" for name, n in wrong.items())
+    if len(set(found.values())) == 1:
+        fix = f"set INTEREST_PARTITIONS={next(iter(found.values()))}, the topics' count"
+    else:
+        fix = ("they must all have the same count: add partitions to the smaller ones (kafka-topics --alter; users then "
+               "move between partitions) or start with new topics")
+    raise ConfigError(f"INTEREST_PARTITIONS={s.partitions}, but {counts} partitions: {fix}")

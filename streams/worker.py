@@ -14,7 +14,7 @@ from state.local_dir import damaged, lock, set_aside
 from streams.connection import client_options
 from streams.faust_compat import changelog_topic, table_partition
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import check_partitions, ensure_topics
 from streams.user_table import changelog_offset, table_files
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def run_worker(settings: Settings) -> None:
         except OSError as exc:
             raise InterestStreamError(f"INTEREST_METRICS_PORT={settings.metrics_port}: {exc.strerror} (another worker here? "
                                       "give each its own port, or 0 for none)") from None
+    check_partitions(settings)  # before creating any topic or joining the group: a wrong count would misroute every user
     ensure_topics(settings)
     set_aside_damaged_stores(settings)
     from streams.app import build_app

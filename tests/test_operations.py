@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from rocksdict import Options, Rdict
@@ -18,6 +19,7 @@ from cli.local_broker import free_port
 from cli.worker_process import WorkerProcess
 from state.faults import InterestStreamError
 from state.item_store import ItemStore
+from streams.topics import ensure_topics
 from streams.user_table import OFFSET_KEY, load_user_states, table_files
 from tests.brokers import new_broker
 from tests.conftest import SAMPLE
@@ -27,6 +29,7 @@ from tests.test_faults import click_log, run_to_end, start_ready, wait_caught_up
 pytestmark = pytest.mark.e2e
 
 STOP_WITHIN_S = 10.0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed_stop(worker: WorkerProcess) -> float:
@@ -174,3 +177,23 @@ def test_the_web_port_serves_health_and_readiness_but_no_table_or_router_view(se
         assert [get(p) for p in ("/table/user-state/", "/table/user-state/u1/", "/router/", "/graph/", "/stats/")] == [404] * 5
     finally:
         worker.stop()
+
+
+def test_a_worker_whose_settings_disagree_with_the_broker_or_the_disk_exits_1_naming_the_setting(settings, tmp_path):
+    """Checked before the worker joins the group: a data directory that is a file or under one, and
+    INTEREST_PARTITIONS other than the existing topics' count (it would look users up on the wrong partition)."""
+    ensure_topics(settings)  # INTEREST_PARTITIONS=4
+    cases = {"a file": (replace(settings, data_dir=ROOT / "README.md"), "INTEREST_DATA_DIR='", "is a file, not a directory"),
+             "under a file": (replace(settings, data_dir=ROOT / "README.md" / "state"), "INTEREST_DATA_DIR='", "above it is a file"),
+             "partitions": (replace(settings, partitions=64), "INTEREST_PARTITIONS=64, but",
+                            f"{settings.clicks_topic} has 4, {settings.purchases_topic} has 4")}
+    for name, (s, setting, why) in cases.items():
+        worker = WorkerProcess(s, tmp_path / f"{name}.log").start()
+        try:
+            worker._proc.wait(60)  # type: ignore[union-attr]
+        finally:
+            worker.kill()
+        tail = worker.log_tail()
+        assert worker.exit_code == 1 and setting in tail and why in tail, (name, tail)
+        assert "Traceback" not in tail, tail
+    assert "set INTEREST_PARTITIONS=4" in tail
