@@ -30,7 +30,7 @@ from streams.boundary import contain
 from streams.checkpoints import Checkpoints, fail_stop, stop_worker
 from streams.connection import client_options
 from streams.dead_letters import DeadLetterWriter
-from streams.ingest import Message, item_step
+from streams.ingest import LastPublished, Message, item_step
 from streams.runtime import Runtime
 from streams.schemas import check_id
 from streams.settings import Settings
@@ -77,6 +77,7 @@ class CatalogueAgents:
         self.runtime = runtime
         self.checkpoints = checkpoints
         self.dead_letters = dead_letters
+        self.published = LastPublished(self._stored_hash)
 
     # -- embed: items -> item-vectors --------------------------------------------------------------------
 
@@ -95,7 +96,7 @@ class CatalogueAgents:
     async def embed(self, messages: Sequence[Message], sent: list[Awaitable]) -> None:
         """Embed the new or changed items of ``messages`` and publish their vectors (tombstones for the
         retired ones), adding the delivery futures to ``sent``."""
-        out = await self.runtime.in_encoder_thread(item_step, messages, self._known_hash, self._encode_texts)
+        out = await self.runtime.in_encoder_thread(item_step, messages, self.published.known_hash, self._encode_texts)
         for rejected in out.rejected:
             sent.append(await self.dead_letters.send(rejected.message, rejected.rejection))
         topic = self.settings.item_vectors_topic
@@ -104,8 +105,9 @@ class CatalogueAgents:
             sent.append(await self.app.producer.send(topic, key, value, None, None, headers))
         for key in out.retired:
             sent.append(await self.app.producer.send(topic, key, None, None, None, None))
+        self.published.published(out)
 
-    def _known_hash(self, item_id: str) -> bytes | None:
+    def _stored_hash(self, item_id: str) -> bytes | None:
         known = self.runtime.store.get(item_id)
         return None if known is None else known.text_hash
 

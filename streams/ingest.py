@@ -132,22 +132,23 @@ class ItemsOutput:
     retired: list[bytes] = field(default_factory=list)  # item keys to tombstone on item-vectors
     rejected: list[Rejected] = field(default_factory=list)
     embedded: int = 0  # texts the encoder embedded
+    hashes: dict[str, bytes] = field(default_factory=dict)  # item id -> text hash of each vector in ``vectors``
 
 
 def item_step(messages: Sequence[Message], known_hash: Callable[[str], bytes | None],
               encode_texts: Callable[[list[str]], np.ndarray]) -> ItemsOutput:
-    """Catalogue messages -> item vectors to publish. A null value retires the item of its key (Kafka's
-    delete on a compacted topic); an item whose text is unchanged (``known_hash``) is not embedded again."""
+    """Catalogue messages -> item vectors to publish. Each item ends as its last record says: a null value
+    retires the item of its key (Kafka's delete on a compacted topic), an item record (re)adds it; an item
+    whose text is what ``known_hash`` says item-vectors holds is not embedded again."""
     out = ItemsOutput()
-    latest: dict[str, CatalogueItem] = {}
+    last: dict[str, CatalogueItem | None] = {}  # item id -> its last valid record in ``messages`` (None: deleted)
     for msg in messages:
         if msg.value is None:
             item_id = _key_id(msg.key, "the key of a deleted item")
             if isinstance(item_id, Rejection):
                 out.rejected.append(Rejected(msg, item_id))
             else:
-                latest.pop(item_id, None)
-                out.retired.append(item_id.encode())
+                last[item_id] = None
             continue
         item = parse_item(msg.value)
         if isinstance(item, Rejection):
@@ -155,16 +156,36 @@ def item_step(messages: Sequence[Message], known_hash: Callable[[str], bytes | N
         elif msg.key != item.item_id.encode():
             out.rejected.append(Rejected(msg, Rejection("bad_key", "message key must be the item id (compaction keeps the last value per key)")))
         else:
-            if item.item_id.encode() in out.retired:
-                out.retired.remove(item.item_id.encode())
-            latest[item.item_id] = item
-    changed = [item for item in latest.values() if known_hash(item.item_id) != text_hash(item.text)]
+            last[item.item_id] = item
+    out.retired = [item_id.encode() for item_id, item in last.items() if item is None]
+    changed = [item for item in last.values() if item is not None and known_hash(item.item_id) != text_hash(item.text)]
     if changed:
         vectors = encode_texts([item.text for item in changed])
         out.vectors = [(item.item_id.encode(), ItemVector(item.item_id, text_hash(item.text), vec).encode())
                        for item, vec in zip(changed, vectors)]
+        out.hashes = {item.item_id: text_hash(item.text) for item in changed}
         out.embedded = len(changed)
     return out
+
+
+class LastPublished:
+    """What item-vectors holds for each item as this worker knows it: what it published there itself (a
+    text hash; None for a tombstone) before what its item store has followed (``stored``). The store
+    applies the topic a moment later than the agent writes it: a delete and a re-add of an item in two
+    batches found the old vector still stored, skipped the re-add as unchanged, and the delete's tombstone
+    retired the item for good."""
+
+    def __init__(self, stored: Callable[[str], bytes | None]) -> None:
+        self.stored = stored
+        self._sent: dict[str, bytes | None] = {}
+
+    def known_hash(self, item_id: str) -> bytes | None:
+        return self._sent[item_id] if item_id in self._sent else self.stored(item_id)
+
+    def published(self, out: ItemsOutput) -> None:
+        """Call once ``out``'s vectors and tombstones are sent (in that order per item: one or the other)."""
+        self._sent.update(out.hashes)
+        self._sent.update(dict.fromkeys((key.decode() for key in out.retired), None))
 
 
 def _key_id(key: bytes | None, name: str) -> str | Rejection:

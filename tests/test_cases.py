@@ -76,6 +76,7 @@ CASES = [
     Case("null_item_with_an_empty_key", "items_topic", b"", None, "bad_key"),
 ]
 RETIRED = {"run-005": "items_topic", "run-006": "item_vectors_topic"}  # a null value on each of these topics
+READDED = "run-008"  # two nulls, then its record again, back to back on items
 
 
 @dataclass
@@ -113,9 +114,13 @@ def run(broker, tiny_encoder, tmp_path_factory) -> Run:
             send(s.clicks_topic, b"u1", json.dumps(goods[n]).encode())
         for item, topic in RETIRED.items():
             send(getattr(s, topic), item.encode(), None)
+        readded = next(i for i in (json.loads(line) for line in (SAMPLE / "catalogue.jsonl").read_text().splitlines())
+                       if i["item_id"] == READDED)
+        for value in (None, None, json.dumps(readded).encode()):  # deleted twice, then published again: it is back
+            send(s.items_topic, READDED.encode(), value)
         wait_until(lambda: (worker.readiness() or {}).get("catalogue_items") == 96 - len(RETIRED), what="both items retired",
                    timeout_s=60, explain=worker.log_tail)
-        for item in RETIRED:
+        for item in [*RETIRED, READDED]:
             offsets[f"event_for_{item}"] = send(s.clicks_topic, b"u2", json.dumps(event(f"after-{item}", user="u2", item=item)).encode())
         send(s.clicks_topic, b"u1", json.dumps(goods[-1]).encode())
         out.close()
@@ -175,11 +180,13 @@ def test_a_null_value_retires_the_item_on_every_path(run):
     letters = {d["source"]: d["reason"] for d in run.letters}
     for item in RETIRED:  # later events for it are rejected
         assert letters[run.offsets[f"event_for_{item}"]] == "unknown_item"
+    assert run.offsets[f"event_for_{READDED}"] not in letters  # the last record of an item wins
     after = [rec for rec in run.recommendations if rec["event_id"] == run.goods[-1]["event_id"]]  # sent after both retirements
     assert after and not {i["item_id"] for rec in after for i in rec["items"]} & set(RETIRED)
     store = ItemStore(run.settings.data_dir / "items")
     try:
         assert all(store.get(item) is None for item in RETIRED) and store.get("run-007") is not None
+        assert store.get(READDED) is not None
     finally:
         store.close()
     tombstones = [m for m in consume_all(run.settings, run.settings.item_vectors_topic) if m.value is None]

@@ -14,7 +14,7 @@ from models.records import Event
 from models.updater import Delivered
 from state.faults import OutputTooLarge
 from state.item_store import ItemVector, text_hash
-from streams.ingest import EventStep, fits, item_step
+from streams.ingest import EventStep, LastPublished, fits, item_step
 from streams.schemas import EventLimits
 from tests.test_bad_input import Msg, make_updater
 
@@ -84,3 +84,36 @@ def test_a_user_gets_a_recommendation_for_applied_and_redelivered_events_but_not
     rejected = updater.apply([Delivered(Event("e2", "u1", "missing", "click", now - 40), "clicks:0", 1)], {"u1": state})
     assert [rejection.reason for _, rejection in rejected.rejected] == ["unknown_item"]
     assert rejected.recommendations == [] and "u1" in rejected.states  # its applied offset still moves
+
+
+def test_an_items_last_record_wins_in_every_order_within_and_across_batches():
+    """Every sequence of up to three records of one item (upsert text a, upsert text b, delete), split into
+    micro-batches every way, the item store following item-vectors as slowly as it can (nothing of this
+    run applied) and with the item first absent or present as "a": the last vector or tombstone published,
+    or else the store, says what the last record says. Seen: delete, delete, re-add left it retired."""
+    import itertools
+
+    records = {"a": {"item_id": "x", "text": "a"}, "b": {"item_id": "x", "text": "b"}, "d": None}
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.ones((len(texts), 4), np.float32) / 2
+
+    for n in (1, 2, 3):
+        for sequence in itertools.product("abd", repeat=n):
+            for cuts in itertools.product((False, True), repeat=n - 1):
+                for before in (None, "a"):
+                    stored = {} if before is None else {"x": text_hash("a")}
+                    published = LastPublished(stored.get)
+                    topic: list[bytes | None] = []  # item-vectors' records of x, as published: a text hash or None
+                    batch: list = []
+                    for offset, (record, cut) in enumerate(zip(sequence, (*cuts, True))):
+                        batch.append(item(offset, b"x", records[record]))
+                        if cut:
+                            out = item_step(batch, published.known_hash, encode)
+                            topic += [out.hashes["x"] for key, _ in out.vectors] + [None for key in out.retired]
+                            assert len(out.vectors) + len(out.retired) <= 1  # one record per item and batch
+                            published.published(out)
+                            batch = []
+                    holds = topic[-1] if topic else stored.get("x")
+                    want = None if sequence[-1] == "d" else text_hash(sequence[-1])
+                    assert holds == want, (sequence, cuts, before, topic)
