@@ -86,15 +86,25 @@ def inspect_user(settings: Settings, user: str) -> dict | None:
     None if no worker holds a state for them (never seen, or erased)."""
     base = settings.worker_url.rstrip("/") or f"http://127.0.0.1:{settings.web_port}"
     url = f"{base}/users/{urllib.parse.quote(user, safe='')}"
+    headers = {"Authorization": f"Bearer {settings.web_token}"} if settings.web_token else {}
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
             return json.loads(response.read())
     except HTTPError as exc:
         if exc.code == 404:
             return None
+        if exc.code in (401, 403):
+            raise InterestStreamError(f"{url}: {exc.code}: {_error_of(exc)}") from None
         raise InterestStreamError(f"{url}: {exc.code} {exc.reason} (503: the workers are still being assigned partitions)") from None
     except (URLError, OSError) as exc:
         raise InterestStreamError(f"no worker answers at {base} ({getattr(exc, 'reason', exc)}); set INTEREST_WORKER_URL") from None
+
+
+def _error_of(exc: HTTPError) -> str:
+    try:
+        return json.loads(exc.read())["error"]
+    except (ValueError, KeyError, TypeError, OSError):
+        return str(exc.reason)
 
 
 def wait_erased(settings: Settings, users: list[str], timeout_s: float) -> list[str]:

@@ -168,7 +168,9 @@ class ApacheKafka(BrokerProcess):
         (self.data_dir / "log4j2.properties").write_text(LOG4J)
         if (self.data_dir / "log" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")  # as `kafka-storage random-uuid`
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid: a leading "-" reads as an option (1 in 64)
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         with open(self.log_path, "ab") as log:
             done = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties)),
                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=120)

@@ -74,9 +74,9 @@ def build_app(settings: Settings) -> WorkerApp:
         broker_commit_interval=s.commit_interval_s,
         consumer_group_instance_id=s.instance_id or None,
         web_port=s.web_port,
-        web_bind="0.0.0.0",
+        web_bind=s.web_bind,
         # The address other workers forward a user's page to (faust's canonical URL), when they do not hold the user.
-        web_host=s.web_host or socket.gethostname(),
+        web_host=s.web_host or (s.web_bind if s.web_on_loopback else socket.gethostname()),
         # Our pages only (``streams.web``): faust's own views would serve any user's raw state to anyone on the port.
         web_router_enabled=False,
         web_tables_enabled=False,
@@ -110,7 +110,7 @@ def build_app(settings: Settings) -> WorkerApp:
 
     app.timer(interval=5.0, name="re_read_stalled_partitions")(skip_without_broker(re_read_stalled_partitions))
     app.timer(interval=5.0, name="report_lag")(skip_without_broker(LagReporter(app, runtime, table).report))
-    add_pages(app, runtime, table, s.partitions)
+    add_pages(app, runtime, table, s)
     return WorkerApp(app, s, table, runtime, checkpoints, events, catalogue)  # type: ignore[arg-type]
 
 

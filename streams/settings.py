@@ -6,6 +6,7 @@ validated at start. A bad value fails with the variable's name and the value (``
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import logging
 import math
 import os
@@ -148,9 +149,16 @@ class Settings:
         20.0, "After SIGTERM, a worker still running this long exits with status 70 (e.g. the broker is gone): keep it "
         "below Kubernetes' grace period (30 s).", POSITIVE)
     web_port: int = setting(6066, "faust web port: /health, /ready, /users/<id>.", PORT)
+    web_bind: str = setting(
+        "127.0.0.1", "Address the web port listens on. Beyond loopback (0.0.0.0 for Kubernetes' probes and for user pages "
+        "forwarded between workers), /users/<id> is served only with INTEREST_WEB_TOKEN.", NAME)
+    web_token: str = setting(
+        "", "Bearer token that /users/<id> requires (`Authorization: Bearer <token>`; `inspect` and `erase --wait` send it). "
+        "Empty: user pages only on a loopback INTEREST_WEB_BIND. /health and /ready are always open.", secret=True)
     web_host: str = setting(
         "", "This worker's host name as the other workers reach it: a user page asked of any worker is forwarded to the "
-        "one holding the user (e.g. $(POD_NAME).interest-stream in Kubernetes). Empty: the machine's host name.")
+        "one holding the user (e.g. $(POD_NAME).interest-stream in Kubernetes). Empty: the machine's host name, or "
+        "INTEREST_WEB_BIND if that is a loopback address.")
     worker_url: str = setting(
         "", "A worker's web address for `inspect` and `erase` (any worker). Empty: http://127.0.0.1:<INTEREST_WEB_PORT>.")
     metrics_port: int = setting(9100, "Prometheus metrics port (0: off).", PORT_OR_OFF)
@@ -187,6 +195,14 @@ class Settings:
                 raise ConfigError(f"{variable(name)}={path!r}: no such file")
         if self.ssl_keyfile and not self.ssl_certfile:
             raise ConfigError(f"{variable('ssl_keyfile')} is set without {variable('ssl_certfile')}: the key needs its certificate")
+
+    @property
+    def web_on_loopback(self) -> bool:
+        """Whether the web port listens on this machine's loopback only."""
+        try:
+            return self.web_bind == "localhost" or ipaddress.ip_address(self.web_bind).is_loopback
+        except ValueError:  # a host name
+            return False
 
     @property
     def uses_tls(self) -> bool:

@@ -1,9 +1,17 @@
 """The worker's web port: /health (alive), /ready (catalogue caught up, events being applied) and
 /users/<id> (one user's state and latest recommendations, for `interest-stream inspect`). faust's own
-views are switched off in the app's settings (``streams.app``): they would serve any raw state."""
+views are switched off in the app's settings (``streams.app``): they would serve any raw state.
+
+A user page is personal data: it is served on a loopback ``INTEREST_WEB_BIND`` to anyone who can reach
+it (this machine's processes), and beyond loopback only to a request bearing ``INTEREST_WEB_TOKEN``
+(none set: not at all). The check comes before faust forwards the request to the worker holding the
+user, and the forwarded request carries the same header."""
 
 from __future__ import annotations
 
+import functools
+import hmac
+import logging
 import os
 import time
 
@@ -13,7 +21,10 @@ from aiokafka.partitioner import murmur2
 from state.user_state import UserState, decode
 from streams.erasure import is_marker
 from streams.runtime import Runtime
+from streams.settings import Settings, variable
 from streams.user_table import UserTable
+
+log = logging.getLogger(__name__)
 
 
 def user_view(user: str, partition: int, state: UserState, now: float) -> dict:
@@ -30,7 +41,35 @@ def user_view(user: str, partition: int, state: UserState, now: float) -> dict:
     }
 
 
-def add_pages(app: faust.App, runtime: Runtime, table: UserTable, partitions: int) -> None:
+def refusal(settings: Settings, authorization: str | None) -> tuple[int, str] | None:
+    """Why a request for a user page is refused (HTTP status, reason), or None if it is served."""
+    if settings.web_token:
+        if hmac.compare_digest((authorization or "").encode(), f"Bearer {settings.web_token}".encode()):
+            return None
+        return 401, f"a user page needs the header Authorization: Bearer <{variable('web_token')}>"
+    if settings.web_on_loopback:
+        return None
+    return 403, (f"user pages are off: {variable('web_bind')}={settings.web_bind} is beyond loopback and no "
+                 f"{variable('web_token')} is set")
+
+
+def add_pages(app: faust.App, runtime: Runtime, table: UserTable, settings: Settings) -> None:
+    partitions = settings.partitions
+    if refusal(settings, None) and not settings.web_token:
+        log.warning("user pages (/users/<id>) are off: %s=%s is beyond loopback and no %s is set", variable("web_bind"),
+                    settings.web_bind, variable("web_token"))
+
+    def personal(page):
+        """Serve ``page`` only to whom ``refusal`` lets through, before faust's table_route forwards it."""
+        @functools.wraps(page)
+        async def guarded(self, request, **kwargs):
+            refused = refusal(settings, request.headers.get("Authorization"))
+            if refused is not None:
+                return self.json({"error": refused[1]}, status=refused[0])
+            if not runtime.ready.is_set():  # faust cannot route yet (its producer lacks the changelog's partitions)
+                return self.json({"error": "the worker is starting"}, status=503)
+            return await page(self, request, **kwargs)
+        return guarded
 
     @app.page("/health")
     async def health(self, request):
@@ -46,6 +85,7 @@ def add_pages(app: faust.App, runtime: Runtime, table: UserTable, partitions: in
                           "partitions": held}, status=200 if ok else 503)
 
     @app.page("/users/{user}")
+    @personal
     @app.table_route(table=table, match_info="user")  # asked of any worker, answered by the one holding the user
     async def user_page(self, request, user: str):
         key = user.encode()

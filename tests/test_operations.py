@@ -4,6 +4,9 @@ start it on a damaged local store."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import socket
 import threading
 import time
 import urllib.error
@@ -14,7 +17,7 @@ from pathlib import Path
 import pytest
 from rocksdict import Options, Rdict
 
-from cli.client import publish_catalogue, send_events
+from cli.client import inspect_user, publish_catalogue, send_events
 from cli.local_broker import free_port
 from cli.worker_process import WorkerProcess
 from state.faults import InterestStreamError
@@ -177,6 +180,58 @@ def test_the_web_port_serves_health_and_readiness_but_no_table_or_router_view(se
         assert [get(p) for p in ("/table/user-state/", "/table/user-state/u1/", "/router/", "/graph/", "/stats/")] == [404] * 5
     finally:
         worker.stop()
+
+
+def this_machines_address() -> str:
+    """An address of this machine other than loopback (the one its default route leaves from)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("10.255.255.255", 1))  # UDP: nothing is sent, the kernel only picks a route
+        return probe.getsockname()[0]
+
+
+def fetch(url: str, token: str = "") -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_user_pages_are_served_on_loopback_or_with_the_token_and_health_is_always_open(settings, sample_catalogue, tmp_path):
+    """Personal data to whom the operator allows: the default bind is loopback (another address of the
+    machine reaches nothing); beyond loopback, /users/<id> wants INTEREST_WEB_TOKEN (none set: not served)."""
+    other = this_machines_address()
+    assert not ipaddress.ip_address(other).is_loopback
+    publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
+    token = "s3cret-token"
+    runs = {"loopback": settings,
+            "open, no token": replace(settings, web_bind="0.0.0.0", web_port=free_port(), metrics_port=free_port(), app_id=f"{settings.app_id}-o"),
+            "open, token": replace(settings, web_bind="0.0.0.0", web_token=token, web_port=free_port(), metrics_port=free_port(),
+                                   app_id=f"{settings.app_id}-t")}
+    for name, s in runs.items():
+        worker = start_ready(replace(s, data_dir=tmp_path / name), tmp_path, name)
+        if name == "loopback":  # after the catalogue is embedded: an event for an item not yet there is unknown_item
+            send_events(s, [{"event_id": "w1", "user_id": "u1", "item_id": "run-000", "type": "click", "ts": time.time()}], progress=False)
+        try:
+            local, remote = f"http://127.0.0.1:{s.web_port}", f"http://{other}:{s.web_port}"
+            wait_until(lambda: fetch(f"{local}/users/u1", token)[0] != 404, what="u1 applied")  # noqa: B023
+            if name == "loopback":
+                assert fetch(f"{local}/users/u1")[0] == 200
+                with pytest.raises(urllib.error.URLError):  # nothing listens there
+                    urllib.request.urlopen(f"{remote}/health", timeout=5)
+            elif name == "open, no token":
+                status, body = fetch(f"{remote}/users/u1")
+                assert status == 403 and "INTEREST_WEB_TOKEN" in body["error"] and fetch(f"{local}/users/u1")[0] == 403
+                assert fetch(f"{remote}/health")[0] == 200 and fetch(f"{remote}/ready")[0] == 200
+            else:
+                assert fetch(f"{remote}/users/u1")[0] == 401 and fetch(f"{remote}/users/u1", "wrong")[0] == 401
+                status, body = fetch(f"{remote}/users/u1", token)
+                assert status == 200 and body["clicks"] == 1
+                assert inspect_user(replace(s, worker_url=remote), "u1")["clicks"] == 1  # the CLI sends the token
+                assert fetch(f"{remote}/health")[0] == 200
+        finally:
+            worker.stop()
 
 
 def test_a_worker_whose_settings_disagree_with_the_broker_or_the_disk_exits_1_naming_the_setting(settings, tmp_path):
