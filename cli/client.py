@@ -3,6 +3,7 @@ look at a user on the worker that holds them, request a user's erasure."""
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 import time
@@ -71,14 +72,16 @@ def publish_catalogue(settings: Settings, path: str | Path, progress: bool = Tru
     return out.done.acknowledged
 
 
-def request_erasure(settings: Settings, users: list[str]) -> None:
+def request_erasure(settings: Settings, users: list[str]) -> dict[str, tuple[str, int]]:
     """Ask the workers to erase ``users`` (``streams.erasure``): a request keyed by user id, so it reaches
-    the worker that holds the user, in order with their events. Raises ``NotDelivered`` if the broker did
-    not acknowledge a request."""
+    the worker that holds the user, in order with their events. Returns where each request went (source
+    "topic:partition", offset); raises ``NotDelivered`` if the broker did not acknowledge a request."""
+    sent = {}
     with delivery(settings, "erasure requests") as out:
         for user in users:
             request = json.dumps({"user_id": user, "requested_at": time.time()}).encode()
-            out.send(settings.erasures_topic, user.encode(), request, label=f"user {user!r}")
+            sent[user] = out.send(settings.erasures_topic, user.encode(), request, label=f"user {user!r}")
+    return {user: (f"{meta.topic}:{meta.partition}", meta.offset) for user, future in sent.items() if (meta := future.get())}
 
 
 def inspect_user(settings: Settings, user: str) -> dict | None:
@@ -107,15 +110,29 @@ def _error_of(exc: HTTPError) -> str:
         return str(exc.reason)
 
 
-def wait_erased(settings: Settings, users: list[str], timeout_s: float) -> list[str]:
-    """Wait until no worker shows a state for ``users``; returns those still shown after ``timeout_s``."""
+class Erasure(enum.Enum):
+    ERASED = "erased"  # no worker holds a state for the user
+    MADE_AGAIN = "made again"  # the request was applied, and events after it made the user again
+    PENDING = "pending"  # not applied yet
+
+
+def erasure_of(view: dict | None, request: tuple[str, int]) -> Erasure:
+    """Where an erasure ``request`` (source, offset) stands, from the user's page (None: no state)."""
+    if view is None:
+        return Erasure.ERASED
+    source, offset = request
+    return Erasure.MADE_AGAIN if view["applied_offsets"].get(source, -1) >= offset else Erasure.PENDING
+
+
+def wait_erased(settings: Settings, requests: dict[str, tuple[str, int]], timeout_s: float) -> dict[str, Erasure]:
+    """Wait until every request of ``request_erasure`` is applied (at most ``timeout_s``); returns where each
+    user stands: erased, made again by later events, or still pending."""
     deadline = time.monotonic() + timeout_s
-    left = list(users)
-    while left and time.monotonic() < deadline:
-        left = [user for user in left if inspect_user(settings, user) is not None]
-        if left:
-            time.sleep(0.5)
-    return left
+    while True:
+        state = {user: erasure_of(inspect_user(settings, user), request) for user, request in requests.items()}
+        if Erasure.PENDING not in state.values() or time.monotonic() >= deadline:
+            return state
+        time.sleep(0.5)
 
 
 def format_user(view: dict) -> str:

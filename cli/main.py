@@ -82,17 +82,23 @@ def _inspect(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _erase(args: argparse.Namespace, settings: Settings) -> None:
-    from cli.client import request_erasure, wait_erased
+    from cli.client import Erasure, request_erasure, wait_erased
 
-    request_erasure(settings, args.users)
+    requests = request_erasure(settings, args.users)
     print(f"erasure of {len(args.users)} user(s) requested on {settings.erasures_topic}")
     if args.wait <= 0:
         return
-    left = wait_erased(settings, args.users, args.wait)
-    if left:
-        raise InterestStreamError(f"still held after {args.wait:.0f}s: {', '.join(left)} (the request stays queued for the worker)")
-    print("erased: no worker holds their state or recommendations; their changelog tombstones follow once the group "
-          "has committed past their events")
+    state = wait_erased(settings, requests, args.wait)
+    again = [user for user, s in state.items() if s is Erasure.MADE_AGAIN]
+    if erased := [user for user, s in state.items() if s is Erasure.ERASED]:
+        print(f"erased: {', '.join(erased)}: no worker holds their state or recommendations; their changelog tombstones follow "
+              "once the group has committed past their events")
+    if again:
+        print(f"erased, then made again by their later events: {', '.join(again)} (the request was applied in order with "
+              "their events: what came after it is kept)")
+    if pending := [user for user, s in state.items() if s is Erasure.PENDING]:
+        raise InterestStreamError(f"not applied after {args.wait:.0f}s: {', '.join(pending)} (the request stays queued for the "
+                                  "worker holding them)")
 
 
 def _redrive(args: argparse.Namespace, settings: Settings) -> None:

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from cli.client import Erased, inspect_user, publish_catalogue, recommendations, request_erasure, send_events, wait_erased
+from cli.client import Erased, Erasure, inspect_user, publish_catalogue, recommendations, request_erasure, send_events, wait_erased
 from cli.worker_process import WorkerProcess
 from streams.faust_compat import changelog_topic
 from tests.conftest import SAMPLE
@@ -62,10 +62,16 @@ def test_inspect_then_erase_then_restart_from_the_changelog(settings, tmp_path):
         assert len(latest) == settings.top_k and not {"run-000", "run-001", "yog-078"} & set(latest)  # seen items excluded
         assert inspect_user(settings, "nobody") is None
 
-        request_erasure(settings, ["ann"])
-        assert wait_erased(settings, ["ann"], timeout_s=30) == []
+        requests = request_erasure(settings, ["ann"])
+        assert wait_erased(settings, requests, timeout_s=30) == {"ann": Erasure.ERASED}
         assert inspect_user(settings, "bob")["purchases"] == 1  # nobody else
-        assert metric_sum(scrape(settings.metrics_port), "interest_users_erased_total", cause="request") == 1
+        # An event after a request is applied makes the user again: `erase --wait` says so, not "still queued".
+        send_events(settings, events("ann", ["run-003"], time.time() - 30), progress=False)
+        wait_until(lambda: inspect_user(settings, "ann"), what="ann made again by a later event")
+        assert wait_erased(settings, requests, timeout_s=5) == {"ann": Erasure.MADE_AGAIN}
+        requests = request_erasure(settings, ["ann"])
+        assert wait_erased(settings, requests, timeout_s=30) == {"ann": Erasure.ERASED}
+        assert metric_sum(scrape(settings.metrics_port), "interest_users_erased_total", cause="request") == 2  # twice, ann
         # Her marker goes once the group has committed past her events: a tombstone is her last changelog record.
         wait_until(lambda: b"ann" in (last := last_changelog_values(settings)) and last[b"ann"] is None, timeout_s=60,
                    what="ann's changelog tombstone", explain=worker.log_tail)
