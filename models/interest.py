@@ -133,8 +133,13 @@ class InterestModel(nn.Module):
     def step(self, hidden: torch.Tensor, item_vec: torch.Tensor, event_type: torch.Tensor) -> torch.Tensor:
         """One GRU step for a batch: hidden [B, H], the items' vectors v_i [B, dim] (``item_space`` without
         the bias), event_type [B] (0 click, 1 purchase)."""
-        x = torch.cat([item_vec, nn.functional.one_hot(event_type, N_EVENT_TYPES).to(item_vec.dtype)], -1)
-        return self.gru(x, hidden)
+        return self.gru(self.step_input(item_vec, event_type), hidden)
+
+    @staticmethod
+    def step_input(item_vec: torch.Tensor, event_type: torch.Tensor) -> torch.Tensor:
+        """The GRU's input [N, dim + 2] for events' item vectors [N, dim] and types [N]: ``step`` is
+        ``gru(step_input(...), hidden)``, and the stream computes the inputs of a micro-batch at once."""
+        return torch.cat([item_vec, nn.functional.one_hot(event_type, N_EVENT_TYPES).to(item_vec.dtype)], -1)
 
     def query_parts(self, hidden: torch.Tensor, long_term: torch.Tensor, lt_weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """The fused user vector's named terms, each [B, dim], from hidden [B, H], long-term average

@@ -124,34 +124,53 @@ class InterestUpdater:
     # -- step 2: advance short- and long-term state, one round per event position ---------------------------
 
     def _advance(self, accepted: dict[str, list[Event]], states: dict[str, UserState]) -> None:
+        """Step every user's short- and long-term state through their events, in order. Everything that does
+        not depend on the order (the items' vectors, the GRU's inputs, weights) is computed for the whole
+        micro-batch at once; round r then steps the users with an r-th event together. A user with many
+        events costs a round each (a GRU step and a decay-and-add), not a round's full setup."""
         s = self.config
-        rounds = max((len(evs) for evs in accepted.values()), default=0)
-        for r in range(rounds):
-            users = [u for u, evs in accepted.items() if len(evs) > r]
-            events = [accepted[u][r] for u in users]
-            st = [states[u] for u in users]
-            emb = self.catalogue.vectors([e.item_id for e in events])
-            is_purchase = np.array([e.type == "purchase" for e in events])
-            with torch.inference_mode():
-                item_vec = self.model.item_space(torch.from_numpy(emb), self.model.rows([e.item_id for e in events]))[:, :-1]
-                hidden = self.model.step(
-                    torch.from_numpy(np.stack([x.hidden for x in st])), item_vec, torch.from_numpy(is_purchase).long()
-                ).numpy()
-            weights = np.where(is_purchase, s.purchase_weight, s.click_weight) * np.array([e.quantity for e in events])
-            lt_sum, lt_weight, lt_time = longterm.add(
-                np.stack([x.lt_sum for x in st]), np.array([x.lt_weight for x in st]), np.array([x.lt_time for x in st]),
-                np.array([e.ts for e in events]), emb, weights, s.half_life_s,
-            )
-            fingerprints = self.catalogue.fingerprints_at(self.catalogue.rows([e.item_id for e in events]))
-            for i, (x, e) in enumerate(zip(st, events)):
-                x.hidden, x.lt_sum, x.lt_weight, x.lt_time = hidden[i], lt_sum[i], float(lt_weight[i]), float(lt_time[i])
-                # at lt_time: the time the sum counted the event at (a late one counts as of the user's newest)
-                if weights[i] > 0 and history.record(x.history, e.item_id, x.lt_time, float(weights[i]), int(fingerprints[i]), s.half_life_s):
-                    history.prune(x.history, s.history_items, s.half_life_s)
-                if e.type == "purchase":
-                    x.purchases += 1
-                else:
-                    x.clicks += 1
+        users = [u for u, evs in accepted.items() if evs]
+        if not users:
+            return
+        events = [e for u in users for e in accepted[u]]  # user by user, each in arrival order
+        lengths = [len(accepted[u]) for u in users]
+        owner = np.repeat(np.arange(len(users)), lengths)  # the user of each event, as an index into ``users``
+        position = np.concatenate([np.arange(n) for n in lengths])  # each event's round
+        item_ids = [e.item_id for e in events]
+        emb = self.catalogue.vectors(item_ids)
+        is_purchase = np.array([e.type == "purchase" for e in events])
+        weights = np.where(is_purchase, s.purchase_weight, s.click_weight) * np.array([e.quantity for e in events])
+        ts = np.array([e.ts for e in events])
+        fingerprints = self.catalogue.fingerprints_at(self.catalogue.rows(item_ids))
+        st = [states[u] for u in users]
+        lt_sum = np.stack([x.lt_sum for x in st])
+        lt_weight = np.array([x.lt_weight for x in st])
+        lt_time = np.array([x.lt_time for x in st])
+        counted_at = np.empty(len(events))  # the time the long-term sum counted each event at
+        with torch.inference_mode():
+            item_vec = self.model.item_space(torch.from_numpy(emb), self.model.rows(item_ids))[:, :-1]
+            x_all = self.model.step_input(item_vec, torch.from_numpy(is_purchase).long())
+            hidden = torch.from_numpy(np.stack([x.hidden for x in st]))
+            for r in range(max(lengths)):
+                at = np.flatnonzero(position == r)
+                who = owner[at]
+                hidden[who] = self.model.gru(x_all[at], hidden[who])
+                lt_sum[who], lt_weight[who], lt_time[who] = longterm.add(
+                    lt_sum[who], lt_weight[who], lt_time[who], ts[at], emb[at], weights[at], s.half_life_s)
+                counted_at[at] = lt_time[who]
+        hidden_np = hidden.numpy()
+        for i, x in enumerate(st):
+            x.hidden, x.lt_sum, x.lt_weight, x.lt_time = hidden_np[i].copy(), lt_sum[i], float(lt_weight[i]), float(lt_time[i])
+        for i, e in enumerate(events):
+            x = st[owner[i]]
+            # at counted_at: the time the sum counted the event at (a late one counts as of the user's newest)
+            if weights[i] > 0 and history.record(x.history, e.item_id, float(counted_at[i]), float(weights[i]), int(fingerprints[i]),
+                                                 s.half_life_s):
+                history.prune(x.history, s.history_items, s.half_life_s)
+            if e.type == "purchase":
+                x.purchases += 1
+            else:
+                x.clicks += 1
 
     # -- step 3: fuse, score the catalogue, keep the top k --------------------------------------------------
 
