@@ -73,3 +73,16 @@ def test_scaling_table_reads_each_run_as_bench_writes_it():
     r = row(run)
     assert (r["faust_cpu_us"], r["p99_10"], r["p50_50"]) == (70.0, 90.0, 150.0)
     assert table([r]).splitlines()[-1] == "| 100,000 | 10,000 | 2 | 3,000 | 350 | 130 | 70 | 40 / 90 | 150 / 400 |"
+
+
+def test_hot_user_runs_send_the_same_events_at_the_same_rate_in_both_scenarios():
+    from argparse import Namespace
+
+    from benchmarks.hot_user import events
+
+    args = Namespace(others=5, per_user=4, burst=100, items=10)
+    burst, spread = events(0, "burst", args), events(1, "spread", args)
+    assert len(burst) == len(spread) == 120
+    assert Counter(u for u, _ in burst)["hot"] == 100 and len({u for u, _ in spread if u.startswith("s")}) == 25
+    measured = [n for n, (u, _) in enumerate(burst) if u.startswith("m")]
+    assert measured[0] < 10 and measured[-1] > 100  # interleaved over the whole run, not bunched
