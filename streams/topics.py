@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import (
+    InvalidReplicationFactorError,
     KafkaConnectionError,
     KafkaTimeoutError,
     TopicAlreadyExistsError,
@@ -81,8 +82,30 @@ def ensure_topics(settings: Settings, specs: dict[str, tuple[int, dict[str, str]
                 admin.create_topics([NewTopic(name, partitions, settings.replication_factor, topic_configs=configs)])
             except TopicAlreadyExistsError:  # another tool created it meanwhile
                 pass
+            except InvalidReplicationFactorError:
+                raise ConfigError(f"INTEREST_REPLICATION_FACTOR={settings.replication_factor}: the brokers cannot create {name} "
+                                  "with it: at most the number of brokers") from None
     finally:
         admin.close()
+
+
+def check_record_limit(settings: Settings) -> None:
+    """Raise ``ConfigError`` if a topic the worker writes whole input records to (dead letters) or large
+    outputs (recommendations) takes smaller records than ``INTEREST_MAX_MESSAGE_BYTES``: the worker sizes
+    what it writes by the setting, and the broker would refuse a record between the two (the worker stops)."""
+    names = [settings.dead_letter_topic, settings.recommendations_topic]
+    admin = admin_client(settings)
+    try:
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in names], config_filter="all")
+    finally:
+        admin.close()
+    limits = {name: int(config["max.message.bytes"]["value"]) for name, config in described.get("topic", {}).items()
+              if "max.message.bytes" in config}
+    smaller = {name: limit for name, limit in limits.items() if limit < settings.max_message_bytes}
+    if smaller:
+        found = ", ".join(f"{name} takes {limit:,}" for name, limit in smaller.items())
+        raise ConfigError(f"INTEREST_MAX_MESSAGE_BYTES={settings.max_message_bytes}, but {found} bytes per record (max.message.bytes): "
+                          f"set INTEREST_MAX_MESSAGE_BYTES={min(smaller.values())} or raise the topics' limit")
 
 
 def check_partitions(settings: Settings) -> None:

@@ -14,7 +14,7 @@ from state.local_dir import damaged, lock, set_aside
 from streams.connection import client_options
 from streams.faust_compat import changelog_topic, table_partition
 from streams.settings import Settings
-from streams.topics import check_partitions, ensure_topics
+from streams.topics import check_partitions, check_record_limit, ensure_topics
 from streams.user_table import changelog_offset, table_files
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def run_worker(settings: Settings) -> None:
                                       "give each its own port, or 0 for none)") from None
     check_partitions(settings)  # before creating any topic or joining the group: a wrong count would misroute every user
     ensure_topics(settings)
+    check_record_limit(settings)
     set_aside_damaged_stores(settings)
     from streams.app import build_app
     from streams.faust_worker import Worker

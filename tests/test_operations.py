@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from kafka.admin import ConfigResource, ConfigResourceType
 from rocksdict import Options, Rdict
 
 from cli.client import inspect_user, publish_catalogue, send_events
@@ -22,7 +23,7 @@ from cli.local_broker import free_port
 from cli.worker_process import WorkerProcess
 from state.faults import InterestStreamError
 from state.item_store import ItemStore
-from streams.topics import ensure_topics
+from streams.topics import admin_client, ensure_topics
 from streams.user_table import OFFSET_KEY, load_user_states, table_files
 from tests.brokers import new_broker
 from tests.conftest import SAMPLE
@@ -234,9 +235,10 @@ def test_user_pages_are_served_on_loopback_or_with_the_token_and_health_is_alway
             worker.stop()
 
 
-def test_a_worker_whose_settings_disagree_with_the_broker_or_the_disk_exits_1_naming_the_setting(settings, tmp_path):
-    """Checked before the worker joins the group: a data directory that is a file or under one, and
-    INTEREST_PARTITIONS other than the existing topics' count (it would look users up on the wrong partition)."""
+def test_a_worker_whose_settings_disagree_with_the_broker_or_the_disk_exits_1_naming_the_setting(settings, tmp_path, broker_kind):
+    """Checked before the worker joins the group: a data directory that is a file or under one,
+    INTEREST_PARTITIONS other than the existing topics' count (it would look users up on the wrong partition),
+    and INTEREST_MAX_MESSAGE_BYTES above what the dead-letter topic takes."""
     ensure_topics(settings)  # INTEREST_PARTITIONS=4
     cases = {"a file": (replace(settings, data_dir=ROOT / "README.md"), "INTEREST_DATA_DIR='", "is a file, not a directory"),
              "under a file": (replace(settings, data_dir=ROOT / "README.md" / "state"), "INTEREST_DATA_DIR='", "above it is a file"),
@@ -252,3 +254,14 @@ def test_a_worker_whose_settings_disagree_with_the_broker_or_the_disk_exits_1_na
         assert worker.exit_code == 1 and setting in tail and why in tail, (name, tail)
         assert "Traceback" not in tail, tail
     assert "set INTEREST_PARTITIONS=4" in tail
+    if broker_kind == "apache-kafka":  # the emulators keep no per-topic record limit
+        admin = admin_client(settings)
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.dead_letter_topic, configs={"max.message.bytes": "500000"})])
+        admin.close()
+        worker = WorkerProcess(settings, tmp_path / "limit.log").start()
+        try:
+            worker._proc.wait(60)  # type: ignore[union-attr]
+        finally:
+            worker.kill()
+        tail = worker.log_tail()
+        assert worker.exit_code == 1 and f"INTEREST_MAX_MESSAGE_BYTES=1000000, but {settings.dead_letter_topic} takes 500,000" in tail, tail
