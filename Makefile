@@ -44,6 +44,7 @@ test: install lint
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 # MovieLens-100K from the recbole package (the default --dataset): train on the first 80% of the log by time,

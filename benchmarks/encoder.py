@@ -27,7 +27,9 @@ from benchmarks.workload import catalogue
 from models.encoder import ItemEncoder, agreement
 
 
-def throughput(texts: list[str], path: str = "", device: str = "cpu", batch: int = 64) -> tuple[dict, np.ndarray]:
+def throughput(
+    texts: list[str], path: str = "", device: str = "cpu", batch: int = 64
+) -> tuple[dict, np.ndarray]:
     """Items/s of ``encoder.encode`` over ``texts``, after a warm-up batch, with tokenizing timed on its
     own; and the vectors."""
     start = time.perf_counter()
@@ -41,19 +43,41 @@ def throughput(texts: list[str], path: str = "", device: str = "cpu", batch: int
     start = time.perf_counter()
     vectors = encoder.encode(texts)
     seconds = time.perf_counter() - start
-    hardware = torch.cuda.get_device_name(encoder.device) if encoder.device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    return {"encoder": encoder.name, "device": encoder.device.type, "hardware": hardware, "dtype": str(encoder.model.dtype),
-            "batch": batch, "items": len(texts), "load_s": load_s, "items_per_s": len(texts) / seconds,
-            "tokenize_share": tokenize_s / seconds}, vectors
+    hardware = (
+        torch.cuda.get_device_name(encoder.device)
+        if encoder.device.type == "cuda"
+        else f"{torch.get_num_threads()} threads"
+    )
+    return {
+        "encoder": encoder.name,
+        "device": encoder.device.type,
+        "hardware": hardware,
+        "dtype": str(encoder.model.dtype),
+        "batch": batch,
+        "items": len(texts),
+        "load_s": load_s,
+        "items_per_s": len(texts) / seconds,
+        "tokenize_share": tokenize_s / seconds,
+    }, vectors
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.encoder", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--path", default="", help="model directory (default: the packaged all-MiniLM-L6-v2)")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.encoder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--path", default="", help="model directory (default: the packaged all-MiniLM-L6-v2)"
+    )
     p.add_argument("--items", type=int, default=5000, help="item texts to embed")
     p.add_argument("--batches", default="64,256", help="batch sizes, comma-separated")
-    p.add_argument("--devices", default="", help="comma-separated; default: cpu, and cuda when present")
-    p.add_argument("--compare", type=int, default=2000, help="texts compared between cuda and the CPU")
+    p.add_argument(
+        "--devices", default="", help="comma-separated; default: cpu, and cuda when present"
+    )
+    p.add_argument(
+        "--compare", type=int, default=2000, help="texts compared between cuda and the CPU"
+    )
     p.add_argument("--out", default="results/encoder.json")
     return p.parse_args(argv)
 
@@ -61,7 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     texts = [i["text"] for i in catalogue(args.items, seed=2)]
-    devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = (
+        args.devices.split(",")
+        if args.devices
+        else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    )
     batches = [int(b) for b in args.batches.split(",")]
     runs, cpu_vectors = [], None
     for device in devices:
@@ -73,9 +101,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 run["vs_cpu"] = agreement(vectors[: len(cpu_vectors)], cpu_vectors)
             runs.append(run)
             vs = run.get("vs_cpu", {})
-            print(f"{run['device']:>4} ({run['hardware']}, {run['dtype']}) batch {batch:>5}: {run['items_per_s']:>9,.0f} items/s, "
-                  f"tokenizing {run['tokenize_share']:.0%} of it" + (f"; vs CPU cosine min {vs['cosine_min']:.4f}, "
-                  f"neighbours@10 overlap {vs['neighbours@10_overlap']:.3f}" if vs else ""), flush=True)
+            print(
+                f"{run['device']:>4} ({run['hardware']}, {run['dtype']}) batch {batch:>5}: "
+                f"{run['items_per_s']:>9,.0f} items/s, "
+                f"tokenizing {run['tokenize_share']:.0%} of it"
+                + (
+                    f"; vs CPU cosine min {vs['cosine_min']:.4f}, "
+                    f"neighbours@10 overlap {vs['neighbours@10_overlap']:.3f}"
+                    if vs
+                    else ""
+                ),
+                flush=True,
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"items": args.items, "runs": runs}, indent=2))

@@ -31,20 +31,38 @@ from streams.settings import Settings
 
 def main(settings: Settings, n: int, out: Path) -> None:
     faust_compat.back_off_empty_fetches(settings.fetch_backoff_s)
-    app = faust.App(f"faust-floor-{time.time_ns()}", broker=[f"kafka://{b}" for b in bootstrap(settings)],
-                    broker_credentials=faust_credentials(settings), consumer_auto_offset_reset="earliest",
-                    datadir=tempfile.mkdtemp(prefix="faust-floor-"), web_enabled=False, autodiscover=False)
-    source = app.topic(settings.clicks_topic, settings.purchases_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    app = faust.App(
+        f"faust-floor-{time.time_ns()}",
+        broker=[f"kafka://{b}" for b in bootstrap(settings)],
+        broker_credentials=faust_credentials(settings),
+        consumer_auto_offset_reset="earliest",
+        datadir=tempfile.mkdtemp(prefix="faust-floor-"),
+        web_enabled=False,
+        autodiscover=False,
+    )
+    source = app.topic(
+        settings.clicks_topic,
+        settings.purchases_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
     seen = {"events": 0, "start": 0.0, "cpu": 0.0}
 
     async def take(stream: faust.StreamT) -> None:
-        async for batch in cast(Stream, stream).take_events(settings.batch_max, within=settings.batch_wait_s):
+        async for batch in cast(Stream, stream).take_events(
+            settings.batch_max, within=settings.batch_wait_s
+        ):
             if not seen["start"]:
                 seen["start"], seen["cpu"] = time.perf_counter(), time.process_time()
             seen["events"] += len(batch)
             if seen["events"] >= n:
-                result = {"events": seen["events"], "seconds": time.perf_counter() - seen["start"],
-                          "cpu_s": time.process_time() - seen["cpu"]}
+                result = {
+                    "events": seen["events"],
+                    "seconds": time.perf_counter() - seen["start"],
+                    "cpu_s": time.process_time() - seen["cpu"],
+                }
                 out.write_text(json.dumps(result))
                 os._exit(0)  # measured: no need to leave the group politely
 

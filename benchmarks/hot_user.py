@@ -43,12 +43,28 @@ from streams.topics import ensure_topics, topic_partitions
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.hot_user", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--broker", choices=LOCAL_BROKERS, default=None, help="local broker (default: apache-kafka where it can run)")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.hot_user",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--broker",
+        choices=LOCAL_BROKERS,
+        default=None,
+        help="local broker (default: apache-kafka where it can run)",
+    )
     p.add_argument("--others", type=int, default=50, help="measured users")
     p.add_argument("--per-user", type=int, default=10, help="events of each measured user per run")
-    p.add_argument("--burst", type=int, default=5000, help="events of the hot user per run (or of the spread users)")
-    p.add_argument("--window", type=float, default=0.4, help="seconds over which each run's events are sent")
+    p.add_argument(
+        "--burst",
+        type=int,
+        default=5000,
+        help="events of the hot user per run (or of the spread users)",
+    )
+    p.add_argument(
+        "--window", type=float, default=0.4, help="seconds over which each run's events are sent"
+    )
     p.add_argument("--runs", type=int, default=3, help="runs of each scenario, alternating")
     p.add_argument("--items", type=int, default=1000, help="catalogue size")
     p.add_argument("--out", default="results/hot-user.json")
@@ -68,8 +84,8 @@ def events(run: int, scenario: str, args: argparse.Namespace) -> list[tuple[str,
     mixed: list[str] = []
     step = len(rest) / max(len(measured), 1)
     for n, user in enumerate(measured):  # evenly interleaved
-        mixed += rest[int(n * step):int((n + 1) * step)] + [user]
-    mixed += rest[int(len(measured) * step):]
+        mixed += rest[int(n * step) : int((n + 1) * step)] + [user]
+    mixed += rest[int(len(measured) * step) :]
     return [(user, f"i{rng.integers(args.items)}") for user in mixed]
 
 
@@ -77,7 +93,9 @@ async def one_run(settings: Settings, run: int, scenario: str, args: argparse.Na
     consumer = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
     await consumer.start()
     topic = settings.recommendations_topic
-    tps = [TopicPartition(topic, p) for p in range(topic_partitions(settings, [topic]).get(topic, 0))]
+    tps = [
+        TopicPartition(topic, p) for p in range(topic_partitions(settings, [topic]).get(topic, 0))
+    ]
     consumer.assign(tps)
     await consumer.seek_to_end(*tps)
     for tp in tps:
@@ -86,7 +104,8 @@ async def one_run(settings: Settings, run: int, scenario: str, args: argparse.Na
     await producer.start()
     plan = events(run, scenario, args)
     wanted = {user for user, _ in plan if user.startswith("m")}
-    last_ts: dict[str, float] = {}  # each measured user's last event time: their last recommendation covers it
+    # each measured user's last event time: their last recommendation covers it
+    last_ts: dict[str, float] = {}
     latencies: list[float] = []
     done: set[str] = set()
 
@@ -110,7 +129,13 @@ async def one_run(settings: Settings, run: int, scenario: str, args: argparse.Na
         ts = time.time()
         if user in wanted:
             last_ts[user] = ts
-        event = {"event_id": f"r{run}-{n}", "user_id": user, "item_id": item, "type": "click", "ts": ts}
+        event = {
+            "event_id": f"r{run}-{n}",
+            "user_id": user,
+            "item_id": item,
+            "type": "click",
+            "ts": ts,
+        }
         await producer.send(settings.clicks_topic, json.dumps(event).encode(), key=user.encode())
     await producer.flush()
     sent_s = time.time() - start
@@ -121,8 +146,16 @@ async def one_run(settings: Settings, run: int, scenario: str, args: argparse.Na
         await producer.stop()
         await consumer.stop()
     lat = np.array(latencies) * 1000
-    return {"run": run, "scenario": scenario, "events": len(plan), "sent_s": round(sent_s, 3), "recommendations": len(lat),
-            "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)), "max_ms": float(lat.max())}
+    return {
+        "run": run,
+        "scenario": scenario,
+        "events": len(plan),
+        "sent_s": round(sent_s, 3),
+        "recommendations": len(lat),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "max_ms": float(lat.max()),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -135,9 +168,16 @@ def main(argv: list[str] | None = None) -> dict:
         if not base.broker:
             base = on_broker(base, stack.enter_context(local_broker(args.broker, work / "broker")))
         items = catalogue(args.items)
-        encoder = build_tiny_bert(work / "tiny-bert", [i["text"] for i in items], hidden=384, layers=1)
+        encoder = build_tiny_bert(
+            work / "tiny-bert", [i["text"] for i in items], hidden=384, layers=1
+        )
         prefix = f"hot-{int(time.time())}"
-        settings = replace(base, app_id=prefix, encoder_path=str(encoder), **{f: f"{prefix}-{getattr(base, f)}" for f in topic_settings()})
+        settings = replace(
+            base,
+            app_id=prefix,
+            encoder_path=str(encoder),
+            **{f: f"{prefix}-{getattr(base, f)}" for f in topic_settings()},
+        )
         ensure_topics(settings)
         fleet = pipeline.Fleet.start(settings, 1, work)
         stack.callback(fleet.stop)
@@ -147,15 +187,31 @@ def main(argv: list[str] | None = None) -> dict:
         for run in range(2 * args.runs):
             scenario = ("burst", "spread")[run % 2]
             runs.append(asyncio.run(one_run(settings, run, scenario, args)))
-            print(f"{scenario:>6} run {run}: p50 {runs[-1]['p50_ms']:.0f} ms, p95 {runs[-1]['p95_ms']:.0f} ms, "
-                  f"max {runs[-1]['max_ms']:.0f} ms ({runs[-1]['events']} events in {runs[-1]['sent_s']} s)", flush=True)
-    median = {s: {q: float(np.median([r[q] for r in runs if r["scenario"] == s])) for q in ("p50_ms", "p95_ms")}
-              for s in ("burst", "spread")}
+            print(
+                f"{scenario:>6} run {run}: p50 {runs[-1]['p50_ms']:.0f} ms, p95 {runs[-1]['p95_ms']:.0f} ms, "
+                f"max {runs[-1]['max_ms']:.0f} ms ({runs[-1]['events']} events in {runs[-1]['sent_s']} s)",
+                flush=True,
+            )
+    median = {
+        s: {
+            q: float(np.median([r[q] for r in runs if r["scenario"] == s]))
+            for q in ("p50_ms", "p95_ms")
+        }
+        for s in ("burst", "spread")
+    }
     ratio = {q: median["burst"][q] / median["spread"][q] for q in ("p50_ms", "p95_ms")}
-    print(f"medians burst / spread: p50 {median['burst']['p50_ms']:.0f} / {median['spread']['p50_ms']:.0f} ms "
-          f"(x{ratio['p50_ms']:.2f}), p95 {median['burst']['p95_ms']:.0f} / {median['spread']['p95_ms']:.0f} ms (x{ratio['p95_ms']:.2f})")
-    result = {"args": vars(args), "broker": args.broker if not Settings.from_env().broker else base.broker, "runs": runs,
-              "median": median, "ratio": ratio}
+    print(
+        f"medians burst / spread: p50 {median['burst']['p50_ms']:.0f} / {median['spread']['p50_ms']:.0f} ms "
+        f"(x{ratio['p50_ms']:.2f}), p95 {median['burst']['p95_ms']:.0f} / "
+        f"{median['spread']['p95_ms']:.0f} ms (x{ratio['p95_ms']:.2f})"
+    )
+    result = {
+        "args": vars(args),
+        "broker": args.broker if not Settings.from_env().broker else base.broker,
+        "runs": runs,
+        "median": median,
+        "ratio": ratio,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -165,7 +221,11 @@ def main(argv: list[str] | None = None) -> dict:
 async def publish(settings: Settings, items: list[dict]) -> None:
     from benchmarks.reference import fill
 
-    await fill(settings, settings.items_topic, [(i["item_id"].encode(), json.dumps(i).encode()) for i in items])
+    await fill(
+        settings,
+        settings.items_topic,
+        [(i["item_id"].encode(), json.dumps(i).encode()) for i in items],
+    )
 
 
 if __name__ == "__main__":

@@ -24,19 +24,35 @@ from streams.ingest import EventStep
 from streams.settings import Settings
 
 
-def full_state(rng: np.random.Generator, hidden: int, dim: int, settings: Settings, n: int) -> UserState:
-    """A user with a full history: every list at its cap (the long-term history too), offsets on both event topics."""
+def full_state(
+    rng: np.random.Generator, hidden: int, dim: int, settings: Settings, n: int
+) -> UserState:
+    """A user with a full history: every list at its cap (the long-term history too), offsets on
+    both event topics."""
     state = UserState.new(hidden, dim, "untrained")
     state.hidden = rng.standard_normal(hidden, np.float32)
     state.lt_sum = rng.standard_normal(dim, np.float32)
-    state.lt_weight, state.lt_time, state.last_event_time = float(rng.uniform(1, 50)), 1.79e9, 1.79e9
+    state.lt_weight, state.lt_time, state.last_event_time = (
+        float(rng.uniform(1, 50)),
+        1.79e9,
+        1.79e9,
+    )
     state.clicks, state.purchases, state.last_event_id = 900, 100, f"e{n}-999"
-    state.applied = {f"{settings.clicks_topic}:{n % 4}": 10_000_000 + n, f"{settings.purchases_topic}:{n % 4}": 1_000_000 + n}
+    state.applied = {
+        f"{settings.clicks_topic}:{n % 4}": 10_000_000 + n,
+        f"{settings.purchases_topic}:{n % 4}": 1_000_000 + n,
+    }
     for j in range(64):
         state.remember(f"e{n}-{j}", f"i{rng.integers(100_000)}", settings.recent_items)
     for j in range(settings.history_items):  # a week of touches, none yet pruned
-        history.record(state.history, f"i{rng.integers(100_000)}", state.lt_time - 604_800 + 6_000 * j, float(rng.choice([1.0, 3.0])),
-                       int(rng.integers(2**32)), settings.half_life_s)
+        history.record(
+            state.history,
+            f"i{rng.integers(100_000)}",
+            state.lt_time - 604_800 + 6_000 * j,
+            float(rng.choice([1.0, 3.0])),
+            int(rng.integers(2**32)),
+            settings.half_life_s,
+        )
     return state
 
 
@@ -49,8 +65,11 @@ def decay_cost(n_users: int, dim: int, hidden: int, settings: Settings) -> dict:
     states = [full_state(rng, hidden, dim, settings, n) for n in range(n_users)]
     encoded = [encode(s) for s in states]
     catalogue = Catalogue(dim)
-    updater = InterestUpdater(InterestModel.untrained(dim, hidden, "bench"), catalogue, settings.updater_config())
-    with tempfile.TemporaryDirectory(prefix="bench-decay-") as tmp, heap.settled():  # the worker's heap policy
+    updater = InterestUpdater(
+        InterestModel.untrained(dim, hidden, "bench"), catalogue, settings.updater_config()
+    )
+    # the worker's heap policy
+    with tempfile.TemporaryDirectory(prefix="bench-decay-") as tmp, heap.settled():
         db = Rdict(str(Path(tmp) / "db"), options=Options(raw_mode=True))
         for n, raw in enumerate(encoded):
             db[f"u{n}".encode()] = raw
@@ -67,17 +86,31 @@ def decay_cost(n_users: int, dim: int, hidden: int, settings: Settings) -> dict:
             db[k] = v
         t.append(time.perf_counter())
         db.close()
-    catalogue.upsert([ItemVector(f"i{n}", b"\0" * 16, v) for n, v in enumerate(rng.standard_normal((100_000, dim), np.float32))])
+    catalogue.upsert(
+        [
+            ItemVector(f"i{n}", b"\0" * 16, v)
+            for n, v in enumerate(rng.standard_normal((100_000, dim), np.float32))
+        ]
+    )
     start = time.perf_counter()
     updater.refresh(decoded.values(), pick_device(settings.encoder_device))
     refresh_s = time.perf_counter() - start
     per_100k = 100_000 / n_users
-    steps = dict(zip(("read_s", "decode_s", "decay_s", "encode_s", "write_s"), np.diff(t) * per_100k))
-    return {"users": n_users, **steps, "total_s_per_100k_users": (t[-1] - t[0]) * per_100k,
-            "full_state_bytes": float(np.mean([len(b) for b in encoded])), "refresh_s_per_100k_users": refresh_s * per_100k}
+    steps = dict(
+        zip(("read_s", "decode_s", "decay_s", "encode_s", "write_s"), np.diff(t) * per_100k)
+    )
+    return {
+        "users": n_users,
+        **steps,
+        "total_s_per_100k_users": (t[-1] - t[0]) * per_100k,
+        "full_state_bytes": float(np.mean([len(b) for b in encoded])),
+        "refresh_s_per_100k_users": refresh_s * per_100k,
+    }
 
 
-def model_work(n_users: int, n_items: int, n_events: int, dim: int, settings: Settings, seed: int = 0) -> dict:
+def model_work(
+    n_users: int, n_items: int, n_events: int, dim: int, settings: Settings, seed: int = 0
+) -> dict:
     """The worker's per-event work without Kafka and faust, on one thread as in the worker: the worker's own
     micro-batch step (``streams.ingest.EventStep``: parse and validate, decode, apply (GRU, long-term,
     top-k over the whole catalogue), encode the states and the recommendations) between one RocksDB
@@ -88,14 +121,27 @@ def model_work(n_users: int, n_items: int, n_events: int, dim: int, settings: Se
     vectors = rng.standard_normal((n_items, dim), np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     catalogue.upsert([ItemVector(f"i{n}", b"\0" * 16, v) for n, v in enumerate(vectors)])
-    updater = InterestUpdater(InterestModel.untrained(dim, settings.hidden_size, "bench"), catalogue, settings.updater_config())
-    step = EventStep(updater, {"click": "click", "purchase": "purchase"}, settings.limits(), settings.max_message_bytes)
+    updater = InterestUpdater(
+        InterestModel.untrained(dim, settings.hidden_size, "bench"),
+        catalogue,
+        settings.updater_config(),
+    )
+    step = EventStep(
+        updater,
+        {"click": "click", "purchase": "purchase"},
+        settings.limits(),
+        settings.max_message_bytes,
+    )
     source = EventSource(n_users, n_items, seed)
-    messages = [Record(kind, 0, offset, key, value, time.time()) for offset, (kind, key, value) in enumerate(source.take(n_users + n_events))]
+    messages = [
+        Record(kind, 0, offset, key, value, time.time())
+        for offset, (kind, key, value) in enumerate(source.take(n_users + n_events))
+    ]
     threads = torch.get_num_threads()
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)  # as in the worker
-    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp, heap.settled():  # the worker's heap policy
+    # the worker's heap policy
+    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp, heap.settled():
         db = Rdict(str(Path(tmp) / "db"), options=Options(raw_mode=True))
 
         def read(keys: dict[bytes, int]) -> dict[bytes, bytes | None]:
@@ -120,8 +166,13 @@ def model_work(n_users: int, n_items: int, n_events: int, dim: int, settings: Se
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         db.close()
     torch.set_num_threads(threads)
-    return {"events": timed, "events_per_s": timed / seconds, "cpu_us_per_event": 1e6 * cpu / timed,
-            "state_bytes_per_event": state_bytes / timed, "recommendation_bytes_per_event": rec_bytes / timed}
+    return {
+        "events": timed,
+        "events_per_s": timed / seconds,
+        "cpu_us_per_event": 1e6 * cpu / timed,
+        "state_bytes_per_event": state_bytes / timed,
+        "recommendation_bytes_per_event": rec_bytes / timed,
+    }
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,9 @@ def quantile(q: float, buckets: dict[float, float]) -> float:
     return lower
 
 
-def stages(before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]) -> dict[str, dict[str, float]]:
+def stages(
+    before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]
+) -> dict[str, dict[str, float]]:
     """p50 and p99 in ms of each stage between two scrapes."""
     out = {}
     for stage, buckets in after.items():
@@ -84,13 +86,19 @@ def stages(before: dict[str, dict[float, float]], after: dict[str, dict[float, f
 @dataclass
 class Fleet:
     """The workers under test: one consumer group over the same topics, each with its own state and ports."""
+
     workers: list[WorkerProcess]
 
     @classmethod
     def start(cls, settings: Settings, n: int, work: Path) -> "Fleet":
         workers = []
         for k in range(n):
-            own = replace(settings, data_dir=work / f"worker-{k}" / "state", web_port=free_port(), metrics_port=free_port())
+            own = replace(
+                settings,
+                data_dir=work / f"worker-{k}" / "state",
+                web_port=free_port(),
+                metrics_port=free_port(),
+            )
             workers.append(WorkerProcess(own, work / f"worker-{k}" / "worker.log").start())
         return cls(workers)
 
@@ -126,8 +134,19 @@ class Fleet:
 def batches(before: dict[str, float], after: dict[str, float]) -> dict:
     """Mean micro-batch size and processing time between two scrapes."""
     n = after["interest_batch_size_count"] - before.get("interest_batch_size_count", 0.0)
-    return {"batches": int(n), "mean_batch_events": (after["interest_batch_size_sum"] - before.get("interest_batch_size_sum", 0.0)) / max(n, 1),
-            "mean_batch_ms": 1000 * (after["interest_batch_duration_seconds_sum"] - before.get("interest_batch_duration_seconds_sum", 0.0)) / max(n, 1)}
+    return {
+        "batches": int(n),
+        "mean_batch_events": (
+            after["interest_batch_size_sum"] - before.get("interest_batch_size_sum", 0.0)
+        )
+        / max(n, 1),
+        "mean_batch_ms": 1000
+        * (
+            after["interest_batch_duration_seconds_sum"]
+            - before.get("interest_batch_duration_seconds_sum", 0.0)
+        )
+        / max(n, 1),
+    }
 
 
 def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
@@ -160,7 +179,13 @@ class Monitor(threading.Thread):
     def run(self) -> None:
         while not self._done.is_set():
             try:
-                self.samples.append((time.time(), self.fleet.metric("interest_events_consumed_total"), sum(map(rss_bytes, self.fleet.pids()))))
+                self.samples.append(
+                    (
+                        time.time(),
+                        self.fleet.metric("interest_events_consumed_total"),
+                        sum(map(rss_bytes, self.fleet.pids())),
+                    )
+                )
             except OSError:
                 pass
             self._done.wait(self.interval)
@@ -177,7 +202,9 @@ class Producer:
     _producer: AIOKafkaProducer | None = field(default=None, init=False)
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(**client_options(self.settings), linger_ms=5, max_batch_size=256 * 1024)
+        self._producer = AIOKafkaProducer(
+            **client_options(self.settings), linger_ms=5, max_batch_size=256 * 1024
+        )
         await self._producer.start()
 
     async def stop(self) -> None:
@@ -214,7 +241,10 @@ def last_recommendation_time(settings: Settings, tail: int = 64) -> float:
     minutes with 100,000 users."""
     consumer = KafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
     try:
-        tps = [KafkaTopicPartition(settings.recommendations_topic, p) for p in consumer.partitions_for_topic(settings.recommendations_topic)]
+        tps = [
+            KafkaTopicPartition(settings.recommendations_topic, p)
+            for p in consumer.partitions_for_topic(settings.recommendations_topic)
+        ]
         consumer.assign(tps)
         ends = consumer.end_offsets(tps)
         for tp in tps:
@@ -228,7 +258,14 @@ def last_recommendation_time(settings: Settings, tail: int = 64) -> float:
         consumer.close()
 
 
-async def capacity(settings: Settings, fleet: Fleet, producer: Producer, n_events: int, consumed_before: float, pids: dict[str, list[int]]) -> dict:
+async def capacity(
+    settings: Settings,
+    fleet: Fleet,
+    producer: Producer,
+    n_events: int,
+    consumed_before: float,
+    pids: dict[str, list[int]],
+) -> dict:
     """Produce ``n_events`` as fast as possible; events/s = what the workers consumed after the producer
     finished / time until the last recommendation (so the producer's CPU use is mostly excluded).
     CPU microseconds per event of the workers (and the broker) over the same span: robust to other load."""
@@ -244,21 +281,41 @@ async def capacity(settings: Settings, fleet: Fleet, producer: Producer, n_event
     t_last = last_recommendation_time(settings)
     after = n_events - during
     rate = after / (t_last - t_produced) if after > 0.1 * n_events else n_events / (t_last - t0)
-    return {"events": n_events, "produce_s": round(t_produced - t0, 2), "consumed_while_producing": int(during),
-            "drain_s": round(t_last - t_produced, 2), "events_per_s": rate, "events_per_s_with_producer": n_events / (t_last - t0), **drained,
-            **{f"{name}_cpu_us_per_event": 1e6 * (cpu_after[name] - cpu_before[name]) / max(after, 1) for name in pids}}
+    return {
+        "events": n_events,
+        "produce_s": round(t_produced - t0, 2),
+        "consumed_while_producing": int(during),
+        "drain_s": round(t_last - t_produced, 2),
+        "events_per_s": rate,
+        "events_per_s_with_producer": n_events / (t_last - t0),
+        **drained,
+        **{
+            f"{name}_cpu_us_per_event": 1e6 * (cpu_after[name] - cpu_before[name]) / max(after, 1)
+            for name in pids
+        },
+    }
 
 
-async def latency(settings: Settings, fleet: Fleet, producer: Producer, rate: float, duration_s: float, consumed_before: float) -> dict:
+async def latency(
+    settings: Settings,
+    fleet: Fleet,
+    producer: Producer,
+    rate: float,
+    duration_s: float,
+    consumed_before: float,
+) -> dict:
     """Produce at ``rate`` events/s for ``duration_s``; latency of every recommendation of those events."""
     consumer = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
     await consumer.start()
     topic = settings.recommendations_topic
-    tps = [TopicPartition(topic, p) for p in range(topic_partitions(settings, [topic]).get(topic, 0))]
+    tps = [
+        TopicPartition(topic, p) for p in range(topic_partitions(settings, [topic]).get(topic, 0))
+    ]
     consumer.assign(tps)
     await consumer.seek_to_end(*tps)
     for tp in tps:
-        await consumer.position(tp)  # resolve the end offsets now, not after the first recommendations
+        # resolve the end offsets now, not after the first recommendations
+        await consumer.position(tp)
     latencies: list[float] = []
     received: list[float] = []  # recommendation handed to the producer -> received here
     before, stages_before = fleet.metrics(), fleet.stage_buckets()
@@ -284,27 +341,46 @@ async def latency(settings: Settings, fleet: Fleet, producer: Producer, rate: fl
         await asyncio.sleep(0.005)
     await producer.flush()
     produced_s = time.time() - start
-    await asyncio.get_running_loop().run_in_executor(None, wait_consumed, fleet, consumed_before + sent, 120.0)
+    await asyncio.get_running_loop().run_in_executor(
+        None, wait_consumed, fleet, consumed_before + sent, 120.0
+    )
     await asyncio.sleep(0.5)
     receiver.cancel()
     await consumer.stop()
     lat, rec = np.array(latencies) * 1000, np.array(received) * 1000
     by_stage = stages(stages_before, fleet.stage_buckets())
-    by_stage["received"] = {"p50_ms": float(np.percentile(rec, 50)), "p99_ms": float(np.percentile(rec, 99))}
-    return {"target_events_per_s": rate, "events": sent, "events_per_s": sent / produced_s, "recommendations": len(lat),
-            **batches(before, fleet.metrics()), "stages": by_stage,
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max())}
+    by_stage["received"] = {
+        "p50_ms": float(np.percentile(rec, 50)),
+        "p99_ms": float(np.percentile(rec, 99)),
+    }
+    return {
+        "target_events_per_s": rate,
+        "events": sent,
+        "events_per_s": sent / produced_s,
+        "recommendations": len(lat),
+        **batches(before, fleet.metrics()),
+        "stages": by_stage,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "max_ms": float(lat.max()),
+    }
 
 
-def rss_vs_users(samples: list[tuple[float, float, int]], consumed_at_ready: float, n_users: int) -> dict:
+def rss_vs_users(
+    samples: list[tuple[float, float, int]], consumed_at_ready: float, n_users: int
+) -> dict:
     """Worker RSS against users holding state (the first ``n_users`` events each create one user)."""
     series = [(int(min(max(c - consumed_at_ready, 0), n_users)), rss) for _, c, rss in samples]
     at_start = series[0][1]
     at_all = next((rss for users, rss in series if users >= n_users), series[-1][1])
     step = max(1, len(series) // 12)
-    return {"rss_at_ready_mb": at_start / 2**20, "rss_with_all_users_mb": at_all / 2**20,
-            "rss_end_mb": series[-1][1] / 2**20, "rss_growth_bytes_per_user": (at_all - at_start) / n_users,
-            "series_users_rss_mb": [(u, round(r / 2**20, 1)) for u, r in series[::step]]}
+    return {
+        "rss_at_ready_mb": at_start / 2**20,
+        "rss_with_all_users_mb": at_all / 2**20,
+        "rss_end_mb": series[-1][1] / 2**20,
+        "rss_growth_bytes_per_user": (at_all - at_start) / n_users,
+        "series_users_rss_mb": [(u, round(r / 2**20, 1)) for u, r in series[::step]],
+    }
 
 
 def table_size(data_dirs: list[Path]) -> dict:
@@ -320,5 +396,10 @@ def table_size(data_dirs: list[Path]) -> dict:
             value_bytes += len(value)
             applied += state.clicks + state.purchases
     disk = sum(f.stat().st_size for p in paths for f in p.rglob("*") if f.is_file())
-    return {"users": users, "applied_events": applied, "disk_bytes": disk, "disk_bytes_per_user": disk / max(users, 1),
-            "value_bytes_per_user": value_bytes / max(users, 1)}
+    return {
+        "users": users,
+        "applied_events": applied,
+        "disk_bytes": disk,
+        "disk_bytes_per_user": disk / max(users, 1),
+        "value_bytes_per_user": value_bytes / max(users, 1),
+    }

@@ -24,21 +24,28 @@ async def fill(settings: Settings, topic: str, messages: list[tuple[bytes, bytes
     try:
         start = time.perf_counter()
         for key, value in messages:
-            await producer.send(topic, value, key=key)  # waits only for buffer space, not for the broker
+            # waits only for buffer space, not for the broker
+            await producer.send(topic, value, key=key)
         await producer.flush()
         return len(messages) / (time.perf_counter() - start)
     finally:
         await producer.stop()
 
 
-async def aiokafka_loop(settings: Settings, src: str, dst: str, n: int, group: str,
-                        value_sizes: tuple[int, ...] = ()) -> tuple[float, float]:
+async def aiokafka_loop(
+    settings: Settings, src: str, dst: str, n: int, group: str, value_sizes: tuple[int, ...] = ()
+) -> tuple[float, float]:
     """(events/s, CPU seconds of this process), timed from the first fetched batch (group join excluded)
     to the last flush. Each event's value is passed through, or with ``value_sizes`` replaced by one
     message of each size (what the pipeline writes per event: a user state, a recommendation)."""
     payloads = [bytes(size) for size in value_sizes]
-    consumer = AIOKafkaConsumer(src, **client_options(settings), group_id=group, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        src,
+        **client_options(settings),
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     producer = AIOKafkaProducer(**client_options(settings), max_batch_size=256 * 1024, **PRODUCER)
     await consumer.start()
     await producer.start()
@@ -51,7 +58,11 @@ async def aiokafka_loop(settings: Settings, src: str, dst: str, n: int, group: s
                 continue
             if not start:
                 start, cpu = time.perf_counter(), time.process_time()
-            futures = [await producer.send(dst, value, key=r.key) for r in records for value in payloads or [r.value]]
+            futures = [
+                await producer.send(dst, value, key=r.key)
+                for r in records
+                for value in payloads or [r.value]
+            ]
             await asyncio.gather(*futures)
             await consumer.commit()
             seen += len(records)
@@ -61,14 +72,25 @@ async def aiokafka_loop(settings: Settings, src: str, dst: str, n: int, group: s
         await consumer.stop()
 
 
-def kafka_python_loop(settings: Settings, src: str, dst: str, n: int, group: str) -> tuple[float, float]:
-    consumer = KafkaConsumer(src, **client_options(settings), group_id=group, enable_auto_commit=False,
-                             auto_offset_reset="earliest")
+def kafka_python_loop(
+    settings: Settings, src: str, dst: str, n: int, group: str
+) -> tuple[float, float]:
+    consumer = KafkaConsumer(
+        src,
+        **client_options(settings),
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     producer = KafkaProducer(**client_options(settings), batch_size=256 * 1024, **PRODUCER)
     try:
         seen, start, cpu = 0, 0.0, 0.0
         while seen < n:
-            records = [r for batch in consumer.poll(timeout_ms=200, max_records=MAX_RECORDS).values() for r in batch]
+            records = [
+                r
+                for batch in consumer.poll(timeout_ms=200, max_records=MAX_RECORDS).values()
+                for r in batch
+            ]
             if not records:
                 continue
             if not start:

@@ -42,7 +42,9 @@ K = 10
 
 def clustered(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
     """[n, dim] unit vectors around ``centres``."""
-    x = centres[rng.integers(len(centres), size=n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
+    x = centres[rng.integers(len(centres), size=n)] + 0.35 * rng.standard_normal((n, dim)).astype(
+        np.float32
+    )
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -62,9 +64,14 @@ def measure(n_items: int, dim: int, batch: int, settings: Settings, seed: int = 
     vectors = clustered(n_items, dim, rng, centres)
     catalogue = Catalogue(dim)
     catalogue.upsert([ItemVector(f"i{n}", b"", v) for n, v in enumerate(vectors)])
-    model = InterestModel.untrained(dim, 8, "bench")  # identity item tower: the space is the vectors
-    queries = model.scoring_query(torch.from_numpy(vectors[rng.integers(n_items, size=(8 * batch, 5))].mean(1)))  # [B, dim + 1]: the bias's 1
-    seen = [list(map(int, row)) for row in rng.integers(n_items, size=(len(queries), 20))]  # exclude_seen
+    # identity item tower: the space is the vectors
+    model = InterestModel.untrained(dim, 8, "bench")
+    # [B, dim + 1]: the bias's 1
+    queries = model.scoring_query(
+        torch.from_numpy(vectors[rng.integers(n_items, size=(8 * batch, 5))].mean(1))
+    )
+    # exclude_seen
+    seen = [list(map(int, row)) for row in rng.integers(n_items, size=(len(queries), 20))]
     config = ScoringConfig(settings.bf16_scoring, n_items + 1, settings.ann_nprobe)
 
     exact = Scorer(config)
@@ -75,8 +82,12 @@ def measure(n_items: int, dim: int, batch: int, settings: Settings, seed: int = 
     built = time.perf_counter() - built
 
     def score(scorer: Scorer) -> np.ndarray:
-        return np.concatenate([scorer.top_k(queries[b : b + batch], K, seen[b : b + batch])[1].numpy()
-                               for b in range(0, len(queries), batch)])
+        return np.concatenate(
+            [
+                scorer.top_k(queries[b : b + batch], K, seen[b : b + batch])[1].numpy()
+                for b in range(0, len(queries), batch)
+            ]
+        )
 
     repeat = 3 if n_items <= 100_000 else 1
     exact_s, want = timed(lambda: score(exact), repeat)
@@ -84,33 +95,73 @@ def measure(n_items: int, dim: int, batch: int, settings: Settings, seed: int = 
     recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(got, want)]))  # type: ignore[call-overload]
 
     fresh = clustered(1000, dim, rng, centres)
-    upsert_s, _ = timed(lambda: (catalogue.upsert([ItemVector(f"new{n}", b"", v) for n, v in enumerate(fresh)]), ann.sync(catalogue, model)), 1)
-    retire_s, _ = timed(lambda: (catalogue.remove([f"i{n}" for n in range(1000)]), ann.sync(catalogue, model)), 1)
+    upsert_s, _ = timed(
+        lambda: (
+            catalogue.upsert([ItemVector(f"new{n}", b"", v) for n, v in enumerate(fresh)]),
+            ann.sync(catalogue, model),
+        ),
+        1,
+    )
+    retire_s, _ = timed(
+        lambda: (catalogue.remove([f"i{n}" for n in range(1000)]), ann.sync(catalogue, model)), 1
+    )
     per_event = 1e6 / len(queries)
-    return {"items": n_items, "dim": dim, "batch": batch, "exact_us_per_event": exact_s * per_event, "ann_us_per_event": ann_s * per_event,
-            "recall_at_10": recall, "ivf_lists": ann.index.nlist if ann.index else 0, "nprobe": config.ann_nprobe,
-            "index_build_s": built, "upsert_us_per_item": upsert_s * 1e3, "retire_us_per_item": retire_s * 1e3}
+    return {
+        "items": n_items,
+        "dim": dim,
+        "batch": batch,
+        "exact_us_per_event": exact_s * per_event,
+        "ann_us_per_event": ann_s * per_event,
+        "recall_at_10": recall,
+        "ivf_lists": ann.index.nlist if ann.index else 0,
+        "nprobe": config.ann_nprobe,
+        "index_build_s": built,
+        "upsert_us_per_item": upsert_s * 1e3,
+        "retire_us_per_item": retire_s * 1e3,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scoring", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--items", default="10000,100000,1000000", help="catalogue sizes, comma-separated")
-    p.add_argument("--dim", type=int, default=64, help="interest space size (a trained model's default)")
-    p.add_argument("--batch", type=int, default=64, help="users scored together (a micro-batch's distinct users)")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.scoring",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--items", default="10000,100000,1000000", help="catalogue sizes, comma-separated"
+    )
+    p.add_argument(
+        "--dim", type=int, default=64, help="interest space size (a trained model's default)"
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=64,
+        help="users scored together (a micro-batch's distinct users)",
+    )
     p.add_argument("--out", default="results/scoring.json")
     args = p.parse_args(argv)
     settings = Settings.from_env()
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)  # as in the worker
     rows = []
-    print(f"{'items':>9} {'exact us/ev':>12} {'ANN us/ev':>10} {'recall@10':>10} {'build s':>8} {'upsert us/item':>15} {'retire us/item':>15}")
+    print(
+        f"{'items':>9} {'exact us/ev':>12} {'ANN us/ev':>10} {'recall@10':>10} {'build s':>8} "
+        f"{'upsert us/item':>15} {'retire us/item':>15}"
+    )
     for n in map(int, args.items.split(",")):
         r = measure(n, args.dim, args.batch, settings)
         rows.append(r)
-        print(f"{n:>9,} {r['exact_us_per_event']:>12,.0f} {r['ann_us_per_event']:>10,.0f} {r['recall_at_10']:>10.3f} "
-              f"{r['index_build_s']:>8.1f} {r['upsert_us_per_item']:>15,.0f} {r['retire_us_per_item']:>15,.0f}", flush=True)
+        print(
+            f"{n:>9,} {r['exact_us_per_event']:>12,.0f} {r['ann_us_per_event']:>10,.0f} "
+            f"{r['recall_at_10']:>10.3f} "
+            f"{r['index_build_s']:>8.1f} {r['upsert_us_per_item']:>15,.0f} {r['retire_us_per_item']:>15,.0f}",
+            flush=True,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2))
+    Path(args.out).write_text(
+        json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -7,15 +7,104 @@ import random
 import time
 from collections.abc import Iterator
 
-BRANDS = ["northpeak", "alder", "brightwave", "cobalt", "dune", "ember", "fjord", "granite", "harbor", "iris",
-          "juniper", "kestrel", "lumen", "meridian", "nimbus", "onyx", "pinnacle", "quarry", "redwood", "sable"]
-ADJECTIVES = ["lightweight", "waterproof", "compact", "classic", "wireless", "organic", "insulated", "foldable",
-              "premium", "vintage", "ergonomic", "rechargeable", "portable", "stainless", "handmade", "modular"]
-COLOURS = ["black", "white", "red", "blue", "green", "grey", "navy", "olive", "orange", "yellow", "pink", "brown"]
-NOUNS = ["shoes", "jacket", "backpack", "headphones", "kettle", "lamp", "tent", "bottle", "keyboard", "chair",
-         "blender", "speaker", "watch", "gloves", "scarf", "mug", "pan", "drill", "camera", "notebook", "rug",
-         "pillow", "helmet", "bicycle", "charger", "mouse", "monitor", "desk", "sofa", "blanket"]
-CATEGORIES = ["running", "outdoor", "audio", "kitchen", "home", "office", "garden", "cycling", "photo", "tools"]
+BRANDS = [
+    "northpeak",
+    "alder",
+    "brightwave",
+    "cobalt",
+    "dune",
+    "ember",
+    "fjord",
+    "granite",
+    "harbor",
+    "iris",
+    "juniper",
+    "kestrel",
+    "lumen",
+    "meridian",
+    "nimbus",
+    "onyx",
+    "pinnacle",
+    "quarry",
+    "redwood",
+    "sable",
+]
+ADJECTIVES = [
+    "lightweight",
+    "waterproof",
+    "compact",
+    "classic",
+    "wireless",
+    "organic",
+    "insulated",
+    "foldable",
+    "premium",
+    "vintage",
+    "ergonomic",
+    "rechargeable",
+    "portable",
+    "stainless",
+    "handmade",
+    "modular",
+]
+COLOURS = [
+    "black",
+    "white",
+    "red",
+    "blue",
+    "green",
+    "grey",
+    "navy",
+    "olive",
+    "orange",
+    "yellow",
+    "pink",
+    "brown",
+]
+NOUNS = [
+    "shoes",
+    "jacket",
+    "backpack",
+    "headphones",
+    "kettle",
+    "lamp",
+    "tent",
+    "bottle",
+    "keyboard",
+    "chair",
+    "blender",
+    "speaker",
+    "watch",
+    "gloves",
+    "scarf",
+    "mug",
+    "pan",
+    "drill",
+    "camera",
+    "notebook",
+    "rug",
+    "pillow",
+    "helmet",
+    "bicycle",
+    "charger",
+    "mouse",
+    "monitor",
+    "desk",
+    "sofa",
+    "blanket",
+]
+CATEGORIES = [
+    "running",
+    "outdoor",
+    "audio",
+    "kitchen",
+    "home",
+    "office",
+    "garden",
+    "cycling",
+    "photo",
+    "tools",
+]
 
 
 def item_id(n: int) -> str:
@@ -30,8 +119,11 @@ def catalogue(n_items: int, seed: int = 0, first: int = 0) -> list[dict]:
     """Items ``first`` .. ``first + n_items - 1``."""
     rng = random.Random(seed)
     return [
-        {"item_id": item_id(n), "text": f"{rng.choice(BRANDS)} {rng.choice(ADJECTIVES)} {rng.choice(COLOURS)} "
-                                         f"{rng.choice(NOUNS)} ({rng.choice(CATEGORIES)})"}
+        {
+            "item_id": item_id(n),
+            "text": f"{rng.choice(BRANDS)} {rng.choice(ADJECTIVES)} {rng.choice(COLOURS)} "
+            f"{rng.choice(NOUNS)} ({rng.choice(CATEGORIES)})",
+        }
         for n in range(first, first + n_items)
     ]
 
@@ -54,7 +146,13 @@ class EventSource:
         rng = self._rng
         user = user_id(self._first[n] if n < self.n_users else rng.randrange(self.n_users))
         kind = "purchase" if rng.random() < 0.1 else "click"
-        event = {"event_id": f"e{n}", "user_id": user, "item_id": item_id(rng.randrange(self.n_items)), "type": kind, "ts": time.time()}
+        event = {
+            "event_id": f"e{n}",
+            "user_id": user,
+            "item_id": item_id(rng.randrange(self.n_items)),
+            "type": kind,
+            "ts": time.time(),
+        }
         return kind, user.encode(), json.dumps(event, separators=(",", ":")).encode()
 
     def take(self, n: int) -> Iterator[tuple[str, bytes, bytes]]:

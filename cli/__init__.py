@@ -1,1 +1,2 @@
-"""The `interest-stream` command: worker, client tools (produce, replay, catalogue, subscribe), demo, train, evaluate."""
+"""The `interest-stream` command: worker, client tools (produce, replay, catalogue, subscribe),
+demo, train, evaluate."""

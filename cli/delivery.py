@@ -47,15 +47,29 @@ class Delivery:
 
     def __init__(self, settings: Settings, what: str = "records") -> None:
         self.what = what
-        self.producer = KafkaProducer(**client_options(settings), acks="all", linger_ms=5, batch_size=256 * 1024,
-                                      delivery_timeout_ms=int(DELIVERY_TIMEOUT_S * 1000),
-                                      request_timeout_ms=int(REQUEST_TIMEOUT_S * 1000), max_block_ms=int(BLOCK_S * 1000))
+        self.producer = KafkaProducer(
+            **client_options(settings),
+            acks="all",
+            linger_ms=5,
+            batch_size=256 * 1024,
+            delivery_timeout_ms=int(DELIVERY_TIMEOUT_S * 1000),
+            request_timeout_ms=int(REQUEST_TIMEOUT_S * 1000),
+            max_block_ms=int(BLOCK_S * 1000),
+        )
         self.done = Delivered()
-        self.refused: KafkaError | None = None  # the producer refused a record for lack of the broker
+        # the producer refused a record for lack of the broker
+        self.refused: KafkaError | None = None
         self._lock = threading.Lock()
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None, label: str, partition: int | None = None,
-             headers: list[tuple[str, bytes]] | None = None):
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        label: str,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ):
         """Send one record (``label`` names it in the error: an event id, an item id); returns its future,
         or None if it is not sent (counted as failed): the producer refused it at once (no broker answered
         within ``BLOCK_S``), or refused an earlier one, so that a tool facing a stopped broker ends in
@@ -65,7 +79,9 @@ class Delivery:
             self._failed(label, self.refused)
             return None
         try:
-            future = self.producer.send(topic, key=key, value=value, partition=partition, headers=headers)
+            future = self.producer.send(
+                topic, key=key, value=value, partition=partition, headers=headers
+            )
         except KafkaError as exc:
             self.refused = exc
             self._failed(label, exc)
@@ -96,9 +112,13 @@ class Delivery:
             first = "; ".join(f"{label} ({error})" for label, error in done.failed[:SHOWN])
             raise NotDelivered(
                 f"{done.acknowledged} of {done.sent} {self.what} acknowledged by the broker; "
-                f"{done.sent - done.acknowledged} not" + (f" ({unanswered} without an answer)" if unanswered else "")
-                + (f". First: {first}" if first else "") + ". Those may or may not be on the broker: sending them again "
-                "is safe for events (the worker rejects a copy of an event it applied as a duplicate, by event id)")
+                f"{done.sent - done.acknowledged} not"
+                + (f" ({unanswered} without an answer)" if unanswered else "")
+                + (f". First: {first}" if first else "")
+                + ". Those may or may not be on the broker: sending them again "
+                "is safe for events (the worker rejects a copy of an event it applied as a "
+                "duplicate, by event id)"
+            )
         return done
 
     def __enter__(self) -> Delivery:

@@ -29,7 +29,9 @@ from streams.settings import Settings
 SAMPLE = Path(__file__).parent / "sample"
 
 
-def run_demo(settings: Settings, show_users: int = 4, timeout_s: float = 180.0, broker_kind: str = "noida-db") -> dict[str, Recommendation]:
+def run_demo(
+    settings: Settings, show_users: int = 4, timeout_s: float = 180.0, broker_kind: str = "noida-db"
+) -> dict[str, Recommendation]:
     """Run the demo on ``settings.broker``, or on a local broker of ``broker_kind`` (``LOCAL_BROKERS``) if
     none is set. Returns the last recommendation per user."""
     with ExitStack() as stack:
@@ -38,12 +40,17 @@ def run_demo(settings: Settings, show_users: int = 4, timeout_s: float = 180.0, 
             broker = stack.enter_context(local_broker(broker_kind, work / "broker"))
             print(f"started a local broker ({broker.name}) at {broker.address}")
             settings = on_broker(settings, broker)
-        settings = replace(settings, data_dir=work / "state", web_port=free_port(), metrics_port=free_port())
+        settings = replace(
+            settings, data_dir=work / "state", web_port=free_port(), metrics_port=free_port()
+        )
         worker = WorkerProcess(settings, work / "worker.log").start()
         stack.callback(worker.stop)
         catalogue = {i["item_id"]: i["text"] for i in read_jsonl(SAMPLE / "catalogue.jsonl")}
         events = list(read_jsonl(SAMPLE / "events.jsonl"))
-        print(f"worker started (metrics on :{settings.metrics_port}); publishing {len(catalogue)} catalogue items")
+        print(
+            f"worker started (metrics on :{settings.metrics_port}); publishing {len(catalogue)} "
+            "catalogue items"
+        )
         publish_catalogue(settings, SAMPLE / "catalogue.jsonl")
         worker.wait_ready(min_items=len(catalogue), timeout_s=timeout_s)
         print(f"catalogue embedded; replaying {len(events)} events")
@@ -58,12 +65,15 @@ def run_demo(settings: Settings, show_users: int = 4, timeout_s: float = 180.0, 
                 latest.pop(rec.user_id, None)
         missing = users - set(latest)
         if missing:
-            raise InterestStreamError(f"no recommendation for {len(missing)} users:\n{worker.log_tail()}")
+            raise InterestStreamError(
+                f"no recommendation for {len(missing)} users:\n{worker.log_tail()}"
+            )
         history = defaultdict(list)
         for e in events:
             history[e["user_id"]].append(catalogue[e["item_id"]])
         for user in sorted(latest)[:show_users]:
             print(f"\n{user} recently: " + "; ".join(history[user][-4:]))
-            print(textwrap.indent(format_recommendation(latest[user], catalogue), "  "))  # a line per item with reasons
+            # a line per item with reasons
+            print(textwrap.indent(format_recommendation(latest[user], catalogue), "  "))
         print(f"\n{len(latest)} users received recommendations; stopping")
         return latest

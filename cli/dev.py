@@ -1,8 +1,8 @@
 """`dev`: the product on one machine that stays up, for trying the client commands from another terminal.
 
 A local broker (unless INTEREST_BROKER is set) and one worker, both keeping their data under one folder
-across restarts; the bundled sample catalogue is published on the first start, so that the README's
-examples name items that exist. Ctrl-C (or SIGTERM) stops the worker, then the broker.
+across restarts; the bundled sample catalogue is published on the first start, so that the
+examples of docs/usage.md name items that exist. Ctrl-C (or SIGTERM) stops the worker, then the broker.
 """
 
 from __future__ import annotations
@@ -24,8 +24,14 @@ from streams.settings import Settings
 SAMPLE_CATALOGUE = SAMPLE / "catalogue.jsonl"
 
 
-def run_dev(settings: Settings, folder: Path, port: int, sample: bool = True, ready_timeout_s: float = 300.0,
-            broker_kind: str = "noida-db") -> None:
+def run_dev(
+    settings: Settings,
+    folder: Path,
+    port: int,
+    sample: bool = True,
+    ready_timeout_s: float = 300.0,
+    broker_kind: str = "noida-db",
+) -> None:
     """Run until interrupted, on ``settings.broker`` or else a local broker of ``broker_kind`` on ``port``
     (``LOCAL_BROKERS``; its data in ``folder/broker``). Raises ``InterestStreamError`` if the worker
     exits on its own."""
@@ -48,12 +54,20 @@ def run_dev(settings: Settings, folder: Path, port: int, sample: bool = True, re
             published.touch()
         try:
             worker.wait_ready(min_items=items, timeout_s=ready_timeout_s)
-            print(f"broker {settings.broker}, worker ready ({items} sample items); data in {folder}/ (worker.log, state/)\n"
-                  f"metrics http://127.0.0.1:{settings.metrics_port}/metrics, worker http://127.0.0.1:{settings.web_port}/ready\n\n"
-                  f"In another terminal:\n  export INTEREST_BROKER={settings.broker}\n\n"
-                  "Ctrl-C stops both; the next `interest-stream dev` goes on from the same state.", flush=True)
+            print(
+                f"broker {settings.broker}, worker ready ({items} sample items); data in {folder}/ "
+                "(worker.log, state/)\n"
+                f"metrics http://127.0.0.1:{settings.metrics_port}/metrics, worker "
+                f"http://127.0.0.1:{settings.web_port}/ready\n\n"
+                f"In another terminal:\n  export INTEREST_BROKER={settings.broker}\n\n"
+                "Ctrl-C stops both; the next `interest-stream dev` goes on from the same state.",
+                flush=True,
+            )
             while worker.alive:
                 time.sleep(0.5)
-            raise InterestStreamError(f"the worker exited with {worker.exit_code} (log: {folder / 'worker.log'}):\n{worker.log_tail()}")
+            raise InterestStreamError(
+                f"the worker exited with {worker.exit_code} (log: "
+                f"{folder / 'worker.log'}):\n{worker.log_tail()}"
+            )
         except KeyboardInterrupt:
             print("\nstopping the worker and the broker", flush=True)

@@ -46,8 +46,15 @@ BROKER_CONFIG = {
     "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
 }
 # Kafka's own start script's G1 settings (kafka-run-class.sh), a smaller heap: one node, test-sized data.
-JVM_OPTIONS = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-               "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true"]
+JVM_OPTIONS = [
+    "-Xms256m",
+    "-Xmx1g",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+]
 LOG4J = """\
 status = warn
 appender.out.type = Console
@@ -111,7 +118,11 @@ def kafka_version(libs: Path = LIBS) -> str:
 
 
 def _read_properties(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    pairs = (
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
     return {k.strip(): v.strip() for k, v in pairs}
 
 
@@ -122,10 +133,16 @@ class ApacheKafka(BrokerProcess):
     again. ``libs``: the jars (``LIBS``)."""
 
     name = "apache-kafka"
-    stop_signal = signal.SIGTERM  # controlled shutdown: the log is closed cleanly, no recovery at the next start
+    # controlled shutdown: the log is closed cleanly, no recovery at the next start
+    stop_signal = signal.SIGTERM
 
-    def __init__(self, data_dir: Path, port: int | None = None, config: dict[str, str] | None = None,
-                 libs: Path = LIBS) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        config: dict[str, str] | None = None,
+        libs: Path = LIBS,
+    ) -> None:
         properties = data_dir / "server.properties"
         kept = _read_properties(properties) if properties.exists() else {}
         if port is None and "listeners" in kept:  # a restart: the clients' port stays
@@ -158,10 +175,20 @@ class ApacheKafka(BrokerProcess):
             **self.config,
         }
 
-    def _java(self, main: str, *args: str, jvm: list[str] = JVM_OPTIONS, log4j: str = "log4j2.properties") -> list[str]:
+    def _java(
+        self, main: str, *args: str, jvm: list[str] = JVM_OPTIONS, log4j: str = "log4j2.properties"
+    ) -> list[str]:
         if reason := unavailable(self.libs):
             raise InterestStreamError(f"Apache Kafka cannot run here: {reason}")
-        return ["java", *jvm, f"-Dlog4j2.configurationFile={self.data_dir / log4j}", "-cp", f"{self.libs}/*", main, *args]
+        return [
+            "java",
+            *jvm,
+            f"-Dlog4j2.configurationFile={self.data_dir / log4j}",
+            "-cp",
+            f"{self.libs}/*",
+            main,
+            *args,
+        ]
 
     def prepare(self) -> None:
         self.properties.write_text("".join(f"{k}={v}\n" for k, v in self.settings().items()))
@@ -169,13 +196,28 @@ class ApacheKafka(BrokerProcess):
         if (self.data_dir / "log" / "meta.properties").exists():
             return
         cluster_id = "-"
-        while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid: a leading "-" reads as an option (1 in 64)
+        # as Kafka's Uuid.randomUuid: a leading "-" reads as an option (1 in 64)
+        while cluster_id.startswith("-"):
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         with open(self.log_path, "ab") as log:
-            done = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties)),
-                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=120)
+            done = subprocess.run(
+                self._java(
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(self.properties),
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=120,
+            )
         if done.returncode != 0:
-            raise InterestStreamError(f"formatting Apache Kafka's storage failed ({done.returncode}):\n{self.log_tail()}")
+            raise InterestStreamError(
+                f"formatting Apache Kafka's storage failed ({done.returncode}):\n{self.log_tail()}"
+            )
 
     def command(self) -> list[str]:
         return self._java("kafka.Kafka", str(self.properties))
@@ -201,14 +243,24 @@ class ApacheKafka(BrokerProcess):
             except (InterestStreamError, KafkaError, OSError):
                 pass
             if time.monotonic() > deadline:
-                raise InterestStreamError(f"Apache Kafka not ready at {self.address} after {timeout_s:.0f}s:\n{self.log_tail()}")
+                raise InterestStreamError(
+                    f"Apache Kafka not ready at {self.address} after {timeout_s:.0f}s:\n{self.log_tail()}"
+                )
             time.sleep(0.2)
 
-    def tool(self, main: str, *args: str, timeout_s: float = 60.0, input: str | None = None) -> subprocess.CompletedProcess:
+    def tool(
+        self, main: str, *args: str, timeout_s: float = 60.0, input: str | None = None
+    ) -> subprocess.CompletedProcess:
         """Run one of Kafka's command-line clients (a main class of the kafka-tools jar, e.g.
         ``org.apache.kafka.tools.ConsoleProducer``) against this broker's jars; its output is returned."""
         # Small and quick to start: a client's JVM, not the broker's (the C1 compiler alone starts faster).
         (self.data_dir / "log4j2-tools.properties").write_text(LOG4J_TOOLS)
-        command = self._java(main, *args, jvm=["-Xmx256m", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"],
-                             log4j="log4j2-tools.properties")
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, input=input)
+        command = self._java(
+            main,
+            *args,
+            jvm=["-Xmx256m", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"],
+            log4j="log4j2-tools.properties",
+        )
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout_s, input=input
+        )

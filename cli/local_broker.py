@@ -26,7 +26,9 @@ def free_port() -> int:
 def _binary() -> Path:
     spec = importlib.util.find_spec("noida_db")
     if spec is None or not spec.submodule_search_locations:
-        raise InterestStreamError("the local broker needs noida-db: pip install 'interest-stream[local]' (or set INTEREST_BROKER)")
+        raise InterestStreamError(
+            "the local broker needs noida-db: pip install 'interest-stream[local]' (or set INTEREST_BROKER)"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "noida-db"
 
 
@@ -80,12 +82,19 @@ class BrokerProcess:
         for port in self.ports():
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    raise InterestStreamError(f"port {port} is in use (another broker, or another `interest-stream dev`?)")
+                    raise InterestStreamError(
+                        f"port {port} is in use (another broker, or another `interest-stream dev`?)"
+                    )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
         log = open(self.log_path, "ab")
-        self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True)
+        self._proc = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             self.wait_ready()
         except BaseException:
@@ -133,8 +142,18 @@ class LocalBroker(BrokerProcess):
     worker_settings = {"fetch_backoff_s": 0.01}
 
     def command(self) -> list[str]:
-        return [str(_binary()), "start", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--only", "kafka",
-                "--kafka-port", str(self.port)]
+        return [
+            str(_binary()),
+            "start",
+            "--data-dir",
+            str(self.data_dir),
+            "--host",
+            "127.0.0.1",
+            "--only",
+            "kafka",
+            "--kafka-port",
+            str(self.port),
+        ]
 
 
 LOCAL_BROKERS = ("noida-db", "apache-kafka")  # what `demo` and `dev` can start (--broker)
@@ -152,6 +171,11 @@ def local_broker(kind: str, data_dir: Path, port: int | None = None) -> BrokerPr
 
 
 def on_broker(settings: Settings, broker: BrokerProcess) -> Settings:
-    """``settings`` pointed at ``broker``, with the worker settings it needs unless the environment sets them."""
-    needed = {name: value for name, value in broker.worker_settings.items() if variable(name) not in os.environ}
+    """``settings`` pointed at ``broker``, with the worker settings it needs unless the environment
+    sets them."""
+    needed = {
+        name: value
+        for name, value in broker.worker_settings.items()
+        if variable(name) not in os.environ
+    }
     return replace(settings, broker=broker.address, **needed)  # type: ignore[arg-type]

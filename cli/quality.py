@@ -27,12 +27,22 @@ class QualityConfig:
     seeds: int = 3
     exclude_seen: bool = True  # False (--keep-seen): re-buys count, and own re-buys join the peers
     epochs: int = TrainConfig.epochs  # the model's upper bound (early stopping)
-    peer_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # given (not tuned) params by peer name
-    trend_half_life_s: float = 0.0  # the model's trend term (``TrainConfig.trend_half_life_s``); 0: none
+    # given (not tuned) params by peer name
+    peer_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the model's trend term (``TrainConfig.trend_half_life_s``); 0: none
+    trend_half_life_s: float = 0.0
 
 
-def measure(train_events: list[Event], test_events: list[Event], items: list[CatalogueItem], embeddings: np.ndarray, encoder: str,
-            serving: UpdaterConfig, config: QualityConfig, progress: bool = False) -> dict[str, Any]:
+def measure(
+    train_events: list[Event],
+    test_events: list[Event],
+    items: list[CatalogueItem],
+    embeddings: np.ndarray,
+    encoder: str,
+    serving: UpdaterConfig,
+    config: QualityConfig,
+    progress: bool = False,
+) -> dict[str, Any]:
     """The runs of the module docstring. Returns "runs" (per seed: "seed" and ``evaluate``'s "results", every
     run's recommenders in seed 0's order), "training" (per seed: "seconds", training "events", "epochs" of
     the final model), "params" (each peer's, chosen at seed 0 or given), "deterministic" (the peers whose
@@ -44,34 +54,88 @@ def measure(train_events: list[Event], test_events: list[Event], items: list[Cat
     params: dict[str, dict[str, Any]] = {}
     deterministic: list[str] = []
     for seed in range(config.seeds):
-        model, report = train(train_events, index, embeddings, encoder, serving,
-                              TrainConfig(epochs=config.epochs, exclude_seen=config.exclude_seen,
-                                          trend_half_life_s=config.trend_half_life_s, seed=seed), progress)
-        training.append({"seed": seed, "seconds": round(report.seconds, 1), "events": len(train_events), "epochs": report.epochs,
-                         "calibration": report.calibration})
-        peers = with_params(default_peers(ids, config.exclude_seen, seed), config.peer_params if seed == 0 else params)
+        model, report = train(
+            train_events,
+            index,
+            embeddings,
+            encoder,
+            serving,
+            TrainConfig(
+                epochs=config.epochs,
+                exclude_seen=config.exclude_seen,
+                trend_half_life_s=config.trend_half_life_s,
+                seed=seed,
+            ),
+            progress,
+        )
+        training.append(
+            {
+                "seed": seed,
+                "seconds": round(report.seconds, 1),
+                "events": len(train_events),
+                "epochs": report.epochs,
+                "calibration": report.calibration,
+            }
+        )
+        peers = with_params(
+            default_peers(ids, config.exclude_seen, seed),
+            config.peer_params if seed == 0 else params,
+        )
         if seed > 0:
             peers = [p for p in peers if p.seeded]  # the others: seed 0's rows
         models = {"fused": model, "GRU only": ablate(model, "short")}
-        results = evaluate(train_events, test_events, items, embeddings, models, serving, EvalConfig(config.exclude_seen), peers, progress)
+        results = evaluate(
+            train_events,
+            test_events,
+            items,
+            embeddings,
+            models,
+            serving,
+            EvalConfig(config.exclude_seen),
+            peers,
+            progress,
+        )
         if seed == 0:
             params, deterministic = chosen_params(results), [p.name for p in peers if not p.seeded]
         else:
-            results = {name: results[name] if name in results else runs[0]["results"][name] for name in runs[0]["results"]}
+            results = {
+                name: results[name] if name in results else runs[0]["results"][name]
+                for name in runs[0]["results"]
+            }
         runs.append({"seed": seed, "results": results})
-    return {"runs": runs, "training": training, "params": params, "deterministic": deterministic,
-            "summary": summarise([r["results"] for r in runs])}
+    return {
+        "runs": runs,
+        "training": training,
+        "params": params,
+        "deterministic": deterministic,
+        "summary": summarise([r["results"] for r in runs]),
+    }
 
 
 def markdown(report: dict[str, Any], title: str) -> str:
-    """``title``, the summary as a README table, then what it rests on: seeds, the deterministic peers, the
+    """``title``, the summary as a table of docs/quality.md, then what it rests on: seeds, the
+    deterministic peers, the
     model's training time and events, the peers' params."""
     seeds, training = len(report["runs"]), report["training"]
     seconds = [t["seconds"] for t in training]
-    params = "; ".join(f"{name}: " + (", ".join(f"{k}={v}" for k, v in p.items()) or "defaults") for name, p in report["params"].items())
-    return "\n".join([
-        f"### {title}", "", markdown_table(report["summary"]), "",
-        f"Mean ± sample standard deviation over {seeds} seeds (0..{seeds - 1}). {', '.join(report['deterministic'])}: deterministic, "
-        f"replayed once (seed 0), spread 0 by construction. The model trained on {training[0]['events']:,} events in "
-        f"{np.mean(seconds):.1f} s a seed ({min(seconds):.1f}-{max(seconds):.1f} s). Peers' params: {params}.",
-    ]) + "\n"
+    params = "; ".join(
+        f"{name}: " + (", ".join(f"{k}={v}" for k, v in p.items()) or "defaults")
+        for name, p in report["params"].items()
+    )
+    return (
+        "\n".join(
+            [
+                f"### {title}",
+                "",
+                markdown_table(report["summary"]),
+                "",
+                f"Mean ± sample standard deviation over {seeds} seeds (0..{seeds - 1}). "
+                f"{', '.join(report['deterministic'])}: deterministic, "
+                "replayed once (seed 0), spread 0 by construction. The model trained on "
+                f"{training[0]['events']:,} events in "
+                f"{np.mean(seconds):.1f} s a seed ({min(seconds):.1f}-{max(seconds):.1f} s). Peers' "
+                f"params: {params}.",
+            ]
+        )
+        + "\n"
+    )

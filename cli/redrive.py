@@ -32,7 +32,8 @@ from streams.connection import client_options
 from streams.settings import Settings
 from streams.topics import ensure_topics, topic_specs
 
-REDRIVEN_FROM = "redriven-from"  # header of a re-published record: the dead letter's topic:partition:offset
+# header of a re-published record: the dead letter's topic:partition:offset
+REDRIVEN_FROM = "redriven-from"
 IN_FLIGHT = 256  # copies sent before waiting for their acknowledgements (then recording them)
 STALL_S = 30.0  # a topic read that makes no progress this long is the broker's failure
 
@@ -57,7 +58,9 @@ def parse_time(text: str) -> float:
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
-            raise InterestStreamError(f"{text!r} is neither unix seconds nor an ISO-8601 time (e.g. 2026-03-01T12:00:00Z)") from None
+            raise InterestStreamError(
+                f"{text!r} is neither unix seconds nor an ISO-8601 time (e.g. 2026-03-01T12:00:00Z)"
+            ) from None
         return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
     if not math.isfinite(seconds):
         raise InterestStreamError(f"{text!r} is not a time")
@@ -96,7 +99,8 @@ class Selection:
             return REASON.format(reason)
         if ts not in self.window:
             return OUTSIDE
-        if reason == "duplicate" and "duplicate" not in self.reasons:  # re-sent, it is rejected again
+        # re-sent, it is rejected again
+        if reason == "duplicate" and "duplicate" not in self.reasons:
             return DUPLICATE
         return None
 
@@ -123,8 +127,13 @@ class Letter:
 
     @classmethod
     def of(cls, record: ConsumerRecord) -> Letter:
-        return cls(f"{record.topic}:{record.partition}:{record.offset}", record.timestamp / 1000,
-                   record.key, record.value, dict(record.headers))
+        return cls(
+            f"{record.topic}:{record.partition}:{record.offset}",
+            record.timestamp / 1000,
+            record.key,
+            record.value,
+            dict(record.headers),
+        )
 
     @property
     def reason(self) -> str:
@@ -139,7 +148,9 @@ class Letter:
             return None
 
 
-def verdict(letter: Letter, selection: Selection, done: Collection[str], partitions: dict[str, int]) -> Source | str:
+def verdict(
+    letter: Letter, selection: Selection, done: Collection[str], partitions: dict[str, int]
+) -> Source | str:
     """Where ``letter`` came from, to re-drive it there, or why not. ``done``: coordinates of the dead
     letters already re-driven; ``partitions``: the re-drivable topics' partition counts."""
     if letter.coordinates in done:
@@ -171,11 +182,17 @@ class Summary:
     again: int = 0  # selected dead letters of copies an earlier run sent (rejected again)
 
     def lines(self) -> list[str]:
-        lines = [f"read {self.read} dead letters from {self.dead_letter_topic}",
-                 f"{'would re-drive' if self.dry_run else 're-driven'} {sum(self.redriven.values())}"]
-        lines += [f"  {reason} -> {topic}: {n}" for (reason, topic), n in sorted(self.redriven.items())]
+        lines = [
+            f"read {self.read} dead letters from {self.dead_letter_topic}",
+            f"{'would re-drive' if self.dry_run else 're-driven'} {sum(self.redriven.values())}",
+        ]
+        lines += [
+            f"  {reason} -> {topic}: {n}" for (reason, topic), n in sorted(self.redriven.items())
+        ]
         if self.again:
-            lines.append(f"  ({self.again} of them dead letters of earlier re-driven copies: rejected again)")
+            lines.append(
+                f"  ({self.again} of them dead letters of earlier re-driven copies: rejected again)"
+            )
         lines.append(f"skipped {sum(self.skipped.values())}")
         lines += [f"  {why}: {n}" for why, n in sorted(self.skipped.items())]
         return lines
@@ -186,9 +203,12 @@ def redriven_topic(settings: Settings) -> str:
     return f"{settings.dead_letter_topic}-redriven"
 
 
-def bounded_read(consumer: KafkaConsumer, topic: str, stall_s: float = STALL_S) -> tuple[int, Iterator[ConsumerRecord]]:
+def bounded_read(
+    consumer: KafkaConsumer, topic: str, stall_s: float = STALL_S
+) -> tuple[int, Iterator[ConsumerRecord]]:
     """Every record of ``topic`` from its start to its end offsets as of now: (how many offsets, the
-    records). A missing topic has none. Raises ``InterestStreamError`` if reading stalls ``stall_s`` seconds."""
+    records). A missing topic has none. Raises ``InterestStreamError`` if reading stalls
+    ``stall_s`` seconds."""
     tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
     if not tps:
         return 0, iter(())
@@ -207,8 +227,12 @@ def bounded_read(consumer: KafkaConsumer, topic: str, stall_s: float = STALL_S) 
             consumer.pause(*done)
             left -= done
             if left and time.monotonic() - progress > stall_s:
-                at = ", ".join(f"{tp.partition}: {consumer.position(tp)} of {ends[tp]}" for tp in left)
-                raise InterestStreamError(f"reading {topic} stalled for {stall_s:.0f}s at offsets {at}: does the broker answer?")
+                at = ", ".join(
+                    f"{tp.partition}: {consumer.position(tp)} of {ends[tp]}" for tp in left
+                )
+                raise InterestStreamError(
+                    f"reading {topic} stalled for {stall_s:.0f}s at offsets {at}: does the broker answer?"
+                )
 
     return sum(ends[tp] - starts[tp] for tp in tps), records()
 
@@ -222,8 +246,14 @@ class Publisher:
         self.pending: list[tuple[Letter, object]] = []  # (dead letter, its copy's delivery future)
 
     def send(self, letter: Letter, source: Source) -> None:
-        sent = self.out.send(source.topic, letter.key, letter.value, label=f"the copy of {letter.coordinates}",
-                             partition=source.partition, headers=[(REDRIVEN_FROM, letter.coordinates.encode())])
+        sent = self.out.send(
+            source.topic,
+            letter.key,
+            letter.value,
+            label=f"the copy of {letter.coordinates}",
+            partition=source.partition,
+            headers=[(REDRIVEN_FROM, letter.coordinates.encode())],
+        )
         self.pending.append((letter, sent))
         if len(self.pending) >= IN_FLIGHT:
             self.settle()
@@ -241,11 +271,17 @@ class Publisher:
             except KafkaError as exc:
                 failed = failed or f"re-publishing {letter.coordinates} failed: {exc}"
                 continue
-            self.out.send(self.record_topic, letter.coordinates.encode(), f"{meta.topic}:{meta.partition}:{meta.offset}".encode(),
-                          label=f"the record of {letter.coordinates} on {self.record_topic}")
+            self.out.send(
+                self.record_topic,
+                letter.coordinates.encode(),
+                f"{meta.topic}:{meta.partition}:{meta.offset}".encode(),
+                label=f"the record of {letter.coordinates} on {self.record_topic}",
+            )
         self.pending.clear()
         if failed:
-            raise InterestStreamError(f"{failed}; the others were recorded: run again to re-drive the rest")
+            raise InterestStreamError(
+                f"{failed}; the others were recorded: run again to re-drive the rest"
+            )
 
     def close(self) -> None:
         """Settle, then wait for the records. Raises ``InterestStreamError`` if one failed: a run again
@@ -253,10 +289,13 @@ class Publisher:
         try:
             self.settle()
         finally:
-            self.out.close()  # raises NotDelivered for a copy or a record the broker did not acknowledge
+            # raises NotDelivered for a copy or a record the broker did not acknowledge
+            self.out.close()
 
 
-def redrive(settings: Settings, selection: Selection, dry_run: bool = False, progress: bool = True) -> Summary:
+def redrive(
+    settings: Settings, selection: Selection, dry_run: bool = False, progress: bool = True
+) -> Summary:
     """Re-publish the selected dead letters, from the dead-letter topic's start to its end as of now,
     to their source topic and partition, each once, in their source's order (the selected ones are
     held in memory until then). ``dry_run``: send and record nothing, only count. Raises
@@ -272,7 +311,9 @@ def redrive(settings: Settings, selection: Selection, dry_run: bool = False, pro
         return summary
     publisher = Publisher(Delivery(settings, "re-driven copies and their records"), record_topic)
     try:
-        for source, letter in tqdm(selected, unit="letter", desc="re-driving", disable=not progress):
+        for source, letter in tqdm(
+            selected, unit="letter", desc="re-driving", disable=not progress
+        ):
             publisher.send(letter, source)
             summary.redriven[(letter.reason, source.topic)] += 1
     finally:
@@ -280,20 +321,37 @@ def redrive(settings: Settings, selection: Selection, dry_run: bool = False, pro
     return summary
 
 
-def select(settings: Settings, selection: Selection, summary: Summary, progress: bool = True) -> list[tuple[Source, Letter]]:
+def select(
+    settings: Settings, selection: Selection, summary: Summary, progress: bool = True
+) -> list[tuple[Source, Letter]]:
     """The dead letters to re-drive, in source order: a worker writes those of one batch by stage, not
     by offset, and one user's events must apply in their order. Counts the others in ``summary``."""
-    consumer = KafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False,
-                             allow_auto_create_topics=False, client_id=f"{settings.app_id}-redrive")
+    consumer = KafkaConsumer(
+        **client_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        allow_auto_create_topics=False,
+        client_id=f"{settings.app_id}-redrive",
+    )
     selected = []
     try:
         # dead letter -> where its copy went
-        done = {r.key.decode(): (r.value or b"").decode() for r in bounded_read(consumer, redriven_topic(settings))[1] if r.key}
+        done = {
+            r.key.decode(): (r.value or b"").decode()
+            for r in bounded_read(consumer, redriven_topic(settings))[1]
+            if r.key
+        }
         copies = set(done.values())
-        # Events only: an items record sent again could overwrite a newer version of its item; ticks are internal.
-        partitions = {t: len(consumer.partitions_for_topic(t)) for t in (settings.clicks_topic, settings.purchases_topic)}
+        # Events only: an items record sent again could overwrite a newer version of its item; ticks
+        # are internal.
+        partitions = {
+            t: len(consumer.partitions_for_topic(t))
+            for t in (settings.clicks_topic, settings.purchases_topic)
+        }
         total, records = bounded_read(consumer, settings.dead_letter_topic)
-        for record in tqdm(records, total=total, unit="letter", desc="dead letters", disable=not progress):
+        for record in tqdm(
+            records, total=total, unit="letter", desc="dead letters", disable=not progress
+        ):
             letter = Letter.of(record)
             summary.read += 1
             target = verdict(letter, selection, done, partitions)

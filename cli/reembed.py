@@ -1,5 +1,6 @@
 """`reembed`: the whole catalogue embedded by the configured encoder into the configured item-vectors
-topic, so that workers can switch to a new encoder with every item already in its space (README, Rolling
+topic, so that workers can switch to a new encoder with every item already in its space
+(docs/refresh.md, Rolling
 out a new encoder).
 
 Reads the items topic from its start to its end (every item's latest text; a null retires it) and the
@@ -33,7 +34,8 @@ class Reembedded:
 
 
 def read_to_end(settings: Settings, topic: str) -> list:
-    """Every record of ``topic`` from its start to its end as of now, partition by partition (kafka-python's)."""
+    """Every record of ``topic`` from its start to its end as of now, partition by partition
+    (kafka-python's)."""
     consumer = KafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -64,17 +66,36 @@ def held(records: list, space: str) -> dict[str, bytes]:
 
 
 def reembed(settings: Settings, progress: bool = True) -> Reembedded:
-    encoder = ItemEncoder(settings.encoder_path, settings.encoder_device, settings.encoder_batch, settings.encoder_max_tokens)
+    encoder = ItemEncoder(
+        settings.encoder_path,
+        settings.encoder_device,
+        settings.encoder_batch,
+        settings.encoder_max_tokens,
+    )
     ensure_topics(settings)
     known = held(read_to_end(settings, settings.item_vectors_topic), encoder.space)
     items = read_to_end(settings, settings.items_topic)
-    live = {r.key: r.value is not None for r in items if r.key is not None}  # the last record of each key wins
+    # the last record of each key wins
+    live = {r.key: r.value is not None for r in items if r.key is not None}
     out = item_step(items, known.get, lambda texts: encoder.encode(texts, progress=progress))
-    gone = {item_id.encode() for item_id in known if not live.get(item_id.encode())} | set(out.retired)
+    gone = {item_id.encode() for item_id in known if not live.get(item_id.encode())} | set(
+        out.retired
+    )
     with Delivery(settings, "item vectors") as sent:
         headers = [(ENCODER_HEADER, encoder.space.encode())]
         for key, value in out.vectors:
-            sent.send(settings.item_vectors_topic, key, value, label=f"item {key.decode()!r}", headers=headers)
+            sent.send(
+                settings.item_vectors_topic,
+                key,
+                value,
+                label=f"item {key.decode()!r}",
+                headers=headers,
+            )
         for key in gone:
-            sent.send(settings.item_vectors_topic, key, None, label=f"the retirement of item {key.decode()!r}")
+            sent.send(
+                settings.item_vectors_topic,
+                key,
+                None,
+                label=f"the retirement of item {key.decode()!r}",
+            )
     return Reembedded(len(out.vectors), len(gone), len(out.rejected))

@@ -17,27 +17,37 @@ from streams.settings import Settings
 
 
 class WorkerProcess:
-    """A worker in a child process with its own settings; ``kill()`` is a crash (SIGKILL), ``stop()`` is clean."""
+    """A worker in a child process with its own settings; ``kill()`` is a crash (SIGKILL),
+    ``stop()`` is clean."""
 
-    def __init__(self, settings: Settings, log_path: Path, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, environ: dict[str, str] | None = None
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
-        self.environ = environ or {}  # more environment variables (not settings), e.g. CUDA_VISIBLE_DEVICES
+        # more environment variables (not settings), e.g. CUDA_VISIBLE_DEVICES
+        self.environ = environ or {}
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> "WorkerProcess":
         env = {**os.environ, **self.environ, **self.settings.env(), "PYTHONUNBUFFERED": "1"}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "worker"], env=env, stdin=subprocess.DEVNULL,
-            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True,  # a terminal's Ctrl-C reaches the parent only, which stops the worker in order
+            [sys.executable, "-m", "cli.main", "worker"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT,
+            # a terminal's Ctrl-C reaches the parent only, which stops the worker in order
+            start_new_session=True,
         )
         return self
 
     def readiness(self) -> dict | None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/ready", timeout=1) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.settings.web_port}/ready", timeout=1
+            ) as r:
                 return json.loads(r.read())
         except (OSError, ValueError):
             return None
@@ -46,14 +56,21 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise InterestStreamError(f"worker exited with {self._proc.returncode}:\n{self.log_tail()}")
+                raise InterestStreamError(
+                    f"worker exited with {self._proc.returncode}:\n{self.log_tail()}"
+                )
             status = self.readiness()
             if status and status.get("pid") not in (None, self.pid):
-                raise InterestStreamError(f"another worker (pid {status['pid']}) answers on INTEREST_WEB_PORT={self.settings.web_port}")
+                raise InterestStreamError(
+                    f"another worker (pid {status['pid']}) answers on "
+                    f"INTEREST_WEB_PORT={self.settings.web_port}"
+                )
             if status and status.get("ready") and status.get("catalogue_items", 0) >= min_items:
                 return
             time.sleep(0.25)
-        raise InterestStreamError(f"worker not ready with {min_items} items after {timeout_s:.0f}s:\n{self.log_tail()}")
+        raise InterestStreamError(
+            f"worker not ready with {min_items} items after {timeout_s:.0f}s:\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -88,4 +105,3 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
-

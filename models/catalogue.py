@@ -37,7 +37,8 @@ class Catalogue:
         self._rows = torch.zeros((1024, dim))
         self._changed_at = np.zeros(1024, np.int64)  # row -> the version that last changed it
         self._fingerprints = np.zeros(1024, np.uint32)  # row -> fingerprint of its vector
-        self._changes: OrderedDict[str, int] = OrderedDict()  # item -> version its vector last came, changed or went; oldest first
+        # item -> version its vector last came, changed or went; oldest first
+        self._changes: OrderedDict[str, int] = OrderedDict()
         self.version = 0
 
     def changed_since(self, version: int) -> np.ndarray:
@@ -71,14 +72,19 @@ class Catalogue:
                     grown = torch.zeros((2 * self._rows.shape[0], self.dim))
                     grown[:row] = self._rows[:row]
                     self._rows = grown
-                    self._changed_at = np.concatenate([self._changed_at, np.zeros_like(self._changed_at)])
-                    self._fingerprints = np.concatenate([self._fingerprints, np.zeros_like(self._fingerprints)])
+                    self._changed_at = np.concatenate(
+                        [self._changed_at, np.zeros_like(self._changed_at)]
+                    )
+                    self._fingerprints = np.concatenate(
+                        [self._fingerprints, np.zeros_like(self._fingerprints)]
+                    )
             self._rows[row] = torch.from_numpy(v.vector)
             self._changed_at[row] = self.version
             self._fingerprints[row] = new_fingerprint
 
     def remove(self, item_ids: list[str]) -> None:
-        """Retire items: each one's row takes the last row's item, so rows stay dense. Unknown ids are ignored."""
+        """Retire items: each one's row takes the last row's item, so rows stay dense. Unknown ids
+        are ignored."""
         known = list(dict.fromkeys(item_id for item_id in item_ids if item_id in self.index))
         if not known:
             return
@@ -102,7 +108,8 @@ class Catalogue:
     def changed_items_since(self, version: int) -> frozenset[str]:
         """Items added, given another vector, or retired after ``version``."""
         out = []
-        for item_id in reversed(self._changes):  # newest first: stops at the first one not after ``version``
+        # newest first: stops at the first one not after ``version``
+        for item_id in reversed(self._changes):
             if self._changes[item_id] <= version:
                 break
             out.append(item_id)

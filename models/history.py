@@ -7,7 +7,8 @@ sum counted the event at: its event time, or the user's newest time for a late e
 decays nothing backwards), so t_e never decreases for a user. Grouped by item,
 S(T) = sum over items i of W_i 2^(-(T - t_i)/h) v_i, with t_i the item's last touch and W_i its touches'
 weights decayed-summed to t_i (W <- W 2^(-(t - t_i)/h) + w at each touch, the same formula). A history
-(``state.user_state.History``) keeps (i, t_i, W_i, fingerprint of v_i, touches), bounded: ``record`` merges touches,
+(``state.user_state.History``) keeps (i, t_i, W_i, fingerprint of v_i, touches), bounded:
+``record`` merges touches,
 ``prune`` drops what weighs least, ``recompute`` evaluates the sums with the catalogue's current vectors.
 An item the catalogue does not have (retired, or not yet arrived in a catalogue still filling) keeps its
 entry, outside the sum, until pruned: dropping it would lose it for good.
@@ -33,7 +34,9 @@ PRUNE_TO = 0.9  # a history past its cap is cut to this share of it
 NOT_IN_SUM = 0
 
 
-def record(history: History, item_id: str, t: float, weight: float, fingerprint: int, half_life_s: float) -> bool:
+def record(
+    history: History, item_id: str, t: float, weight: float, fingerprint: int, half_life_s: float
+) -> bool:
     """Add a touch of ``item_id`` with ``weight``, counted at time ``t`` (unix seconds, never before the
     history's newest); True if the item is new to the history. A touch of an item whose vector changed
     since keeps the old fingerprint: its older weight was added with the old vector, so the history
@@ -47,8 +50,11 @@ def record(history: History, item_id: str, t: float, weight: float, fingerprint:
         history.fingerprints.append(fingerprint)
         history.counts.append(1)
         return True
-    # longterm.decay_factor's formula in Python floats: numpy's per-call cost would dominate here, once per event
-    history.weights[i] = history.weights[i] * 2.0 ** (-(t - history.times[i]) / half_life_s) + weight
+    # longterm.decay_factor's formula in Python floats: numpy's per-call cost would dominate here,
+    # once per event
+    history.weights[i] = (
+        history.weights[i] * 2.0 ** (-(t - history.times[i]) / half_life_s) + weight
+    )
     history.times[i] = t
     history.counts[i] += 1
     return False
@@ -69,15 +75,22 @@ def prune(history: History, max_items: int, half_life_s: float) -> None:
     kept = at >= horizon
     kept[-1] = True
     if kept.sum() > max_items:
-        decayed = np.where(kept, np.array(history.weights) * longterm.decay_factor(newest - at, half_life_s), -np.inf)
+        decayed = np.where(
+            kept,
+            np.array(history.weights) * longterm.decay_factor(newest - at, half_life_s),
+            -np.inf,
+        )
         decayed[-1] = np.inf
         kept[np.argsort(-decayed, kind="stable")[max(1, int(PRUNE_TO * max_items)) :]] = False
     history.keep(kept.tolist())
 
 
 def weights_at(history: History, t: float, half_life_s: float) -> np.ndarray:
-    """float64 [len(history)]: each entry's weight W_i decayed from its last touch to time ``t`` (unix seconds)."""
-    return np.array(history.weights, np.float64) * longterm.decay_factor(t - np.array(history.times), half_life_s)
+    """float64 [len(history)]: each entry's weight W_i decayed from its last touch to time ``t``
+    (unix seconds)."""
+    return np.array(history.weights, np.float64) * longterm.decay_factor(
+        t - np.array(history.times), half_life_s
+    )
 
 
 def current_fingerprints(history: History, catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray]:
@@ -90,11 +103,20 @@ def current_fingerprints(history: History, catalogue: Catalogue) -> tuple[np.nda
 def is_stale(history: History, catalogue: Catalogue) -> bool:
     """Whether an entry of ``history`` is in the sum with another vector than its item's current one, in it
     while the catalogue lacks the item, or out of it while the catalogue has the item."""
-    return bool((current_fingerprints(history, catalogue)[1] != np.array(history.fingerprints, np.uint32)).any())
+    return bool(
+        (
+            current_fingerprints(history, catalogue)[1] != np.array(history.fingerprints, np.uint32)
+        ).any()
+    )
 
 
-def recompute(histories: Sequence[History], at: np.ndarray, catalogue: Catalogue, half_life_s: float,
-              device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def recompute(
+    histories: Sequence[History],
+    at: np.ndarray,
+    catalogue: Catalogue,
+    half_life_s: float,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
     """The long-term sums float32 [B, D] and weights float64 [B] of ``histories`` at event times ``at`` [B],
     with the catalogue's current vectors: one sparse [B, items] x [items, D] product on ``device`` (only
     the rows the histories use are moved there). Each history's fingerprints become the current vectors'
@@ -113,7 +135,17 @@ def recompute(histories: Sequence[History], at: np.ndarray, catalogue: Catalogue
     user, weight = np.concatenate(users), np.concatenate(decayed).astype(np.float64)
     used, column = np.unique(np.concatenate(rows), return_inverse=True)
     vectors = catalogue.embeddings[torch.from_numpy(used)].to(device)  # [U, D]
-    mix = torch.sparse_coo_tensor(torch.from_numpy(np.stack([user, column])), torch.from_numpy(weight.astype(np.float32)),
-                                  (n, len(used)), device=device, check_invariants=False)  # valid by construction
-    sums = torch.sparse.mm(mix, vectors).cpu().numpy() if len(used) else np.zeros((n, catalogue.dim), np.float32)
+    mix = torch.sparse_coo_tensor(
+        torch.from_numpy(np.stack([user, column])),
+        torch.from_numpy(weight.astype(np.float32)),
+        # valid by construction
+        (n, len(used)),
+        device=device,
+        check_invariants=False,
+    )
+    sums = (
+        torch.sparse.mm(mix, vectors).cpu().numpy()
+        if len(used)
+        else np.zeros((n, catalogue.dim), np.float32)
+    )
     return sums, np.bincount(user, weights=weight, minlength=n)

@@ -15,8 +15,15 @@ def decay_factor(elapsed_s: np.ndarray | float, half_life_s: float) -> np.ndarra
     return np.exp2(-np.maximum(elapsed_s, 0.0) / half_life_s)
 
 
-def decay_to(lt_sum: np.ndarray, lt_weight: np.ndarray, lt_time: np.ndarray, now: np.ndarray, half_life_s: float):
-    """Decay batched sums [B, D], weights [B] and times [B] to ``now`` [B]; returns new (sum, weight, time)."""
+def decay_to(
+    lt_sum: np.ndarray,
+    lt_weight: np.ndarray,
+    lt_time: np.ndarray,
+    now: np.ndarray,
+    half_life_s: float,
+):
+    """Decay batched sums [B, D], weights [B] and times [B] to ``now`` [B]; returns new (sum,
+    weight, time)."""
     f = np.asarray(decay_factor(now - lt_time, half_life_s))
     return lt_sum * f[:, None].astype(np.float32), lt_weight * f, np.maximum(lt_time, now)
 

@@ -29,7 +29,8 @@ DAY = 86400.0
 
 
 def most_popular(popularity: np.ndarray, k: int) -> np.ndarray:
-    """Catalogue rows, ascending, of the (at most) ``k`` items with the most events (ties to the lower row)."""
+    """Catalogue rows, ascending, of the (at most) ``k`` items with the most events (ties to the
+    lower row)."""
     return np.sort(np.argsort(-popularity, kind="stable")[: min(k, np.count_nonzero(popularity))])
 
 
@@ -100,7 +101,8 @@ class EASE:
 
     X is the binary user-item matrix (a re-buy leaves it unchanged) of the events observed before the first
     ``scores`` call (the training period); B is fitted then and frozen, over the ``max_items`` items with
-    the most training events (ties to the lower catalogue index). Later events still grow x_u. Other items score
+    the most training events (ties to the lower catalogue index). Later events still grow x_u.
+    Other items score
     ``FLOOR``; a user with none of B's items gets the items' training-period popularity.
 
     Cost: a dense M x M float32 Cholesky solve, M = min(max_items, items in X): two M x M matrices alive
@@ -111,14 +113,16 @@ class EASE:
     """
 
     name = "EASE"
-    independent_users = True  # B is frozen at the first scores call; x_u holds the user's own events only
+    # B is frozen at the first scores call; x_u holds the user's own events only
+    independent_users = True
 
     def __init__(self, ids: list[str], reg_weight: float = 500.0, max_items: int = 10_000) -> None:
         self.ids, self.reg_weight, self.max_items = ids, reg_weight, max_items
         self.index = {item: n for n, item in enumerate(ids)}
         self.items: dict[str, set[int]] = defaultdict(set)  # catalogue rows each user had
         self.weights: np.ndarray | None = None  # B [M, M]
-        self.column = np.full(len(ids), -1)  # catalogue row -> B's row/column, -1 for items not in B
+        # catalogue row -> B's row/column, -1 for items not in B
+        self.column = np.full(len(ids), -1)
         self.popularity = np.zeros(len(ids), np.float32)
 
     def observe(self, events: list[Event]) -> None:
@@ -137,7 +141,8 @@ class EASE:
         gram.diagonal().add_(self.reg_weight)
         chol = torch.linalg.cholesky(gram)  # gram is symmetric positive definite: half an LU's work
         del gram  # M x M float32 each: at most two alive at once
-        p = torch.cholesky_inverse(chol).mT  # LAPACK's column-major result; P is symmetric: this is P, row-major
+        # LAPACK's column-major result; P is symmetric: this is P, row-major
+        p = torch.cholesky_inverse(chol).mT
         del chol
         p.div_(-p.diagonal().clone())  # column j over -P_jj
         p.diagonal().zero_()
@@ -170,13 +175,16 @@ class SASRecPlus:
     name = "SASRec+"
     independent_users = True  # frozen weights; a user's sequence holds their own events only
 
-    def __init__(self, ids: list[str], config: sasrec.SASRecConfig, max_items: int = 10_000) -> None:
+    def __init__(
+        self, ids: list[str], config: sasrec.SASRecConfig, max_items: int = 10_000
+    ) -> None:
         self.ids, self.config, self.max_items = ids, config, max_items
         self.index = {item: n for n, item in enumerate(ids)}
         self.items: dict[str, list[int]] = defaultdict(list)  # catalogue rows, oldest first
         self.times: dict[str, list[float]] = defaultdict(list)
         self.model: sasrec.SASRec | None = None
-        self.number = np.zeros(len(ids), np.int64)  # catalogue row -> the model's item number 1..M, 0 if none
+        # catalogue row -> the model's item number 1..M, 0 if none
+        self.number = np.zeros(len(ids), np.int64)
         self.popularity = np.zeros(len(ids), np.float32)
         self.report: sasrec.FitReport | None = None
 
@@ -208,7 +216,9 @@ class SASRecPlus:
         seqs = [[int(i) for i in self.number[self.items.get(e.user_id, [])] if i] for e in events]
         warm = np.array([n for n, s in enumerate(seqs) if s], np.int64)
         if len(warm):
-            out[np.ix_(warm, np.flatnonzero(known))] = self.model.last_logits([seqs[n] for n in warm]).numpy()
+            out[np.ix_(warm, np.flatnonzero(known))] = self.model.last_logits(
+                [seqs[n] for n in warm]
+            ).numpy()
         return out
 
 
@@ -228,7 +238,9 @@ class OwnThenPopular:
     name = "own re-buys, then popular"
     independent_users = False  # popularity moves with the replay
 
-    def __init__(self, ids: list[str], half_life_s: float | None = None, window_s: float | None = None) -> None:
+    def __init__(
+        self, ids: list[str], half_life_s: float | None = None, window_s: float | None = None
+    ) -> None:
         self.ids, self.half_life_s = ids, half_life_s
         self.popular = Popular(ids, window_s)  # n(i)
         self.items: dict[str, list[int]] = defaultdict(list)  # catalogue rows, oldest first
@@ -248,7 +260,9 @@ class OwnThenPopular:
             if self.half_life_s is None:
                 weights = np.ones(len(rows))
             else:
-                weights = np.asarray(decay_factor(e.ts - np.array(self.times[e.user_id]), self.half_life_s))
+                weights = np.asarray(
+                    decay_factor(e.ts - np.array(self.times[e.user_id]), self.half_life_s)
+                )
             own = np.bincount(rows, weights, minlength=len(self.ids))
             out[n] += own + (own > 0)
         return out.astype(np.float32)
@@ -256,11 +270,17 @@ class OwnThenPopular:
 
 # Each grid: points of constructor keyword arguments (SASRec+'s: of its SASRecConfig), JSON values all, so a
 # report can hand the chosen point to a later run (``with_params``).
-POPULAR_GRID: list[dict[str, Any]] = [{"window_s": d * DAY} for d in (1, 7, 30)] + [{"window_s": None}]
+POPULAR_GRID: list[dict[str, Any]] = [{"window_s": d * DAY} for d in (1, 7, 30)] + [
+    {"window_s": None}
+]
 KNN_GRID: list[dict[str, Any]] = [{"recent": r} for r in (5, 20, 100)]
 EASE_GRID: list[dict[str, Any]] = [{"reg_weight": r} for r in (50.0, 200.0, 500.0, 1000.0, 3000.0)]
 SASREC_GRID: list[dict[str, Any]] = [{"dropout": d} for d in (0.2, 0.5)]
-OWN_GRID: list[dict[str, Any]] = [{"half_life_s": h, "window_s": w} for h in (None, 7 * DAY, 30 * DAY) for w in (7 * DAY, 30 * DAY, None)]
+OWN_GRID: list[dict[str, Any]] = [
+    {"half_life_s": h, "window_s": w}
+    for h in (None, 7 * DAY, 30 * DAY)
+    for w in (7 * DAY, 30 * DAY, None)
+]
 
 
 @dataclass(frozen=True)
@@ -284,7 +304,12 @@ def default_peers(ids: list[str], exclude_seen: bool = True, seed: int = 0) -> l
         Peer(Popular.name, lambda p: Popular(ids, **p), POPULAR_GRID),
         Peer(ItemKNN.name, lambda p: ItemKNN(ids, **p), KNN_GRID),
         Peer(EASE.name, lambda p: EASE(ids, **p), EASE_GRID),
-        Peer(SASRecPlus.name, lambda p: SASRecPlus(ids, sasrec.SASRecConfig(**p, seed=seed)), SASREC_GRID, seeded=True),
+        Peer(
+            SASRecPlus.name,
+            lambda p: SASRecPlus(ids, sasrec.SASRecConfig(**p, seed=seed)),
+            SASREC_GRID,
+            seeded=True,
+        ),
     ]
     if not exclude_seen:
         peers.append(Peer(OwnThenPopular.name, lambda p: OwnThenPopular(ids, **p), OWN_GRID))
@@ -293,8 +318,11 @@ def default_peers(ids: list[str], exclude_seen: bool = True, seed: int = 0) -> l
 
 def with_params(peers: list[Peer], chosen: dict[str, dict[str, Any]]) -> list[Peer]:
     """``peers`` with the grid of each one ``chosen`` names cut to its given params (say, those an earlier
-    run tuned): no tuning for those. Raises ``InterestStreamError`` for a name that is not one of ``peers``."""
+    run tuned): no tuning for those. Raises ``InterestStreamError`` for a name that is not one of
+    ``peers``."""
     unknown = sorted(set(chosen) - {p.name for p in peers})
     if unknown:
-        raise InterestStreamError(f"params given for {', '.join(unknown)}: not among the peers ({', '.join(p.name for p in peers)})")
+        raise InterestStreamError(
+            f"params given for {', '.join(unknown)}: not among the peers ({', '.join(p.name for p in peers)})"
+        )
     return [replace(p, grid=[chosen[p.name]]) if p.name in chosen else p for p in peers]

@@ -11,7 +11,8 @@ from models.records import Event
 
 class Recommender(Protocol):
     name: str
-    independent_users: bool  # a user's scores depend on their own events only: any per-user-ordered packing is exact
+    # a user's scores depend on their own events only: any per-user-ordered packing is exact
+    independent_users: bool
 
     def observe(self, events: list[Event]) -> None:
         """Apply time-ordered events (several per user allowed)."""

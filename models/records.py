@@ -73,15 +73,23 @@ class Reason:
     def to_dict(self) -> dict:
         """Raises ``NonFinite`` for a NaN or infinite number: orjson would write it as null."""
         self._require_finite()
-        return {"nearest": self.nearest, "similarity": self.similarity, "parts": self.parts, "shares": self.shares()}
+        return {
+            "nearest": self.nearest,
+            "similarity": self.similarity,
+            "parts": self.parts,
+            "shares": self.shares(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Reason":
         """The reason ``to_dict`` gave (``shares`` are derived from ``parts``, not read); raises ``NonFinite``
         for a NaN or infinite number."""
         nearest = d["nearest"]
-        reason = cls(None if nearest is None else str(nearest), float(d["similarity"]),
-                     {str(name): float(part) for name, part in d["parts"].items()})
+        reason = cls(
+            None if nearest is None else str(nearest),
+            float(d["similarity"]),
+            {str(name): float(part) for name, part in d["parts"].items()},
+        )
         reason._require_finite()
         return reason
 
@@ -111,21 +119,36 @@ class Recommendation:
         require_finite("a recommendation score", *(i.score for i in self.items))
         # What asdict() gives, built by hand: asdict deep-copies recursively, 5x the cost on the hot path;
         # two literals, not one and a key added: no cost without reasons.
-        items = [{"item_id": i.item_id, "score": i.score} if i.reason is None
-                 else {"item_id": i.item_id, "score": i.score, "reason": i.reason.to_dict()} for i in self.items]
-        return orjson.dumps({
-            "user_id": self.user_id, "items": items,
-            "event_id": self.event_id, "event_time": self.event_time, "model_version": self.model_version,
-            "produced_at": self.produced_at,
-        })
+        items = [
+            {"item_id": i.item_id, "score": i.score}
+            if i.reason is None
+            else {"item_id": i.item_id, "score": i.score, "reason": i.reason.to_dict()}
+            for i in self.items
+        ]
+        return orjson.dumps(
+            {
+                "user_id": self.user_id,
+                "items": items,
+                "event_id": self.event_id,
+                "event_time": self.event_time,
+                "model_version": self.model_version,
+                "produced_at": self.produced_at,
+            }
+        )
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "Recommendation":
         """Raises ``ValueError`` for a record that is not a recommendation with finite scores and reasons."""
         try:
             d = json.loads(raw)
-            d["items"] = [ScoredItem(str(i["item_id"]), float(i["score"]), Reason.from_dict(i["reason"]) if "reason" in i else None)
-                          for i in d["items"]]
+            d["items"] = [
+                ScoredItem(
+                    str(i["item_id"]),
+                    float(i["score"]),
+                    Reason.from_dict(i["reason"]) if "reason" in i else None,
+                )
+                for i in d["items"]
+            ]
             rec = cls(**d)
         except (TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"not a recommendation: {exc!r}") from exc

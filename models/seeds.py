@@ -1,4 +1,5 @@
-"""Several evaluation runs (one per seed) summarised: per recommender, part and metric, the spread over runs."""
+"""Several evaluation runs (one per seed) summarised: per recommender, part and metric, the spread
+over runs."""
 
 from __future__ import annotations
 
@@ -8,12 +9,20 @@ from models.evaluate import METRICS
 
 PARTS = ("all", "users_with_history", "new_users")
 PART_LABELS = {"users_with_history": "users with history", "new_users": "new users"}
-# The README's quality table: (part, metric) per column
-README_COLUMNS = (*(("all", m) for m in ("NDCG@10", "HR@10", "MRR@20", "Recall@20", "Precision@10", "F1@10", "AUC")),
-                  ("users_with_history", "NDCG@10"), ("new_users", "NDCG@10"))
+# docs/quality.md's tables: (part, metric) per column
+TABLE_COLUMNS = (
+    *(
+        ("all", m)
+        for m in ("NDCG@10", "HR@10", "MRR@20", "Recall@20", "Precision@10", "F1@10", "AUC")
+    ),
+    ("users_with_history", "NDCG@10"),
+    ("new_users", "NDCG@10"),
+)
 
 
-def summarise(runs: list[dict[str, dict]]) -> dict[str, dict[str, dict[str, dict[str, float] | None]]]:
+def summarise(
+    runs: list[dict[str, dict]],
+) -> dict[str, dict[str, dict[str, dict[str, float] | None]]]:
     """``runs``: ``models.evaluate.evaluate`` results, one per seed, of the same recommenders. Returns
     ``[recommender][part][metric]`` -> {"mean", "std", "min", "max", "runs"}, std the sample standard
     deviation (n - 1; 0 for one run); None where a run has no value (no event of that part). Raises
@@ -34,8 +43,13 @@ def summarise(runs: list[dict[str, dict]]) -> dict[str, dict[str, dict[str, dict
                     out[name][part][metric] = None
                     continue
                 v = np.array(values, float)
-                out[name][part][metric] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                                           "min": float(v.min()), "max": float(v.max()), "runs": len(v)}
+                out[name][part][metric] = {
+                    "mean": float(v.mean()),
+                    "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                    "min": float(v.min()),
+                    "max": float(v.max()),
+                    "runs": len(v),
+                }
     return out
 
 
@@ -51,15 +65,22 @@ def format_summary(summary: dict[str, dict], part: str = "all") -> str:
     for name, parts in summary.items():
         cells = [spread(parts[part][m]).rjust(18) for m in METRICS]
         lines.append(f"{name:{width}}" + "".join(cells))
-    runs = next((s["runs"] for parts in summary.values() for s in parts[part].values() if s is not None), 0)
+    runs = next(
+        (s["runs"] for parts in summary.values() for s in parts[part].values() if s is not None), 0
+    )
     lines.append(f"mean ± sample standard deviation over {runs} runs ({part})")
     return "\n".join(lines)
 
 
-def markdown_table(summary: dict[str, dict], columns: tuple[tuple[str, str], ...] = README_COLUMNS) -> str:
+def markdown_table(
+    summary: dict[str, dict], columns: tuple[tuple[str, str], ...] = TABLE_COLUMNS
+) -> str:
     """A markdown table of ``summary`` (``summarise``): one row per recommender, mean ± std per (part, metric)
     column, a part other than "all" named in its header."""
     names = [m if part == "all" else f"{m}, {PART_LABELS[part]}" for part, m in columns]
     lines = ["| recommender | " + " | ".join(names) + " |", "|---" * (len(columns) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(spread(parts[part][m]) for part, m in columns) + " |" for name, parts in summary.items()]
+    lines += [
+        f"| {name} | " + " | ".join(spread(parts[part][m]) for part, m in columns) + " |"
+        for name, parts in summary.items()
+    ]
     return "\n".join(lines)

@@ -10,8 +10,14 @@ import torch
 CANDIDATE_MARGIN = 16  # extra bf16 candidates per row, beyond 2k, rescored exactly
 
 
-def top_k(queries: torch.Tensor, items: torch.Tensor, k: int, exclude: list[list[int]] | None = None,
-          coarse_items: torch.Tensor | None = None, prior: torch.Tensor | None = None):
+def top_k(
+    queries: torch.Tensor,
+    items: torch.Tensor,
+    k: int,
+    exclude: list[list[int]] | None = None,
+    coarse_items: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
+):
     """queries [B, d] x items [N, d] (+ ``prior`` [N], added to every user's scores) -> (scores [B, k],
     indices [B, k]); ``exclude[b]`` rows get -inf.
 
@@ -31,7 +37,8 @@ def top_k(queries: torch.Tensor, items: torch.Tensor, k: int, exclude: list[list
         coarse += prior.to(coarse.dtype)
     _exclude(coarse, exclude)
     best, candidates = torch.topk(coarse, min(2 * k + CANDIDATE_MARGIN, items.shape[0]), dim=-1)
-    # index_select + multiply-sum: ~2x faster than items[candidates] with bmm (a batched matrix-vector product)
+    # index_select + multiply-sum: ~2x faster than items[candidates] with bmm (a batched
+    # matrix-vector product)
     rows = items.index_select(0, candidates.reshape(-1)).view(*candidates.shape, -1)
     exact = (rows * queries.unsqueeze(1)).sum(-1)
     if prior is not None:

@@ -28,7 +28,8 @@ from models import longterm
 from models.catalogue import Catalogue
 
 RESCALE_EXPONENT = 500.0  # 2^500 of 2^1023: forward weights rescaled (t_0 moved up) past this
-NEGLIGIBLE = 1e-12  # at a rescale, an item with less than this share is forgotten (its f_i is below N * 1e-12)
+# at a rescale, an item with less than this share is forgotten (its f_i is below N * 1e-12)
+NEGLIGIBLE = 1e-12
 MAX_SNAPSHOTS = 4096  # training's feature table is [snapshots, N] float32
 
 
@@ -49,10 +50,12 @@ class Trending:
         self.half_life_s = half_life_s
         self.t0: float | None = None
         self.counts: dict[str, float] = {}
-        # ``counts`` by catalogue row as of a catalogue version, and the events added since: ``feature`` follows
+        # ``counts`` by catalogue row as of a catalogue version, and the events added since:
+        # ``feature`` follows
         # a batch's events instead of reading every item's count again (a million items: ~0.2 s)
         self._by_row = np.zeros(0)
-        self._version: tuple[int, int] | None = None  # (id of the catalogue, its version) ``_by_row`` is of
+        # (id of the catalogue, its version) ``_by_row`` is of
+        self._version: tuple[int, int] | None = None
         self._pending: list[tuple[list[str], np.ndarray]] = []
 
     def add(self, item_ids: list[str], ts: np.ndarray) -> None:
@@ -62,7 +65,8 @@ class Trending:
         if self.t0 is None:
             self.t0 = float(ts.min())
         exponent = (ts - self.t0) / self.half_life_s
-        if exponent.max() > RESCALE_EXPONENT:  # move t_0 to now: every count shrinks alike, shares stay
+        # move t_0 to now: every count shrinks alike, shares stay
+        if exponent.max() > RESCALE_EXPONENT:
             shift = float(ts.max()) - self.t0
             scale = float(longterm.decay_factor(shift, self.half_life_s))
             floor = NEGLIGIBLE * sum(self.counts.values()) * scale
@@ -77,7 +81,9 @@ class Trending:
             self._pending.append((list(item_ids), weights))
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"half_life_s": self.half_life_s, "t0": self.t0, "counts": self.counts}).encode()
+        return json.dumps(
+            {"half_life_s": self.half_life_s, "t0": self.t0, "counts": self.counts}
+        ).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "Trending":
@@ -89,16 +95,21 @@ class Trending:
             out.counts = {str(i): float(c) for i, c in obj["counts"].items()}
         except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not saved trend counts: {exc!r}") from None
-        if not all(math.isfinite(c) and c >= 0 for c in out.counts.values()) or (out.t0 is not None and not math.isfinite(out.t0)):
+        if not all(math.isfinite(c) and c >= 0 for c in out.counts.values()) or (
+            out.t0 is not None and not math.isfinite(out.t0)
+        ):
             raise ValueError("saved trend counts hold a negative or non-finite number")
         return out
 
     def feature(self, catalogue: Catalogue) -> np.ndarray:
         """float32 [len(catalogue)]: each row's trend feature f_i (module docstring)."""
         version = (id(catalogue), catalogue.version)
-        if self._version != version:  # another catalogue, or rows came, moved or went: every row read again
+        # another catalogue, or rows came, moved or went: every row read again
+        if self._version != version:
             get = self.counts.get
-            self._by_row = np.fromiter((get(i, 0.0) for i in catalogue.ids), np.float64, len(catalogue))
+            self._by_row = np.fromiter(
+                (get(i, 0.0) for i in catalogue.ids), np.float64, len(catalogue)
+            )
             self._version = version
         else:
             for items, weights in self._pending:
@@ -108,7 +119,9 @@ class Trending:
         return feature(self._by_row)
 
 
-def snapshots(items: np.ndarray, times: np.ndarray, n_items: int, half_life_s: float) -> tuple[np.ndarray, np.ndarray]:
+def snapshots(
+    items: np.ndarray, times: np.ndarray, n_items: int, half_life_s: float
+) -> tuple[np.ndarray, np.ndarray]:
     """The trend feature over a whole log for training: events' catalogue rows [E] and times [E] (unix s) ->
     (snapshot start times [K], features float32 [K, n_items]); snapshot k counts the events before its
     start, so an event at time t reads the snapshot ``searchsorted(starts, t, "right") - 1`` and never
@@ -119,13 +132,15 @@ def snapshots(items: np.ndarray, times: np.ndarray, n_items: int, half_life_s: f
     step = max(half_life_s / 8, (t_max - t_min) / (MAX_SNAPSHOTS - 1), 1.0)
     starts = t_min + step * np.arange(int((t_max - t_min) // step) + 1)
     order = np.argsort(times, kind="stable")
-    ends = np.searchsorted(times[order], starts, "left")[1:].tolist() + [len(order)]  # bucket k: events [ends[k-1], ends[k])
+    # bucket k: events [ends[k-1], ends[k])
+    ends = np.searchsorted(times[order], starts, "left")[1:].tolist() + [len(order)]
     counts, out, begin = np.zeros(n_items), np.zeros((len(starts), n_items), np.float32), 0
     for k, start in enumerate(starts):
         if k:
             counts *= longterm.decay_factor(step, half_life_s)
         out[k] = feature(counts)
         done = order[begin : ends[k]]
-        np.add.at(counts, items[done], 2.0 ** ((times[done] - start) / half_life_s))  # at its time, as of `start`
+        # at its time, as of `start`
+        np.add.at(counts, items[done], 2.0 ** ((times[done] - start) / half_life_s))
         begin = ends[k]
     return starts, out

@@ -27,7 +27,8 @@ from state.user_state import UserState
 
 K = TypeVar("K")  # a user's key: their id, or its bytes
 CPU = torch.device("cpu")
-REFRESH_BATCH = 4096  # users per recompute: bounds its memory (~100 entries each, and a [users, D] result)
+# users per recompute: bounds its memory (~100 entries each, and a [users, D] result)
+REFRESH_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,15 @@ class UpdaterConfig:
     exclude_seen: bool = True  # drop the user's recent items from their recommendations
     reasons: bool = False  # a reason per recommended item (models.reasons)
     recent_items: int = 50  # recent items remembered per user
-    history_items: int = 100  # items a user's long-term history keeps, to recompute it (models.history)
+    # items a user's long-term history keeps, to recompute it (models.history)
+    history_items: int = 100
     half_life_s: float = 7 * 86400.0  # of the long-term interest, seconds of event time
     click_weight: float = 1.0  # long-term weight of a click
     purchase_weight: float = 3.0  # of a purchase (times its quantity)
     max_lateness_s: float = 86400.0  # events older than the user's last by more are rejected
     bf16_scoring: bool = True  # score large catalogues in bf16 where the CPU has it natively
-    ann_min_items: int = 100_000  # from this catalogue size on, candidates come from an ANN index (models.scorer)
+    # from this catalogue size on, candidates come from an ANN index (models.scorer)
+    ann_min_items: int = 100_000
     ann_nprobe: int = 64  # IVF lists searched per query
     scoring_device: str = "cpu"  # where the catalogue is scored: auto, cpu or cuda[:N]
 
@@ -64,7 +67,8 @@ class BatchResult:
     recommendations: list[Recommendation] = field(default_factory=list)
     rejected: list[tuple[Delivered, Rejection]] = field(default_factory=list)
     redelivered: int = 0  # already applied before a crash/rebalance: skipped, not rejected
-    refreshed: Counter[str] = field(default_factory=Counter)  # long-term vectors recomputed, by cause (``refresh``)
+    # long-term vectors recomputed, by cause (``refresh``)
+    refreshed: Counter[str] = field(default_factory=Counter)
 
 
 class InterestUpdater:
@@ -72,16 +76,26 @@ class InterestUpdater:
         self.model = model.eval()
         self.catalogue = catalogue
         self.config = config
-        self.scorer = Scorer(ScoringConfig(config.bf16_scoring, config.ann_min_items, config.ann_nprobe, config.scoring_device))
+        self.scorer = Scorer(
+            ScoringConfig(
+                config.bf16_scoring, config.ann_min_items, config.ann_nprobe, config.scoring_device
+            )
+        )
         # the recent popularity of the items of the events this updater applied, for the model's trend term
-        self.trending = Trending(model.config.trend_half_life_s) if model.config.trend_half_life_s > 0 else None
+        self.trending = (
+            Trending(model.config.trend_half_life_s) if model.config.trend_half_life_s > 0 else None
+        )
 
     def new_state(self) -> UserState:
-        return UserState.new(self.model.config.hidden, self.catalogue.dim, self.model.version, self.catalogue.space)
+        return UserState.new(
+            self.model.config.hidden, self.catalogue.dim, self.model.version, self.catalogue.space
+        )
 
     # -- step 1: decide, per event, whether it is applied --------------------------------------------------
 
-    def _admit(self, batch: list[Delivered], states: dict[str, UserState | None], result: BatchResult):
+    def _admit(
+        self, batch: list[Delivered], states: dict[str, UserState | None], result: BatchResult
+    ):
         """Per user, the events to apply in arrival order (an empty list for a user with only redelivered
         events, who is published again); rejected and redelivered events are set aside."""
         accepted: dict[str, list[Event]] = defaultdict(list)
@@ -95,10 +109,12 @@ class InterestUpdater:
             result.states[ev.user_id] = state
             if state.is_applied(d.source, d.offset):
                 result.redelivered += 1
-                if state.last_event_id:  # its recommendation may have died with the crashed worker: publish again
+                # its recommendation may have died with the crashed worker: publish again
+                if state.last_event_id:
                     accepted.setdefault(ev.user_id, [])
                 continue
-            state.applied[d.source] = d.offset  # consumed, whatever the verdict: never looked at twice
+            # consumed, whatever the verdict: never looked at twice
+            state.applied[d.source] = d.offset
             rejection = self._check(ev, state)
             if rejection is not None:
                 result.rejected.append((d, rejection))
@@ -107,18 +123,26 @@ class InterestUpdater:
                 state.hidden = np.zeros(self.model.config.hidden, np.float32)
                 state.model_version = self.model.version
             state.remember(ev.event_id, ev.item_id, self.config.recent_items)
-            if ev.ts >= state.last_event_time:  # the newest event by event time, with its own time (a late one is not it)
+            # the newest event by event time, with its own time (a late one is not it)
+            if ev.ts >= state.last_event_time:
                 state.last_event_id, state.last_event_time = ev.event_id, ev.ts
             accepted[ev.user_id].append(ev)
         return accepted
 
     def _check(self, ev: Event, state: UserState) -> Rejection | None:
         if ev.item_id not in self.catalogue.index:
-            return Rejection("unknown_item", f"item {ev.item_id!r} is not in the embedded catalogue")
+            return Rejection(
+                "unknown_item", f"item {ev.item_id!r} is not in the embedded catalogue"
+            )
         if ev.event_id in state.recent_event_ids:
-            return Rejection("duplicate", f"event {ev.event_id!r} was already applied to user {ev.user_id!r}")
+            return Rejection(
+                "duplicate", f"event {ev.event_id!r} was already applied to user {ev.user_id!r}"
+            )
         if state.last_event_time and ev.ts < state.last_event_time - self.config.max_lateness_s:
-            return Rejection("too_late", f"ts {ev.ts} is {state.last_event_time - ev.ts:.0f}s behind the user's last event")
+            return Rejection(
+                "too_late",
+                f"ts {ev.ts} is {state.last_event_time - ev.ts:.0f}s behind the user's last event",
+            )
         return None
 
     # -- step 2: advance short- and long-term state, one round per event position ---------------------------
@@ -134,12 +158,15 @@ class InterestUpdater:
             return
         events = [e for u in users for e in accepted[u]]  # user by user, each in arrival order
         lengths = [len(accepted[u]) for u in users]
-        owner = np.repeat(np.arange(len(users)), lengths)  # the user of each event, as an index into ``users``
+        # the user of each event, as an index into ``users``
+        owner = np.repeat(np.arange(len(users)), lengths)
         position = np.concatenate([np.arange(n) for n in lengths])  # each event's round
         item_ids = [e.item_id for e in events]
         emb = self.catalogue.vectors(item_ids)
         is_purchase = np.array([e.type == "purchase" for e in events])
-        weights = np.where(is_purchase, s.purchase_weight, s.click_weight) * np.array([e.quantity for e in events])
+        weights = np.where(is_purchase, s.purchase_weight, s.click_weight) * np.array(
+            [e.quantity for e in events]
+        )
         ts = np.array([e.ts for e in events])
         fingerprints = self.catalogue.fingerprints_at(self.catalogue.rows(item_ids))
         st = [states[u] for u in users]
@@ -148,7 +175,9 @@ class InterestUpdater:
         lt_time = np.array([x.lt_time for x in st])
         counted_at = np.empty(len(events))  # the time the long-term sum counted each event at
         with torch.inference_mode():
-            item_vec = self.model.item_space(torch.from_numpy(emb), self.model.rows(item_ids))[:, :-1]
+            item_vec = self.model.item_space(torch.from_numpy(emb), self.model.rows(item_ids))[
+                :, :-1
+            ]
             x_all = self.model.step_input(item_vec, torch.from_numpy(is_purchase).long())
             hidden = torch.from_numpy(np.stack([x.hidden for x in st]))
             for r in range(max(lengths)):
@@ -156,16 +185,34 @@ class InterestUpdater:
                 who = owner[at]
                 hidden[who] = self.model.gru(x_all[at], hidden[who])
                 lt_sum[who], lt_weight[who], lt_time[who] = longterm.add(
-                    lt_sum[who], lt_weight[who], lt_time[who], ts[at], emb[at], weights[at], s.half_life_s)
+                    lt_sum[who],
+                    lt_weight[who],
+                    lt_time[who],
+                    ts[at],
+                    emb[at],
+                    weights[at],
+                    s.half_life_s,
+                )
                 counted_at[at] = lt_time[who]
         hidden_np = hidden.numpy()
         for i, x in enumerate(st):
-            x.hidden, x.lt_sum, x.lt_weight, x.lt_time = hidden_np[i].copy(), lt_sum[i], float(lt_weight[i]), float(lt_time[i])
+            x.hidden, x.lt_sum, x.lt_weight, x.lt_time = (
+                hidden_np[i].copy(),
+                lt_sum[i],
+                float(lt_weight[i]),
+                float(lt_time[i]),
+            )
         for i, e in enumerate(events):
             x = st[owner[i]]
             # at counted_at: the time the sum counted the event at (a late one counts as of the user's newest)
-            if weights[i] > 0 and history.record(x.history, e.item_id, float(counted_at[i]), float(weights[i]), int(fingerprints[i]),
-                                                 s.half_life_s):
+            if weights[i] > 0 and history.record(
+                x.history,
+                e.item_id,
+                float(counted_at[i]),
+                float(weights[i]),
+                int(fingerprints[i]),
+                s.half_life_s,
+            ):
                 history.prune(x.history, s.history_items, s.half_life_s)
             if e.type == "purchase":
                 x.purchases += 1
@@ -175,7 +222,8 @@ class InterestUpdater:
     # -- step 3: fuse, score the catalogue, keep the top k --------------------------------------------------
 
     def _query_parts(self, states: list[UserState]) -> dict[str, torch.Tensor]:
-        """The parts [B, dim] of the fused query each state ranks the item space with (``InterestModel.query_parts``;
+        """The parts [B, dim] of the fused query each state ranks the item space with
+        (``InterestModel.query_parts``;
         call under inference mode)."""
         return self.model.query_parts(
             torch.from_numpy(np.stack([x.hidden for x in states])),
@@ -185,7 +233,8 @@ class InterestUpdater:
 
     def scores(self, states: list[UserState]) -> np.ndarray:
         """Every catalogue item's score for each state: [len(states), len(catalogue)] float32, columns in
-        ``catalogue.ids`` order, higher is better; exact fp32, nothing excluded. ``recommend``'s top-k is these
+        ``catalogue.ids`` order, higher is better; exact fp32, nothing excluded. ``recommend``'s
+        top-k is these
         scores' top-k with the exclusions (up to bf16 near-ties, and ANN misses in a large catalogue)."""
         if not states or not len(self.catalogue):
             return np.zeros((len(states), len(self.catalogue)), np.float32)
@@ -215,32 +264,52 @@ class InterestUpdater:
             self.scorer.sync(self.catalogue, self.model)
             boost = self.rebuy_boost(states) if self.model.config.rebuys else None
             trend = self.trend()
-            scores, idx = self.scorer.top_k(self.model.scoring_query(self.model.fuse(parts)), k, recent if self.config.exclude_seen else None,
-                                            boost, trend)
-            explained = (reasons.explain(parts, self.scorer.space, idx, recent, self.catalogue.ids, boost, trend) if self.config.reasons
-                         else repeat(repeat(None)))
+            scores, idx = self.scorer.top_k(
+                self.model.scoring_query(self.model.fuse(parts)),
+                k,
+                recent if self.config.exclude_seen else None,
+                boost,
+                trend,
+            )
+            explained = (
+                reasons.explain(
+                    parts, self.scorer.space, idx, recent, self.catalogue.ids, boost, trend
+                )
+                if self.config.reasons
+                else repeat(repeat(None))
+            )
         ids = self.catalogue.ids
         return [  # through numpy: torch's tolist() costs ~1 us per element
-            [ScoredItem(ids[j], v, why) for v, j, why in zip(row_s, row_i, row_why) if v != float("-inf")]
-            for row_s, row_i, row_why in zip(scores.numpy().tolist(), idx.numpy().tolist(), explained)
+            [
+                ScoredItem(ids[j], v, why)
+                for v, j, why in zip(row_s, row_i, row_why)
+                if v != float("-inf")
+            ]
+            for row_s, row_i, row_why in zip(
+                scores.numpy().tolist(), idx.numpy().tolist(), explained
+            )
         ]
 
     def trend(self) -> torch.Tensor | None:
-        """The trend term g f_i [len(catalogue)] of every item (``InterestModel.trend``) as of the events applied
+        """The trend term g f_i [len(catalogue)] of every item (``InterestModel.trend``) as of the
+        events applied
         so far; None for a model without one. Call under inference mode."""
         if self.trending is None:
             return None
         return self.model.trend(torch.from_numpy(self.trending.feature(self.catalogue)))
 
     def rebuy_boost(self, states: list[UserState]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per state, the catalogue rows of its history's items and their re-buy terms r(W, n) (``InterestModel.rebuy``),
+        """Per state, the catalogue rows of its history's items and their re-buy terms r(W, n)
+        (``InterestModel.rebuy``),
         W being the decayed weight of the user's clicks and purchases of the item at the state's ``lt_time``
         (``history.weights_at``), n how many times they touched it."""
         boost = []
         for x in states:
             rows = self.catalogue.rows(x.history.items)
             present = rows >= 0
-            weight = torch.from_numpy(history.weights_at(x.history, x.lt_time, self.config.half_life_s)[present])
+            weight = torch.from_numpy(
+                history.weights_at(x.history, x.lt_time, self.config.half_life_s)[present]
+            )
             count = torch.tensor(x.history.counts, dtype=torch.float64)[torch.from_numpy(present)]
             boost.append((rows[present], self.model.rebuy(weight, count).numpy()))
         return boost
@@ -249,8 +318,11 @@ class InterestUpdater:
         """Apply a micro-batch; ``states`` holds the stored state of each user in it (None if new)."""
         result = BatchResult()
         accepted = self._admit(batch, states, result)
-        # Never add to, or score with, a long-term sum of another encoder's space: recompute it in this one first.
-        result.refreshed = self.refresh([x for u in accepted if (x := result.states[u]).space != self.catalogue.space])
+        # Never add to, or score with, a long-term sum of another encoder's space: recompute it in
+        # this one first.
+        result.refreshed = self.refresh(
+            [x for u in accepted if (x := result.states[u]).space != self.catalogue.space]
+        )
         self._advance(accepted, result.states)
         if self.trending is not None:
             applied = [e for evs in accepted.values() for e in evs]
@@ -262,10 +334,15 @@ class InterestUpdater:
         for user, items in zip(users, self.recommend([result.states[u] for u in users])):
             state = result.states[user]
             state.latest, state.latest_at = [(i.item_id, i.score) for i in items], now
-            result.recommendations.append(Recommendation(user, items, state.last_event_id, state.last_event_time, self.model.version, now))
+            result.recommendations.append(
+                Recommendation(
+                    user, items, state.last_event_id, state.last_event_time, self.model.version, now
+                )
+            )
         return result
 
-    # -- long-term refresh: recompute from the history with the current item vectors --------------------------
+    # -- long-term refresh: recompute from the history with the current item vectors
+    # --------------------------
 
     def needs_refresh(self, state: UserState, changed: Set[str] | None) -> bool:
         """Whether ``state``'s long-term sum is in another encoder's space, or is not its history's sum of
@@ -284,7 +361,7 @@ class InterestUpdater:
         recomputed by cause: ``encoder`` (another encoder's space: the short-term state restarts too, its
         GRU was fed that encoder's vectors) or ``item_vectors`` (an item's vector changed, went or came). A
         state written before spaces were recorded (no space, no history) is taken as this space's: there
-        is nothing to recompute it from (README, Rolling out a new encoder)."""
+        is nothing to recompute it from (docs/refresh.md, Rolling out a new encoder)."""
         causes: Counter[str] = Counter()
         due = []
         for x in states:
@@ -293,14 +370,20 @@ class InterestUpdater:
                 continue
             if x.space != self.catalogue.space:
                 causes["encoder"] += 1
-                x.hidden = np.zeros(self.model.config.hidden, np.float32)  # the GRU was fed the other encoder's vectors
+                # the GRU was fed the other encoder's vectors
+                x.hidden = np.zeros(self.model.config.hidden, np.float32)
             else:
                 causes["item_vectors"] += 1
             due.append(x)
         for start in range(0, len(due), REFRESH_BATCH):
             chunk = due[start : start + REFRESH_BATCH]
-            sums, weights = history.recompute([x.history for x in chunk], np.array([x.lt_time for x in chunk]), self.catalogue,
-                                              self.config.half_life_s, device)
+            sums, weights = history.recompute(
+                [x.history for x in chunk],
+                np.array([x.lt_time for x in chunk]),
+                self.catalogue,
+                self.config.half_life_s,
+                device,
+            )
             for x, lt_sum, lt_weight in zip(chunk, sums, weights):
                 x.lt_sum, x.lt_weight, x.space = lt_sum, float(lt_weight), self.catalogue.space
         return causes
@@ -311,8 +394,11 @@ class InterestUpdater:
         if stale:
             st = list(stale.values())
             lt_sum, lt_weight, lt_time = longterm.decay_to(
-                np.stack([x.lt_sum for x in st]), np.array([x.lt_weight for x in st]), np.array([x.lt_time for x in st]),
-                np.full(len(st), now), self.config.half_life_s,
+                np.stack([x.lt_sum for x in st]),
+                np.array([x.lt_weight for x in st]),
+                np.array([x.lt_time for x in st]),
+                np.full(len(st), now),
+                self.config.half_life_s,
             )
             for i, x in enumerate(st):
                 x.lt_sum, x.lt_weight, x.lt_time = lt_sum[i], float(lt_weight[i]), float(lt_time[i])

@@ -54,7 +54,11 @@ class StoreFailure(Exception):
 def require_finite(what: str, *values: np.ndarray | float) -> None:
     """Raise ``NonFinite`` unless every number in ``values`` is finite (the last guard before a write)."""
     for value in values:
-        finite = math.isfinite(value) if isinstance(value, float | int) else bool(np.isfinite(value).all())
+        finite = (
+            math.isfinite(value)
+            if isinstance(value, float | int)
+            else bool(np.isfinite(value).all())
+        )
         if not finite:
             raise NonFinite(f"{what} is not finite")
 

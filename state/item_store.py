@@ -49,7 +49,9 @@ class ItemVector:
             raise ValueError(f"item {item_id!r}: {len(raw)} bytes are not a vector record")
         digest, n = _HEADER.unpack_from(raw)
         if (dim is not None and n != dim) or len(raw) != _HEADER.size + 4 * n:
-            raise ValueError(f"item {item_id!r}: {len(raw)} bytes are not a {dim or n}-d vector record")
+            raise ValueError(
+                f"item {item_id!r}: {len(raw)} bytes are not a {dim or n}-d vector record"
+            )
         vector = np.frombuffer(raw, np.float32, n, _HEADER.size).copy()
         require_finite(f"the vector of item {item_id!r}", vector)
         return cls(item_id, digest, vector)

@@ -31,7 +31,9 @@ class UnusableDataDir(InterestStreamError):
 
 def _unusable(data_dir: Path, exc: OSError) -> str:
     """What is wrong with a data directory that could not be made or written in, in words."""
-    if isinstance(exc, FileExistsError) or (isinstance(exc, NotADirectoryError) and data_dir.is_file()):
+    if isinstance(exc, FileExistsError) or (
+        isinstance(exc, NotADirectoryError) and data_dir.is_file()
+    ):
         return "is a file, not a directory"
     if isinstance(exc, NotADirectoryError):
         above = next((p for p in data_dir.parents if p.is_file()), None)
@@ -49,15 +51,19 @@ def lock(data_dir: Path) -> IO[str]:
         data_dir.mkdir(parents=True, exist_ok=True)
         handle = open(data_dir / LOCK_FILE, "a+")
     except OSError as exc:
-        raise UnusableDataDir(f"INTEREST_DATA_DIR={str(data_dir)!r}: {_unusable(data_dir, exc)}") from None
+        raise UnusableDataDir(
+            f"INTEREST_DATA_DIR={str(data_dir)!r}: {_unusable(data_dir, exc)}"
+        ) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise DataDirInUse(f"data directory {data_dir} is in use by another worker (pid {holder}); "
-                           "give each worker its own INTEREST_DATA_DIR") from None
+        raise DataDirInUse(
+            f"data directory {data_dir} is in use by another worker (pid {holder}); "
+            "give each worker its own INTEREST_DATA_DIR"
+        ) from None
     handle.truncate(0)
     handle.write(str(os.getpid()))
     handle.flush()

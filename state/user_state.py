@@ -35,8 +35,14 @@ class History:
     no history, and writes an unused one back as it was.
     """
 
-    def __init__(self, items: list[str] | None = None, times: list[float] | None = None, weights: list[float] | None = None,
-                 fingerprints: list[int] | None = None, counts: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        items: list[str] | None = None,
+        times: list[float] | None = None,
+        weights: list[float] | None = None,
+        fingerprints: list[int] | None = None,
+        counts: list[int] | None = None,
+    ) -> None:
         self._items = items if items is not None else []
         self._times = times if times is not None else []
         self._weights = weights if weights is not None else []
@@ -59,10 +65,15 @@ class History:
         if block is not None:
             base, n = _HISTORY_HEADER.unpack_from(block)
             counted = self._stride == _ENTRY_BYTES
-            numbers = struct.unpack_from(f"<{n}f{n}f{n}I" + (f"{n}I" if counted else ""), block, _HISTORY_HEADER.size)
+            numbers = struct.unpack_from(
+                f"<{n}f{n}f{n}I" + (f"{n}I" if counted else ""), block, _HISTORY_HEADER.size
+            )
             self._items = block[_HISTORY_HEADER.size + self._stride * n :].decode().split("\0")
             self._times = [base + offset for offset in numbers[:n]]
-            self._weights, self._fingerprints = list(numbers[n : 2 * n]), list(numbers[2 * n : 3 * n])
+            self._weights, self._fingerprints = (
+                list(numbers[n : 2 * n]),
+                list(numbers[2 * n : 3 * n]),
+            )
             self._counts = list(numbers[3 * n :]) if counted else [1] * n
             self._stride = _ENTRY_BYTES
 
@@ -92,7 +103,11 @@ class History:
         return self._counts
 
     def __len__(self) -> int:
-        return _HISTORY_HEADER.unpack_from(self._block)[1] if self._block is not None else len(self._items)
+        return (
+            _HISTORY_HEADER.unpack_from(self._block)[1]
+            if self._block is not None
+            else len(self._items)
+        )
 
     def holds_any(self, item_ids: Set[str]) -> bool:
         """Whether one of ``item_ids`` has an entry. A few ids are looked for in the packed ids (a byte
@@ -121,10 +136,21 @@ class History:
             return b""
         base = max(self._times)
         offsets = [t - base for t in self._times]
-        require_finite("the user history", base + sum(offsets) + sum(self._weights))  # any NaN or infinity makes the sum one
-        return b"".join((_HISTORY_HEADER.pack(base, n),
-                         struct.pack(f"<{n}f{n}f{n}I{n}I", *offsets, *self._weights, *self._fingerprints, *self._counts),
-                         "\0".join(self._items).encode()))
+        # any NaN or infinity makes the sum one
+        require_finite("the user history", base + sum(offsets) + sum(self._weights))
+        return b"".join(
+            (
+                _HISTORY_HEADER.pack(base, n),
+                struct.pack(
+                    f"<{n}f{n}f{n}I{n}I",
+                    *offsets,
+                    *self._weights,
+                    *self._fingerprints,
+                    *self._counts,
+                ),
+                "\0".join(self._items).encode(),
+            )
+        )
 
 
 @dataclass
@@ -135,14 +161,16 @@ class UserState:
     lt_time: float = 0.0  # event time lt_sum/lt_weight were decayed to
     clicks: int = 0
     purchases: int = 0
-    last_event_id: str = ""  # the user's newest applied event by event time ("" until one is applied)
+    # the user's newest applied event by event time ("" until one is applied)
+    last_event_id: str = ""
     last_event_time: float = 0.0  # its event time, unix seconds
     model_version: str = ""  # the GRU that produced ``hidden``; another version restarts it
     # Source "topic:partition" -> last applied offset. Replayed (redelivered) messages are skipped by it,
     # which makes applying an event idempotent across crashes and rebalances.
     applied: dict[str, int] = field(default_factory=dict)
     recent_items: list[str] = field(default_factory=list)  # newest first
-    recent_event_ids: list[str] = field(default_factory=list)  # newest first, to drop re-sent duplicates
+    # newest first, to drop re-sent duplicates
+    recent_event_ids: list[str] = field(default_factory=list)
     # The last top-k published for the user, (item id, score), and when (unix seconds): what `inspect` shows.
     latest: list[tuple[str, float]] = field(default_factory=list)
     latest_at: float = 0.0
@@ -152,8 +180,15 @@ class UserState:
     history: History = field(default_factory=History)
 
     @classmethod
-    def new(cls, hidden_size: int, embed_size: int, model_version: str, space: str = "") -> "UserState":
-        return cls(np.zeros(hidden_size, np.float32), np.zeros(embed_size, np.float32), model_version=model_version, space=space)
+    def new(
+        cls, hidden_size: int, embed_size: int, model_version: str, space: str = ""
+    ) -> "UserState":
+        return cls(
+            np.zeros(hidden_size, np.float32),
+            np.zeros(embed_size, np.float32),
+            model_version=model_version,
+            space=space,
+        )
 
     @property
     def long_term(self) -> np.ndarray:
@@ -165,27 +200,57 @@ class UserState:
     def is_applied(self, source: str, offset: int) -> bool:
         return offset <= self.applied.get(source, -1)
 
-    def remember(self, event_id: str, item_id: str, recent_items: int, recent_events: int = 64) -> None:
+    def remember(
+        self, event_id: str, item_id: str, recent_items: int, recent_events: int = 64
+    ) -> None:
         self.recent_event_ids = [event_id, *self.recent_event_ids[: recent_events - 1]]
-        self.recent_items = [item_id, *(i for i in self.recent_items if i != item_id)][:recent_items]
+        self.recent_items = [item_id, *(i for i in self.recent_items if i != item_id)][
+            :recent_items
+        ]
 
 
 def encode(state: UserState) -> bytes:
     """The state as bytes; raises ``NonFinite`` rather than store a NaN or an infinity (the last guard)."""
-    require_finite("the user state", state.hidden, state.lt_sum, state.lt_weight, state.lt_time, state.last_event_time,
-                   state.latest_at, *(score for _, score in state.latest))
+    require_finite(
+        "the user state",
+        state.hidden,
+        state.lt_sum,
+        state.lt_weight,
+        state.lt_time,
+        state.last_event_time,
+        state.latest_at,
+        *(score for _, score in state.latest),
+    )
     history = state.history.pack()
     meta = {
-        "lw": state.lt_weight, "lt": state.lt_time, "c": state.clicks, "p": state.purchases,
-        "le": state.last_event_id, "let": state.last_event_time, "mv": state.model_version,
-        "ap": state.applied, "ri": state.recent_items, "re": state.recent_event_ids,
-        "lr": [(item, round(score, 5)) for item, score in state.latest], "la": state.latest_at,
-        "sp": state.space, "hb": len(history), "hc": 1,
+        "lw": state.lt_weight,
+        "lt": state.lt_time,
+        "c": state.clicks,
+        "p": state.purchases,
+        "le": state.last_event_id,
+        "let": state.last_event_time,
+        "mv": state.model_version,
+        "ap": state.applied,
+        "ri": state.recent_items,
+        "re": state.recent_event_ids,
+        "lr": [(item, round(score, 5)) for item, score in state.latest],
+        "la": state.latest_at,
+        "sp": state.space,
+        "hb": len(history),
+        "hc": 1,
     }
     blob = orjson.dumps(meta)  # the same compact JSON as json.dumps, ~10x faster
     hidden = np.ascontiguousarray(state.hidden, np.float32)
     lt_sum = np.ascontiguousarray(state.lt_sum, np.float32)
-    return b"".join((_HEADER.pack(FORMAT_VERSION, len(blob), hidden.size, lt_sum.size), blob, hidden.tobytes(), lt_sum.tobytes(), history))
+    return b"".join(
+        (
+            _HEADER.pack(FORMAT_VERSION, len(blob), hidden.size, lt_sum.size),
+            blob,
+            hidden.tobytes(),
+            lt_sum.tobytes(),
+            history,
+        )
+    )
 
 
 def decode(raw: bytes) -> UserState:
@@ -201,9 +266,21 @@ def decode(raw: bytes) -> UserState:
     # "hb" is absent before the long-term refresh; "hc" before touches were counted
     history = History.packed(raw[start : start + meta.get("hb", 0)], counted="hc" in meta)
     return UserState(
-        hidden=hidden, lt_sum=lt_sum, lt_weight=meta["lw"], lt_time=meta["lt"], clicks=meta["c"], purchases=meta["p"],
-        last_event_id=meta["le"], last_event_time=meta["let"], model_version=meta["mv"], applied=meta["ap"],
-        recent_items=meta["ri"], recent_event_ids=meta["re"],
-        latest=[(item, score) for item, score in meta.get("lr", ())], latest_at=meta.get("la", 0.0),  # absent before 0.1.0's inspect
-        space=meta.get("sp", ""), history=history,
+        hidden=hidden,
+        lt_sum=lt_sum,
+        lt_weight=meta["lw"],
+        lt_time=meta["lt"],
+        clicks=meta["c"],
+        purchases=meta["p"],
+        last_event_id=meta["le"],
+        last_event_time=meta["let"],
+        model_version=meta["mv"],
+        applied=meta["ap"],
+        recent_items=meta["ri"],
+        recent_event_ids=meta["re"],
+        # absent before 0.1.0's inspect
+        latest=[(item, score) for item, score in meta.get("lr", ())],
+        latest_at=meta.get("la", 0.0),
+        space=meta.get("sp", ""),
+        history=history,
     )

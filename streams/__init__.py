@@ -1,1 +1,2 @@
-"""The stream worker: faust app, agents, delivery and checkpointing, and their pure steps (parse, apply, decay)."""
+"""The stream worker: faust app, agents, delivery and checkpointing, and their pure steps (parse,
+apply, decay)."""

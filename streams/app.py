@@ -75,9 +75,11 @@ def build_app(settings: Settings) -> WorkerApp:
         consumer_group_instance_id=s.instance_id or None,
         web_port=s.web_port,
         web_bind=s.web_bind,
-        # The address other workers forward a user's page to (faust's canonical URL), when they do not hold the user.
+        # The address other workers forward a user's page to (faust's canonical URL), when they do
+        # not hold the user.
         web_host=s.web_host or (s.web_bind if s.web_on_loopback else socket.gethostname()),
-        # Our pages only (``streams.web``): faust's own views would serve any user's raw state to anyone on the port.
+        # Our pages only (``streams.web``): faust's own views would serve any user's raw state to
+        # anyone on the port.
         web_router_enabled=False,
         web_tables_enabled=False,
         web_graph_enabled=False,
@@ -85,22 +87,45 @@ def build_app(settings: Settings) -> WorkerApp:
         autodiscover=False,
         Table=UserTable,
     )
-    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    events_topic = app.topic(s.clicks_topic, s.purchases_topic, s.erasures_topic, s.ticks_topic, **raw)
+    raw: dict[str, Any] = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    events_topic = app.topic(
+        s.clicks_topic, s.purchases_topic, s.erasures_topic, s.ticks_topic, **raw
+    )
     items_topic = app.topic(s.items_topic, **raw)
     ticks_topic = app.topic(s.ticks_topic, partitions=s.partitions, **raw)
-    table = cast(UserTable, app.Table("user-state", partitions=s.partitions, key_type=bytes, value_type=bytes, options={"driver": "rocksdict"}))
+    table = cast(
+        UserTable,
+        app.Table(
+            "user-state",
+            partitions=s.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            options={"driver": "rocksdict"},
+        ),
+    )
 
     runtime = Runtime(s, {s.clicks_topic: "click", s.purchases_topic: "purchase"})
     # Per input partition: the next offset to apply and what is durable; faust commits no further.
-    checkpoints = Checkpoints(app, s.app_id, client_options(s), [s.clicks_topic, s.purchases_topic, s.erasures_topic, s.items_topic])
+    checkpoints = Checkpoints(
+        app,
+        s.app_id,
+        client_options(s),
+        [s.clicks_topic, s.purchases_topic, s.erasures_topic, s.items_topic],
+    )
     dead_letters = DeadLetterWriter(app, s.dead_letter_topic, s.max_message_bytes)
     events = EventAgent(app, s, table, ticks_topic, runtime, checkpoints, dead_letters)
     catalogue = CatalogueAgents(app, s, runtime, checkpoints, dead_letters)
 
     app.agent(events_topic, name="update_interests")(events.run)
     table.on_recover(events.forget_passes)
-    app.timer(interval=s.decay_interval_s, on_leader=True, name="tick_all_partitions")(skip_without_broker(events.tick_all_partitions))
+    app.timer(interval=s.decay_interval_s, on_leader=True, name="tick_all_partitions")(
+        skip_without_broker(events.tick_all_partitions)
+    )
     app.agent(items_topic, name="embed_items")(catalogue.embed_items)
     app.task(catalogue.follow_item_vectors)
 
@@ -108,8 +133,12 @@ def build_app(settings: Settings) -> WorkerApp:
         if runtime.ready.is_set():
             await checkpoints.re_read_stalled()
 
-    app.timer(interval=5.0, name="re_read_stalled_partitions")(skip_without_broker(re_read_stalled_partitions))
-    app.timer(interval=5.0, name="report_lag")(skip_without_broker(LagReporter(app, runtime, table).report))
+    app.timer(interval=5.0, name="re_read_stalled_partitions")(
+        skip_without_broker(re_read_stalled_partitions)
+    )
+    app.timer(interval=5.0, name="report_lag")(
+        skip_without_broker(LagReporter(app, runtime, table).report)
+    )
     add_pages(app, runtime, table, s)
     return WorkerApp(app, s, table, runtime, checkpoints, events, catalogue)  # type: ignore[arg-type]
 
@@ -117,8 +146,16 @@ def build_app(settings: Settings) -> WorkerApp:
 def report_undecodable(tp: Any, first: int, end: int, exc: BaseException) -> None:
     """A record batch the consumer could not decode (called in the consumer's thread): its offsets become
     dead letters, the partition goes on."""
-    log.error("%s:%s offsets %d-%d: a record batch that cannot be decoded (%r); each offset becomes a dead letter and the "
-              "partition goes on (README, Bad input)", tp.topic, tp.partition, first, end - 1, exc)
+    log.error(
+        "%s:%s offsets %d-%d: a record batch that cannot be decoded (%r); each offset becomes a "
+        "dead letter and the "
+        "partition goes on (docs/guarantees.md)",
+        tp.topic,
+        tp.partition,
+        first,
+        end - 1,
+        exc,
+    )
     metrics.UNDECODABLE_BATCHES.labels(tp.topic).inc()
 
 
@@ -133,6 +170,10 @@ def skip_without_broker(tick: Callable[[], Awaitable[None]]) -> Callable[[], Awa
         try:
             await tick()
         except KafkaError as exc:
-            log.warning("timer %s skipped a tick, the broker did not answer (%r); the next tick tries again", tick.__name__, exc)
+            log.warning(
+                "timer %s skipped a tick, the broker did not answer (%r); the next tick tries again",
+                tick.__name__,
+                exc,
+            )
 
     return guarded

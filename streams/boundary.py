@@ -39,8 +39,12 @@ def rejection_for(exc: Exception) -> Rejection:
     return Rejection(reason, f"{type(exc).__name__}: {exc}"[:MAX_DETAIL_CHARS])
 
 
-async def contain(topic: str, batch: Sequence[M], process: Callable[[Sequence[M]], Awaitable[None]],
-                  poison: Callable[[M, Rejection], Awaitable[None]]) -> None:
+async def contain(
+    topic: str,
+    batch: Sequence[M],
+    process: Callable[[Sequence[M]], Awaitable[None]],
+    poison: Callable[[M, Rejection], Awaitable[None]],
+) -> None:
     """``process(batch)``; if it raises for any reason but the infrastructure, ``process`` each half in
     turn, and so on, down to the single message that fails, which goes to ``poison`` instead.
 

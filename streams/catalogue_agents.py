@@ -70,8 +70,14 @@ def read_vectors(records: Sequence[ConsumerRecord], dim: int, space: str) -> Vec
 
 
 class CatalogueAgents:
-    def __init__(self, app: faust.App, settings: Settings, runtime: Runtime, checkpoints: Checkpoints,
-                 dead_letters: DeadLetterWriter) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        runtime: Runtime,
+        checkpoints: Checkpoints,
+        dead_letters: DeadLetterWriter,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.runtime = runtime
@@ -82,21 +88,34 @@ class CatalogueAgents:
     # -- embed: items -> item-vectors --------------------------------------------------------------------
 
     async def embed_items(self, stream: faust.StreamT) -> None:
-        """Embed catalogue items in batches; unchanged texts are skipped, so re-publishing a catalogue is cheap."""
-        async for batch in cast(Stream, stream).take_events(self.settings.encoder_batch * 8, within=1.0):  # faust's StreamT lacks take_events
+        """Embed catalogue items in batches; unchanged texts are skipped, so re-publishing a
+        catalogue is cheap."""
+        # faust's StreamT lacks take_events
+        async for batch in cast(Stream, stream).take_events(
+            self.settings.encoder_batch * 8, within=1.0
+        ):
             await self.runtime.ready.wait()  # inside the loop, as in the event agent
             with fail_stop(batch):
                 admitted, missing = await self.checkpoints.admit(batch)
                 sent: list[Awaitable] = []
-                messages = await self.dead_letters.set_aside_undecodable([e.message for e in admitted], sent)
-                await contain(self.settings.items_topic, messages, partial(self.embed, sent=sent), self.dead_letters.into(sent))
+                messages = await self.dead_letters.set_aside_undecodable(
+                    [e.message for e in admitted], sent
+                )
+                await contain(
+                    self.settings.items_topic,
+                    messages,
+                    partial(self.embed, sent=sent),
+                    self.dead_letters.into(sent),
+                )
                 await self.checkpoints.item_acks.add(sent, self.checkpoints.position(batch))
                 await self.checkpoints.re_read(missing)
 
     async def embed(self, messages: Sequence[Message], sent: list[Awaitable]) -> None:
         """Embed the new or changed items of ``messages`` and publish their vectors (tombstones for the
         retired ones), adding the delivery futures to ``sent``."""
-        out = await self.runtime.in_encoder_thread(item_step, messages, self.published.known_hash, self._encode_texts)
+        out = await self.runtime.in_encoder_thread(
+            item_step, messages, self.published.known_hash, self._encode_texts
+        )
         for rejected in out.rejected:
             sent.append(await self.dead_letters.send(rejected.message, rejected.rejection))
         topic = self.settings.item_vectors_topic
@@ -128,13 +147,18 @@ class CatalogueAgents:
         Resumes from the offsets saved with the vectors; marks the worker ready once it has caught up with
         what existed at start, so events never meet a half-loaded catalogue. A null value retires its item.
         """
-        await asyncio.get_running_loop().run_in_executor(None, self.runtime.load)  # the encoder takes seconds
+        # the encoder takes seconds
+        await asyncio.get_running_loop().run_in_executor(None, self.runtime.load)
         heap.settle()
         topic = self.settings.item_vectors_topic
         # From the broker: an aiokafka consumer knows no topic's partitions before it is assigned one.
-        count = await asyncio.get_running_loop().run_in_executor(None, topic_partitions, self.settings, [topic])
+        count = await asyncio.get_running_loop().run_in_executor(
+            None, topic_partitions, self.settings, [topic]
+        )
         partitions = [TopicPartition(topic, p) for p in range(count.get(topic, 0))]
-        consumer = AIOKafkaConsumer(**client_options(self.settings), enable_auto_commit=False, group_id=None)
+        consumer = AIOKafkaConsumer(
+            **client_options(self.settings), enable_auto_commit=False, group_id=None
+        )
         await consumer.start()
         try:
             consumer.assign(partitions)
@@ -146,7 +170,9 @@ class CatalogueAgents:
                     await consumer.seek_to_beginning(tp)
             end = await consumer.end_offsets(partitions)
             while True:
-                if not self.runtime.ready.is_set() and all([await consumer.position(tp) >= end[tp] for tp in partitions]):
+                if not self.runtime.ready.is_set() and all(
+                    [await consumer.position(tp) >= end[tp] for tp in partitions]
+                ):
                     self.runtime.mark_ready()
                 records = await consumer.getmany(timeout_ms=500, max_records=2000)
                 batch = [r for part in records.values() for r in part]
@@ -168,8 +194,12 @@ class CatalogueAgents:
 
         await self.runtime.in_model_thread(update)
         if read.foreign:
-            log.warning("item-vectors: %d vectors of another encoder than %s skipped (README, Rolling out a new encoder)",
-                        read.foreign, self.runtime.encoder.space)
+            log.warning(
+                "item-vectors: %d vectors of another encoder than %s skipped (docs/refresh.md, "
+                "Rolling out a new encoder)",
+                read.foreign,
+                self.runtime.encoder.space,
+            )
             metrics.ITEM_VECTORS_IGNORED.inc(read.foreign)
         metrics.ITEMS_RETIRED.inc(len(read.retired))
         metrics.CATALOGUE_ITEMS.set(len(self.runtime.updater.catalogue))
@@ -177,6 +207,10 @@ class CatalogueAgents:
     async def _skip_vector(self, record: ConsumerRecord, rejection: Rejection) -> None:
         """Every worker reads the whole item-vectors topic, so a bad record is skipped and counted here
         rather than dead-lettered once per worker."""
-        log.warning("item-vectors %s:%s: %s; skipped", record.partition, record.offset, rejection.detail)
+        log.warning(
+            "item-vectors %s:%s: %s; skipped", record.partition, record.offset, rejection.detail
+        )
         metrics.ITEM_VECTORS_IGNORED.inc()
-        await self.runtime.in_model_thread(self.runtime.store.apply, [], [], {record.partition: record.offset + 1})
+        await self.runtime.in_model_thread(
+            self.runtime.store.apply, [], [], {record.partition: record.offset + 1}
+        )

@@ -48,22 +48,31 @@ def fail_stop(batch: Sequence) -> Iterator[None]:
 
 
 class Checkpoints:
-    def __init__(self, app: faust.App, group: str, kafka: Mapping[str, Any], topics: Iterable[str]) -> None:
+    def __init__(
+        self, app: faust.App, group: str, kafka: Mapping[str, Any], topics: Iterable[str]
+    ) -> None:
         self.app = app
         self.group = group  # the consumer group: faust's app id
         self.kafka = kafka  # how its admin client connects: streams.connection.client_options
         self.progress = PartitionProgress(topics)
         # A batch's offsets become durable once the broker has what it produced, while the next batch runs.
-        self.event_acks = AcksInOrder(self.progress.made_durable, lambda exc: stop_worker("a record of a batch was not delivered"))
-        self.item_acks = AcksInOrder(self.progress.made_durable, lambda exc: stop_worker("an item vector was not delivered"))
+        self.event_acks = AcksInOrder(
+            self.progress.made_durable,
+            lambda exc: stop_worker("a record of a batch was not delivered"),
+        )
+        self.item_acks = AcksInOrder(
+            self.progress.made_durable, lambda exc: stop_worker("an item vector was not delivered")
+        )
         self._admin: AIOKafkaAdminClient | None = None
-        self._admin_started = asyncio.Lock()  # the agents and the stall timer ask at once: one client, used once started
+        # the agents and the stall timer ask at once: one client, used once started
+        self._admin_started = asyncio.Lock()
         faust_compat.cap_commits(app, self.progress.topics, self.progress.durable.get)
         app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]  # mode's handler type wants a signal= argument
         app.on_before_shutdown.connect(self.close)  # type: ignore[arg-type]
 
     async def admit(self, batch: Sequence[EventT]) -> tuple[list[EventT], set[TP]]:
-        """The events of ``batch`` to apply, and the partitions where offsets before some of them were lost."""
+        """The events of ``batch`` to apply, and the partitions where offsets before some of them
+        were lost."""
         for tp in {e.message.tp for e in batch}:
             if not self.progress.knows(tp):
                 await self.start_partition(tp)
@@ -85,7 +94,8 @@ class Checkpoints:
         the broker: faust's own copy is filled in after its table recovery, and events can come before."""
         earliest = (await self.app.consumer.earliest_offsets(tp))[tp]
         committed = await self.committed_offset(tp)
-        if not self.progress.knows(tp):  # the agent or the stall timer may have started it while this one asked
+        # the agent or the stall timer may have started it while this one asked
+        if not self.progress.knows(tp):
             self.progress.start(tp, max(committed or 0, earliest))
 
     async def committed_offset(self, tp: TP) -> int | None:
@@ -93,14 +103,22 @@ class Checkpoints:
 
     async def committed_offsets(self, tps: list[TP]) -> dict[TP, int | None]:
         """The group's committed offset of each partition (the next to read), None where it has none."""
-        async with self._admin_started:  # a client still starting has no broker to send to (NodeNotReadyError)
+        # a client still starting has no broker to send to (NodeNotReadyError)
+        async with self._admin_started:
             if self._admin is None:
                 admin = AIOKafkaAdminClient(**self.kafka, client_id=f"{self.group}-checkpoints")
                 await admin.start()
                 self._admin = admin
-        found = await self._admin.list_consumer_group_offsets(self.group, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps])
+        found = await self._admin.list_consumer_group_offsets(
+            self.group, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps]
+        )
         offsets = {(t.topic, t.partition): meta.offset for t, meta in found.items()}
-        return {tp: None if offsets.get((tp.topic, tp.partition), -1) < 0 else offsets[(tp.topic, tp.partition)] for tp in tps}
+        return {
+            tp: None
+            if offsets.get((tp.topic, tp.partition), -1) < 0
+            else offsets[(tp.topic, tp.partition)]
+            for tp in tps
+        }
 
     async def re_read(self, missing: set[TP]) -> None:
         for tp in missing:
@@ -117,14 +135,18 @@ class Checkpoints:
                 await self.start_partition(tp)
         # Asked again: a rebalance during the awaits above may have taken partitions away (aiokafka asserts).
         ends = {tp: self.app.consumer.highwater(tp) for tp in self._assigned()}
-        for tp, offset in self.progress.stalled({tp: end for tp, end in ends.items() if end is not None}).items():
+        for tp, offset in self.progress.stalled(
+            {tp: end for tp, end in ends.items() if end is not None}
+        ).items():
             await self._seek_back(tp, offset, "is behind the end and nothing arrived for 5 s")
 
     def _assigned(self) -> list[TP]:
         return [tp for tp in self.app.consumer.assignment() if tp.topic in self.progress.topics]
 
     async def _seek_back(self, tp: TP, offset: int, why: str) -> None:
-        log.warning("offset %s of %s:%s %s; re-reading from it", offset, tp.topic, tp.partition, why)
+        log.warning(
+            "offset %s of %s:%s %s; re-reading from it", offset, tp.topic, tp.partition, why
+        )
         metrics.PARTITION_REREADS.inc()
         try:
             await self.app.consumer.seek(tp, offset)

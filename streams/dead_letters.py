@@ -19,8 +19,15 @@ from streams import faust_compat, metrics
 
 
 class Producer(Protocol):
-    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
-                   timestamp: float | None, headers: list[tuple[str, bytes]] | None) -> Awaitable: ...
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> Awaitable: ...
 
 
 class App(Protocol):
@@ -40,7 +47,8 @@ class Source(Protocol):
     value: bytes | None
 
     @property
-    def headers(self) -> Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None: ...  # faust's HeadersArg
+    # faust's HeadersArg
+    def headers(self) -> Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None: ...
 
 
 M = TypeVar("M", bound=Source)
@@ -64,23 +72,42 @@ class DeadLetter:
 
 
 def record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
-    return len(key or b"") + len(value or b"") + sum(len(n) + len(v) for n, v in headers) + RECORD_OVERHEAD
+    return (
+        len(key or b"")
+        + len(value or b"")
+        + sum(len(n) + len(v) for n, v in headers)
+        + RECORD_OVERHEAD
+    )
 
 
-def dead_letter(source: str, key: bytes | None, value: bytes | None, rejection: Rejection, max_bytes: int) -> DeadLetter:
+def dead_letter(
+    source: str, key: bytes | None, value: bytes | None, rejection: Rejection, max_bytes: int
+) -> DeadLetter:
     """The dead letter of the message at ``source`` ("topic:partition:offset"), at most ``max_bytes``."""
-    detail = rejection.detail[:MAX_DETAIL_CHARS].encode("utf-8", "backslashreplace")  # lone surrogates too
-    headers = [("reason", rejection.reason.encode()), ("detail", detail), ("source", source.encode())]
-    if key is None and value is None:  # a record needs one of them (aiokafka refuses to send neither)
+    # lone surrogates too
+    detail = rejection.detail[:MAX_DETAIL_CHARS].encode("utf-8", "backslashreplace")
+    headers = [
+        ("reason", rejection.reason.encode()),
+        ("detail", detail),
+        ("source", source.encode()),
+    ]
+    # a record needs one of them (aiokafka refuses to send neither)
+    if key is None and value is None:
         value, headers = b"", [*headers, ("null-value", b"true")]
     if record_size(key, value, headers) <= max_bytes:
         return DeadLetter(key, value, headers)
     k, v = key or b"", value or b""
-    headers += [("truncated", b"true"), ("original-key-bytes", str(len(k)).encode()), ("original-value-bytes", str(len(v)).encode())]
+    headers += [
+        ("truncated", b"true"),
+        ("original-key-bytes", str(len(k)).encode()),
+        ("original-value-bytes", str(len(v)).encode()),
+    ]
     room = max_bytes - record_size(b"", b"", headers)
     keep_key = min(len(k), max(room - len(v), room // 2))  # the value keeps at least half the room
     kept_key, kept_value = k[:keep_key], v[: room - keep_key]
-    return DeadLetter(kept_key if key is not None else None, kept_value if value is not None else None, headers)
+    return DeadLetter(
+        kept_key if key is not None else None, kept_value if value is not None else None, headers
+    )
 
 
 class DeadLetterWriter:
@@ -93,8 +120,16 @@ class DeadLetterWriter:
 
     async def send(self, msg: Source, rejection: Rejection) -> Awaitable:
         """Send ``msg``'s dead letter; returns its delivery future."""
-        letter = dead_letter(f"{msg.topic}:{msg.partition}:{msg.offset}", msg.key, msg.value, rejection, self.max_bytes)
-        sent = await self.app.producer.send(self.topic, letter.key, letter.value, None, None, letter.headers)
+        letter = dead_letter(
+            f"{msg.topic}:{msg.partition}:{msg.offset}",
+            msg.key,
+            msg.value,
+            rejection,
+            self.max_bytes,
+        )
+        sent = await self.app.producer.send(
+            self.topic, letter.key, letter.value, None, None, letter.headers
+        )
         metrics.EVENTS_DEAD_LETTERED.labels(rejection.reason, msg.topic).inc()
         return sent
 
@@ -113,6 +148,8 @@ class DeadLetterWriter:
 
     def into(self, sent: list[Awaitable]) -> Callable[[Source, Rejection], Awaitable[None]]:
         """The ingestion boundary's poison handler: dead-letter the message, its future into ``sent``."""
+
         async def poison(msg: Source, rejection: Rejection) -> None:
             sent.append(await self.send(msg, rejection))
+
         return poison

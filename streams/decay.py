@@ -7,7 +7,8 @@ of their weight since they were last written: writing every user on every tick w
 record per user per tick for a change that does not alter their ranking.
 
 Refresh: the users whose long-term sum holds a vector the catalogue replaced or retired (or lacks one it
-now has), or is in another encoder's space, are recomputed from their history (``InterestUpdater.refresh``), batched on the
+now has), or is in another encoder's space, are recomputed from their history
+(``InterestUpdater.refresh``), batched on the
 encoder's device. Which users are checked is ``RefreshScope``'s: ``streams.refresh`` decides it.
 
 Erasure (``streams.erasure``): users without an event for ``INTEREST_USER_TTL_S`` (wall clock) are
@@ -54,19 +55,30 @@ NO_REFRESH = RefreshScope(-1, frozenset())
 
 @dataclass
 class Decayed:
-    rows: dict[bytes, bytes] = field(default_factory=dict)  # user key -> decayed or refreshed state, or an expired user's marker
-    expired: list[bytes] = field(default_factory=list)  # user keys expired (their marker is in rows)
+    # user key -> decayed or refreshed state, or an expired user's marker
+    rows: dict[bytes, bytes] = field(default_factory=dict)
+    # user keys expired (their marker is in rows)
+    expired: list[bytes] = field(default_factory=list)
     forgotten: list[bytes] = field(default_factory=list)  # erasure markers to delete
-    unreadable: list[bytes] = field(default_factory=list)  # user keys whose stored state does not decode
-    refreshed: Counter[str] = field(default_factory=Counter)  # long-term vectors recomputed, by cause
+    # user keys whose stored state does not decode
+    unreadable: list[bytes] = field(default_factory=list)
+    # long-term vectors recomputed, by cause
+    refreshed: Counter[str] = field(default_factory=Counter)
 
 
-def decay_step(rows: Iterable[tuple[bytes, bytes]], now: float | None, updater: InterestUpdater,
-               scope: RefreshScope = NO_REFRESH, device: torch.device = CPU, idle_before: float | None = None,
-               committed: Mapping[str, int | None] | None = None) -> Decayed:
+def decay_step(
+    rows: Iterable[tuple[bytes, bytes]],
+    now: float | None,
+    updater: InterestUpdater,
+    scope: RefreshScope = NO_REFRESH,
+    device: torch.device = CPU,
+    idle_before: float | None = None,
+    committed: Mapping[str, int | None] | None = None,
+) -> Decayed:
     """Stored (user key, state) rows -> the rows to rewrite and delete: refreshed within ``scope`` (on
     ``device``), decayed to event time ``now`` (None: no decay), users with no event since ``idle_before``
-    (wall clock; None: none expire) replaced by their erasure marker, markers ``committed`` past deleted. A state that does not decode is
+    (wall clock; None: none expire) replaced by their erasure marker, markers ``committed`` past
+    deleted. A state that does not decode is
     left as it is and named: it is that user's fault, not the partition's (their events are dead-lettered
     by the event path)."""
     due = -math.inf if now is None else now - min_elapsed_s(updater.config.half_life_s)

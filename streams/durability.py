@@ -16,10 +16,15 @@ Offsets = dict["TP", int]
 
 
 class AcksInOrder:
-    def __init__(self, on_durable: Callable[[Offsets], None], on_failure: Callable[[BaseException], None],
-                 in_flight: int = 2) -> None:
+    def __init__(
+        self,
+        on_durable: Callable[[Offsets], None],
+        on_failure: Callable[[BaseException], None],
+        in_flight: int = 2,
+    ) -> None:
         self._on_durable = on_durable
-        self._on_failure = on_failure  # must not return normally: a later batch could make these offsets committable
+        # must not return normally: a later batch could make these offsets committable
+        self._on_failure = on_failure
         self._in_flight = in_flight
         self._pending: deque[asyncio.Task] = deque()
 
@@ -32,7 +37,9 @@ class AcksInOrder:
         previous = self._pending[-1] if self._pending else None
         self._pending.append(asyncio.ensure_future(self._wait(previous, sent, offsets)))
 
-    async def _wait(self, previous: asyncio.Task | None, sent: list[Awaitable], offsets: Offsets) -> None:
+    async def _wait(
+        self, previous: asyncio.Task | None, sent: list[Awaitable], offsets: Offsets
+    ) -> None:
         try:
             if previous is not None:
                 await previous

@@ -28,8 +28,13 @@ def marker(state: UserState, request: tuple[str, int] | None = None) -> UserStat
     applied = dict(state.applied)
     if request is not None:
         applied[request[0]] = request[1]
-    return UserState(np.zeros_like(state.hidden), np.zeros_like(state.lt_sum), model_version=state.model_version, space=state.space,
-                     applied=applied)
+    return UserState(
+        np.zeros_like(state.hidden),
+        np.zeros_like(state.lt_sum),
+        model_version=state.model_version,
+        space=state.space,
+        applied=applied,
+    )
 
 
 def is_marker(state: UserState) -> bool:
@@ -39,7 +44,9 @@ def is_marker(state: UserState) -> bool:
 def forgettable(state: UserState, committed: Mapping[str, int | None]) -> bool:
     """A marker the group has committed past: ``committed`` maps a source ("topic:partition") to the
     group's committed offset (the next to read; None if none)."""
-    return is_marker(state) and all(offset < (committed.get(source) or 0) for source, offset in state.applied.items())
+    return is_marker(state) and all(
+        offset < (committed.get(source) or 0) for source, offset in state.applied.items()
+    )
 
 
 def expired(state: UserState, idle_before: float) -> bool:

@@ -50,8 +50,16 @@ def count_refreshed(causes: Counter[str]) -> None:
 
 
 class EventAgent:
-    def __init__(self, app: faust.App, settings: Settings, table: UserTable, ticks: faust.TopicT, runtime: Runtime,
-                 checkpoints: Checkpoints, dead_letters: DeadLetterWriter) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        table: UserTable,
+        ticks: faust.TopicT,
+        runtime: Runtime,
+        checkpoints: Checkpoints,
+        dead_letters: DeadLetterWriter,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.table = table
@@ -63,24 +71,48 @@ class EventAgent:
 
     async def run(self, stream: faust.StreamT) -> None:
         s = self.settings
-        async for batch in cast(Stream, stream).take_events(s.batch_max, within=s.batch_wait_s):  # faust's StreamT lacks take_events
+        # faust's StreamT lacks take_events
+        async for batch in cast(Stream, stream).take_events(s.batch_max, within=s.batch_wait_s):
             # Wait here, not before the loop: faust registers a stream with its consumer when it is first
             # iterated and expects agents to do that at start.
             await self.runtime.ready.wait()
             start, taken = time.perf_counter(), time.time()
             with fail_stop(batch):
-                admitted, missing = await self.checkpoints.admit([e for e in batch if e.message.topic != s.ticks_topic])
+                admitted, missing = await self.checkpoints.admit(
+                    [e for e in batch if e.message.topic != s.ticks_topic]
+                )
                 sent: list[Awaitable] = []
-                decoded = await self.dead_letters.set_aside_undecodable([e.message for e in admitted], sent)
+                decoded = await self.dead_letters.set_aside_undecodable(
+                    [e.message for e in admitted], sent
+                )
                 messages = [m for m in decoded if m.topic != s.erasures_topic]
                 self._count(messages, taken)
-                await contain("events", messages, partial(self.apply, sent=sent, taken=taken), self.dead_letters.into(sent))
+                await contain(
+                    "events",
+                    messages,
+                    partial(self.apply, sent=sent, taken=taken),
+                    self.dead_letters.into(sent),
+                )
                 erasures = [m for m in decoded if m.topic == s.erasures_topic]
-                await contain(s.erasures_topic, erasures, partial(self.erase, sent=sent), self.dead_letters.into(sent))
-                ticks = await self.dead_letters.set_aside_undecodable([e.message for e in batch if e.message.topic == s.ticks_topic], sent)
+                await contain(
+                    s.erasures_topic,
+                    erasures,
+                    partial(self.erase, sent=sent),
+                    self.dead_letters.into(sent),
+                )
+                ticks = await self.dead_letters.set_aside_undecodable(
+                    [e.message for e in batch if e.message.topic == s.ticks_topic], sent
+                )
                 for tick in ticks:
-                    await contain(s.ticks_topic, [tick], partial(self.decay_ticked, sent=sent), self.dead_letters.into(sent))
-                await self.checkpoints.event_acks.add([*sent, *self.table.changelog_sent()], self.checkpoints.position(batch))
+                    await contain(
+                        s.ticks_topic,
+                        [tick],
+                        partial(self.decay_ticked, sent=sent),
+                        self.dead_letters.into(sent),
+                    )
+                await self.checkpoints.event_acks.add(
+                    [*sent, *self.table.changelog_sent()], self.checkpoints.position(batch)
+                )
                 await self.checkpoints.re_read(missing)
             metrics.BATCH_SIZE.observe(len(batch))
             metrics.BATCH_DURATION.observe(time.perf_counter() - start)
@@ -105,7 +137,8 @@ class EventAgent:
         letters = [await self.dead_letters.send(r.message, r.rejection) for r in out.rejected]
         if letters and out.states:
             # A rejected event counts as applied in its user's state: its dead letter must be on the broker
-            # before that state is, or a crash in between would lose it (the restarted worker skips the event).
+            # before that state is, or a crash in between would lose it (the restarted worker skips
+            # the event).
             await asyncio.gather(*letters)
         self.table.set_many(out.states)
         sent += letters
@@ -118,17 +151,28 @@ class EventAgent:
         applied = metrics.STAGE.labels("applied")
         for key, value, msg in out.recommendations:
             # Straight to the producer: faust's Topic.send adds ~30 us of wrapping per message.
-            recommendations.append(await self.app.producer.send(self.settings.recommendations_topic, key, value, None, None, None))
+            recommendations.append(
+                await self.app.producer.send(
+                    self.settings.recommendations_topic, key, value, None, None, None
+                )
+            )
             metrics.LATENCY.observe(sent_at - msg.timestamp)
             applied.observe(sent_at - taken)
         if recommendations:
             acknowledged = asyncio.gather(*recommendations)
-            acknowledged.add_done_callback(lambda _: observe_many(metrics.STAGE.labels("acknowledged"), time.time() - sent_at, len(recommendations)))
+            acknowledged.add_done_callback(
+                lambda _: observe_many(
+                    metrics.STAGE.labels("acknowledged"),
+                    time.time() - sent_at,
+                    len(recommendations),
+                )
+            )
             sent.append(acknowledged)
         metrics.RECOMMENDATIONS.inc(len(out.recommendations))
 
     async def erase(self, messages: Sequence[Message], sent: list[Awaitable]) -> None:
-        """Replace each requested user's state by its erasure marker and publish a null recommendation for them."""
+        """Replace each requested user's state by its erasure marker and publish a null
+        recommendation for them."""
         if not messages:
             return
         out = erasure_step(messages, self.table.get_many, self.runtime.updater.new_state)
@@ -140,7 +184,11 @@ class EventAgent:
     async def _unpublish(self, users: dict[bytes, int], sent: list[Awaitable]) -> None:
         """A null (a tombstone: the recommendations topic is compacted) for each user, on their partition."""
         for key, partition in users.items():
-            sent.append(await self.app.producer.send(self.settings.recommendations_topic, key, None, partition, None, None))
+            sent.append(
+                await self.app.producer.send(
+                    self.settings.recommendations_topic, key, None, partition, None, None
+                )
+            )
 
     async def tick_all_partitions(self) -> None:
         """Leader timer: a tick to every partition; whoever owns one decays its users (``decay``)."""
@@ -161,29 +209,53 @@ class EventAgent:
         updater = self.runtime.updater
         scope = await self.runtime.in_model_thread(self.passes.scope, partition, updater.catalogue)
         start = time.perf_counter()
-        sources = [TP(topic, partition) for topic in (s.clicks_topic, s.purchases_topic, s.erasures_topic)]
+        sources = [
+            TP(topic, partition) for topic in (s.clicks_topic, s.purchases_topic, s.erasures_topic)
+        ]
         committed: dict[str, int | None] | None = None  # unknown: no marker is deleted this pass
         try:
-            committed = {f"{tp.topic}:{tp.partition}": offset for tp, offset in (await self.checkpoints.committed_offsets(sources)).items()}
-        except KafkaError as exc:  # deleting markers can wait for the next pass; decay and refresh need no broker
-            log.warning("partition %d: committed offsets unavailable (%r); erasure markers kept until the next pass", partition, exc)
+            committed = {
+                f"{tp.topic}:{tp.partition}": offset
+                for tp, offset in (await self.checkpoints.committed_offsets(sources)).items()
+            }
+        # deleting markers can wait for the next pass; decay and refresh need no broker
+        except KafkaError as exc:
+            log.warning(
+                "partition %d: committed offsets unavailable (%r); erasure markers kept until the next pass",
+                partition,
+                exc,
+            )
         rows = self.table.partition_items(partition)
         idle_before = time.time() - s.user_ttl_s if s.user_ttl_s > 0 else None
-        done = await self.runtime.in_model_thread(decay_step, rows, now, updater, scope, self.runtime.encoder.device, idle_before,
-                                                  committed)
+        done = await self.runtime.in_model_thread(
+            decay_step,
+            rows,
+            now,
+            updater,
+            scope,
+            self.runtime.encoder.device,
+            idle_before,
+            committed,
+        )
         if done.unreadable:
-            log.warning("partition %d: %d stored user states do not decode (e.g. %r); not decayed",
-                        partition, len(done.unreadable), done.unreadable[0][:64])
+            log.warning(
+                "partition %d: %d stored user states do not decode (e.g. %r); not decayed",
+                partition,
+                len(done.unreadable),
+                done.unreadable[0][:64],
+            )
             metrics.STATES_UNREADABLE.inc(len(done.unreadable))
         self.table.set_many({key: (partition, value) for key, value in done.rows.items()})
         self.table.delete_many(dict.fromkeys(done.forgotten, partition))
         await self._unpublish(dict.fromkeys(done.expired, partition), sent)
         metrics.USERS_ERASED.labels("expired").inc(len(done.expired))
         await self.runtime.in_model_thread(self.passes.done, partition, scope, updater.catalogue)
-        await self.runtime.in_model_thread(self.runtime.save_trending)  # a restart goes on from here (models.trending)
+        # a restart goes on from here (models.trending)
+        await self.runtime.in_model_thread(self.runtime.save_trending)
         count_refreshed(done.refreshed)
         metrics.DECAY_DURATION.observe(time.perf_counter() - start)
 
     async def forget_passes(self) -> None:
-        """After a rebalance: every partition's next pass checks all its users for a refresh (``streams.refresh``)."""
+        """After a rebalance: every partition's next pass checks all its users for a refresh
+        (``streams.refresh``)."""
         await self.runtime.in_model_thread(self.passes.forget)

@@ -41,7 +41,8 @@ from faust.types import TP
 from state.faults import InterestStreamError
 
 PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
-OFFSET_KEY: bytes = RocksDBStore.offset_key  # faust's record of a partition's changelog offset, in its RocksDB
+# faust's record of a partition's changelog offset, in its RocksDB
+OFFSET_KEY: bytes = RocksDBStore.offset_key
 
 
 class IncompatibleLibrary(InterestStreamError):
@@ -60,29 +61,54 @@ def check() -> None:
         (Consumer, "_filter_committable_offsets", ["self", "tps"]),
         (Consumer, "_should_commit", ["self", "tp", "offset"]),
         (Fetcher, "_proc_fetch_request", ["self", "assignment", "node_id", "request"]),
-        (PartitionRecords, "__init__", ["self", "tp", "records", "aborted_transactions", "fetch_offset", "key_deserializer",
-                                        "value_deserializer", "check_crcs", "isolation_level"]),
+        (
+            PartitionRecords,
+            "__init__",
+            [
+                "self",
+                "tp",
+                "records",
+                "aborted_transactions",
+                "fetch_offset",
+                "key_deserializer",
+                "value_deserializer",
+                "check_crcs",
+                "isolation_level",
+            ],
+        ),
     ]
     for owner, name, params in expectations:
         fn = getattr(owner, name, None)
         if fn is None or _parameters(fn) != params:
-            problems.append(f"{owner.__module__}.{owner.__name__}.{name}({', '.join(params[1:])}) is gone or changed")
-    uses = [(RocksDBStore, "__init__", "self._dbs = "), (Consumer, "_commit_tps", "self._filter_committable_offsets("),
-            (Fetcher, "_fetch_requests_routine", "self._proc_fetch_request("),
-            (PartitionRecords, "_unpack_records", "records.next_batch()"), (PartitionRecords, "_unpack_records", ".validate_crc()"),
-            (PartitionRecords, "_unpack_records", "for record in next_batch:")]
+            problems.append(
+                f"{owner.__module__}.{owner.__name__}.{name}({', '.join(params[1:])}) is gone or changed"
+            )
+    uses = [
+        (RocksDBStore, "__init__", "self._dbs = "),
+        (Consumer, "_commit_tps", "self._filter_committable_offsets("),
+        (Fetcher, "_fetch_requests_routine", "self._proc_fetch_request("),
+        (PartitionRecords, "_unpack_records", "records.next_batch()"),
+        (PartitionRecords, "_unpack_records", ".validate_crc()"),
+        (PartitionRecords, "_unpack_records", "for record in next_batch:"),
+    ]
     for owner, method, code in uses:
         if code not in inspect.getsource(getattr(owner, method)):
             problems.append(f"{owner.__name__}.{method} no longer does {code!r}")
-    if AIOKafkaDriverConsumer._filter_committable_offsets is not Consumer._filter_committable_offsets:
+    if (
+        AIOKafkaDriverConsumer._filter_committable_offsets
+        is not Consumer._filter_committable_offsets
+    ):
         problems.append("faust's aiokafka Consumer overrides _filter_committable_offsets")
     if not isinstance(OFFSET_KEY, bytes):
         problems.append("faust's RocksDB store has no offset_key")
     if problems:
         installed = f"faust-streaming {faust.__version__}, aiokafka {aiokafka.__version__}"
         pinned = ", ".join(f"{name} {version}" for name, version in PINNED.items())
-        raise IncompatibleLibrary(f"{installed} (this worker is written against {pinned}): " + "; ".join(problems)
-                                  + ". Install the pinned versions (pip install -e .).")
+        raise IncompatibleLibrary(
+            f"{installed} (this worker is written against {pinned}): "
+            + "; ".join(problems)
+            + ". Install the pinned versions (pip install -e .)."
+        )
 
 
 # -- the user table's RocksDB ----------------------------------------------------------------------------
@@ -116,7 +142,8 @@ def changelog_topic(app_id: str, table: str = "user-state") -> str:
 
 # -- commits capped at durable offsets -------------------------------------------------------------------
 
-_CAPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # faust app -> (topics, durable offset of a TP)
+# faust app -> (topics, durable offset of a TP)
+_CAPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def cap_commits(app: faust.App, topics: Iterable[str], durable: Callable[[TP], int | None]) -> None:
@@ -178,15 +205,19 @@ def back_off_empty_fetches(delay_s: float) -> None:
 
 # -- record batches that cannot be decoded ---------------------------------------------------------------
 
-UNDECODABLE_HEADER = "interest-stream-undecodable"  # on a stand-in record: why its batch could not be decoded
-_REPORT: list[Callable[[object, int, int, BaseException], None]] = []  # stand_in_for_undecodable_batches' report
+# on a stand-in record: why its batch could not be decoded
+UNDECODABLE_HEADER = "interest-stream-undecodable"
+# stand_in_for_undecodable_batches' report
+_REPORT: list[Callable[[object, int, int, BaseException], None]] = []
 
 
 def undecodable(headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None) -> str | None:
     """Why the batch of a stand-in record could not be decoded (from its headers: aiokafka's pairs or
     faust's); None for a real record."""
     pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
-    return next((value.decode(errors="replace") for key, value in pairs if key == UNDECODABLE_HEADER), None)
+    return next(
+        (value.decode(errors="replace") for key, value in pairs if key == UNDECODABLE_HEADER), None
+    )
 
 
 class _StandIn:
@@ -205,7 +236,9 @@ class _StandIn:
 class _GuardedBatch:
     """A fetched record batch whose records, if they cannot be decoded, are stand-ins at the same offsets."""
 
-    def __init__(self, batch, tp, report: Callable[[object, int, int, BaseException], None]) -> None:
+    def __init__(
+        self, batch, tp, report: Callable[[object, int, int, BaseException], None]
+    ) -> None:
         self._batch, self._tp, self._report = batch, tp, report
         self._corrupt = False
 
@@ -224,19 +257,32 @@ class _GuardedBatch:
         try:
             if self._corrupt:
                 raise CorruptRecordException(f"invalid CRC of the batch at offset {first}")
-            records = list(self._batch)  # decompresses: a codec missing or bad compressed bytes raise here
+            # decompresses: a codec missing or bad compressed bytes raise here
+            records = list(self._batch)
         except Exception as exc:  # noqa: BLE001 - any way the batch fails to decode stays with it
             self._report(self._tp, first, end, exc)
-            said = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"  # aiokafka's name themselves
+            # aiokafka's name themselves
+            said = (
+                str(exc)
+                if str(exc).startswith(type(exc).__name__)
+                else f"{type(exc).__name__}: {exc}"
+            )
             why = f"{said}; batch offsets {first}-{end - 1}".encode()[:500]
-            return iter([_StandIn(offset, self._batch.first_timestamp or 0, why) for offset in range(first, end)])
+            return iter(
+                [
+                    _StandIn(offset, self._batch.first_timestamp or 0, why)
+                    for offset in range(first, end)
+                ]
+            )
         return iter(records)
 
 
 class _GuardedRecords:
     """A fetch response's record batches (aiokafka's ``MemoryRecords``), each guarded."""
 
-    def __init__(self, records, tp, report: Callable[[object, int, int, BaseException], None]) -> None:
+    def __init__(
+        self, records, tp, report: Callable[[object, int, int, BaseException], None]
+    ) -> None:
         self._records, self._tp, self._report = records, tp, report
 
     def __getattr__(self, name: str):
@@ -250,7 +296,9 @@ class _GuardedRecords:
         return None if batch is None else _GuardedBatch(batch, self._tp, self._report)
 
 
-def stand_in_for_undecodable_batches(report: Callable[[object, int, int, BaseException], None]) -> None:
+def stand_in_for_undecodable_batches(
+    report: Callable[[object, int, int, BaseException], None],
+) -> None:
     """Make every aiokafka consumer of this process deliver, for a record batch it cannot decode, one
     stand-in record per offset of the batch (no key, no value, ``UNDECODABLE_HEADER`` naming why), and go
     on with the next batch; ``report(tp, first offset, next offset, exception)`` is called once per
@@ -264,7 +312,13 @@ def stand_in_for_undecodable_batches(report: Callable[[object, int, int, BaseExc
 
     @functools.wraps(init)
     def guarded_init(self, tp, records, *args, **kwargs) -> None:
-        init(self, tp, _GuardedRecords(records, tp, lambda *failed: _REPORT[0](*failed)), *args, **kwargs)
+        init(
+            self,
+            tp,
+            _GuardedRecords(records, tp, lambda *failed: _REPORT[0](*failed)),
+            *args,
+            **kwargs,
+        )
 
     guarded_init.guarded = True  # type: ignore[attr-defined]
     PartitionRecords.__init__ = guarded_init  # type: ignore[method-assign]

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 
 def crashed_by_infrastructure(reason: BaseException | None) -> bool:
-    return reason is not None and (isinstance(reason, ConsistencyError) or is_infrastructure(reason))
+    return reason is not None and (
+        isinstance(reason, ConsistencyError) or is_infrastructure(reason)
+    )
 
 
 class Worker(faust.Worker):
@@ -50,7 +52,11 @@ class Worker(faust.Worker):
             super().execute_from_commandline()
         except SystemExit as exit:
             if exit.code not in (0, None) and crashed_by_infrastructure(self.crash_reason):
-                log.critical("stopped by the infrastructure (%r); exiting with status %d", self.crash_reason, INFRASTRUCTURE_EXIT)
+                log.critical(
+                    "stopped by the infrastructure (%r); exiting with status %d",
+                    self.crash_reason,
+                    INFRASTRUCTURE_EXIT,
+                )
                 raise SystemExit(INFRASTRUCTURE_EXIT) from None
             raise
 
@@ -62,7 +68,10 @@ class Worker(faust.Worker):
         await super().on_stop()
 
     def _give_up(self) -> None:
-        log.critical("the worker did not stop within %.0f s (is the broker reachable?); exiting with status %d",
-                     self.stop_timeout_s, INFRASTRUCTURE_EXIT)
+        log.critical(
+            "the worker did not stop within %.0f s (is the broker reachable?); exiting with status %d",
+            self.stop_timeout_s,
+            INFRASTRUCTURE_EXIT,
+        )
         logging.shutdown()
         os._exit(INFRASTRUCTURE_EXIT)

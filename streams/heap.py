@@ -3,7 +3,7 @@
 Every micro-batch allocates many short-lived objects (events, states, recommendations), so CPython's
 collector runs often, and each full collection walks the whole heap, where torch, transformers and faust
 leave ~390,000 long-lived objects (counted once the app is imported). A young generation of 10,000
-allocations instead of 700 makes every collection rarer (README, Performance). Not ``gc.freeze()``: it
+allocations instead of 700 makes every collection rarer (docs/performance.md). Not ``gc.freeze()``: it
 was as fast, but the worker then hung for 30 s on SIGTERM after faust's consumer thread had stopped.
 """
 

@@ -35,7 +35,8 @@ class Message(Protocol):
     timestamp: float  # when it was produced, unix seconds
 
     @property
-    def headers(self) -> Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None: ...  # faust's HeadersArg
+    # faust's HeadersArg
+    def headers(self) -> Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None: ...
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,10 @@ class Admitted:
 
     delivered: list[Delivered] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
-    message_of: dict[tuple[str, int], Message] = field(default_factory=dict)  # (source, offset) -> its message
-    origin: dict[str, Message] = field(default_factory=dict)  # user -> their last message: its partition is theirs
+    # (source, offset) -> its message
+    message_of: dict[tuple[str, int], Message] = field(default_factory=dict)
+    # user -> their last message: its partition is theirs
+    origin: dict[str, Message] = field(default_factory=dict)
 
     @property
     def users(self) -> dict[bytes, int]:
@@ -61,32 +64,48 @@ class Admitted:
 
 @dataclass
 class EventsOutput:
-    states: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # user key -> (partition, encoded state)
-    recommendations: list[tuple[bytes, bytes, Message]] = field(default_factory=list)  # key, value, the event's message
+    # user key -> (partition, encoded state)
+    states: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    # key, value, the event's message
+    recommendations: list[tuple[bytes, bytes, Message]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     redelivered: int = 0  # already applied before a crash or rebalance: skipped
-    refreshed: Counter[str] = field(default_factory=Counter)  # long-term vectors recomputed, by cause
-    watermarks: dict[int, float] = field(default_factory=dict)  # partition -> newest event time applied
+    # long-term vectors recomputed, by cause
+    refreshed: Counter[str] = field(default_factory=Counter)
+    # partition -> newest event time applied
+    watermarks: dict[int, float] = field(default_factory=dict)
 
 
 def fits(record: bytes, max_bytes: int) -> bytes:
     """``record`` if a broker that takes ``max_bytes`` per record takes it, else ``OutputTooLarge``."""
     if len(record) + RECORD_OVERHEAD > max_bytes:
-        raise OutputTooLarge(f"an output of {len(record):,} bytes exceeds the {max_bytes:,}-byte record limit")
+        raise OutputTooLarge(
+            f"an output of {len(record):,} bytes exceeds the {max_bytes:,}-byte record limit"
+        )
     return record
 
 
 class EventStep:
     """Events -> user states and recommendations (``InterestUpdater``), from raw message bytes."""
 
-    def __init__(self, updater: InterestUpdater, event_types: dict[str, EventType], limits: EventLimits, max_record_bytes: int) -> None:
+    def __init__(
+        self,
+        updater: InterestUpdater,
+        event_types: dict[str, EventType],
+        limits: EventLimits,
+        max_record_bytes: int,
+    ) -> None:
         self.updater = updater
         self.event_types = event_types  # topic -> the event type it carries
         self.limits = limits
         self.max_record_bytes = max_record_bytes
 
-    def __call__(self, messages: Sequence[Message], read: Callable[[dict[bytes, int]], dict[bytes, bytes | None]],
-                 now: float) -> EventsOutput:
+    def __call__(
+        self,
+        messages: Sequence[Message],
+        read: Callable[[dict[bytes, int]], dict[bytes, bytes | None]],
+        now: float,
+    ) -> EventsOutput:
         """The whole step: ``read`` gives the stored state of each user key (key -> its partition)."""
         admitted = self.admit(messages, now)
         return self.apply(admitted, read(admitted.users))
@@ -99,7 +118,14 @@ class EventStep:
             if isinstance(event, Rejection):
                 admitted.rejected.append(Rejected(msg, event))
             elif msg.key != event.user_id.encode():
-                admitted.rejected.append(Rejected(msg, Rejection("bad_key", "message key must be the user id (it picks the partition)")))
+                admitted.rejected.append(
+                    Rejected(
+                        msg,
+                        Rejection(
+                            "bad_key", "message key must be the user id (it picks the partition)"
+                        ),
+                    )
+                )
             else:
                 d = Delivered(event, f"{msg.topic}:{msg.partition}", msg.offset)
                 admitted.delivered.append(d)
@@ -112,14 +138,28 @@ class EventStep:
         if not admitted.delivered:
             return out
         origin = admitted.origin
-        states = {user: None if (raw := stored[user.encode()]) is None else decode(raw) for user in origin}
+        states = {
+            user: None if (raw := stored[user.encode()]) is None else decode(raw) for user in origin
+        }
         result = self.updater.apply(admitted.delivered, states)
         out.redelivered, out.refreshed = result.redelivered, result.refreshed
-        out.rejected += [Rejected(admitted.message_of[(d.source, d.offset)], rejection) for d, rejection in result.rejected]
+        out.rejected += [
+            Rejected(admitted.message_of[(d.source, d.offset)], rejection)
+            for d, rejection in result.rejected
+        ]
         for user, state in result.states.items():
-            out.states[user.encode()] = (origin[user].partition, fits(encode(state), self.max_record_bytes))
+            out.states[user.encode()] = (
+                origin[user].partition,
+                fits(encode(state), self.max_record_bytes),
+            )
         for rec in result.recommendations:
-            out.recommendations.append((rec.user_id.encode(), fits(rec.to_json(), self.max_record_bytes), origin[rec.user_id]))
+            out.recommendations.append(
+                (
+                    rec.user_id.encode(),
+                    fits(rec.to_json(), self.max_record_bytes),
+                    origin[rec.user_id],
+                )
+            )
         for d in admitted.delivered:
             p = origin[d.event.user_id].partition
             out.watermarks[p] = max(out.watermarks.get(p, 0.0), d.event.ts)
@@ -128,20 +168,26 @@ class EventStep:
 
 @dataclass
 class ItemsOutput:
-    vectors: list[tuple[bytes, bytes]] = field(default_factory=list)  # item key -> encoded ItemVector
+    # item key -> encoded ItemVector
+    vectors: list[tuple[bytes, bytes]] = field(default_factory=list)
     retired: list[bytes] = field(default_factory=list)  # item keys to tombstone on item-vectors
     rejected: list[Rejected] = field(default_factory=list)
     embedded: int = 0  # texts the encoder embedded
-    hashes: dict[str, bytes] = field(default_factory=dict)  # item id -> text hash of each vector in ``vectors``
+    # item id -> text hash of each vector in ``vectors``
+    hashes: dict[str, bytes] = field(default_factory=dict)
 
 
-def item_step(messages: Sequence[Message], known_hash: Callable[[str], bytes | None],
-              encode_texts: Callable[[list[str]], np.ndarray]) -> ItemsOutput:
+def item_step(
+    messages: Sequence[Message],
+    known_hash: Callable[[str], bytes | None],
+    encode_texts: Callable[[list[str]], np.ndarray],
+) -> ItemsOutput:
     """Catalogue messages -> item vectors to publish. Each item ends as its last record says: a null value
     retires the item of its key (Kafka's delete on a compacted topic), an item record (re)adds it; an item
     whose text is what ``known_hash`` says item-vectors holds is not embedded again."""
     out = ItemsOutput()
-    last: dict[str, CatalogueItem | None] = {}  # item id -> its last valid record in ``messages`` (None: deleted)
+    # item id -> its last valid record in ``messages`` (None: deleted)
+    last: dict[str, CatalogueItem | None] = {}
     for msg in messages:
         if msg.value is None:
             item_id = _key_id(msg.key, "the key of a deleted item")
@@ -154,15 +200,29 @@ def item_step(messages: Sequence[Message], known_hash: Callable[[str], bytes | N
         if isinstance(item, Rejection):
             out.rejected.append(Rejected(msg, item))
         elif msg.key != item.item_id.encode():
-            out.rejected.append(Rejected(msg, Rejection("bad_key", "message key must be the item id (compaction keeps the last value per key)")))
+            out.rejected.append(
+                Rejected(
+                    msg,
+                    Rejection(
+                        "bad_key",
+                        "message key must be the item id (compaction keeps the last value per key)",
+                    ),
+                )
+            )
         else:
             last[item.item_id] = item
     out.retired = [item_id.encode() for item_id, item in last.items() if item is None]
-    changed = [item for item in last.values() if item is not None and known_hash(item.item_id) != text_hash(item.text)]
+    changed = [
+        item
+        for item in last.values()
+        if item is not None and known_hash(item.item_id) != text_hash(item.text)
+    ]
     if changed:
         vectors = encode_texts([item.text for item in changed])
-        out.vectors = [(item.item_id.encode(), ItemVector(item.item_id, text_hash(item.text), vec).encode())
-                       for item, vec in zip(changed, vectors)]
+        out.vectors = [
+            (item.item_id.encode(), ItemVector(item.item_id, text_hash(item.text), vec).encode())
+            for item, vec in zip(changed, vectors)
+        ]
         out.hashes = {item.item_id: text_hash(item.text) for item in changed}
         out.embedded = len(changed)
     return out
@@ -199,13 +259,18 @@ def _key_id(key: bytes | None, name: str) -> str | Rejection:
 
 @dataclass
 class ErasuresOutput:
-    states: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # user key -> (partition, erasure marker)
-    erased: dict[bytes, int] = field(default_factory=dict)  # user key -> partition: a null on the recommendations topic each
+    # user key -> (partition, erasure marker)
+    states: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    # user key -> partition: a null on the recommendations topic each
+    erased: dict[bytes, int] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
 
 
-def erasure_step(messages: Sequence[Message], read: Callable[[dict[bytes, int]], dict[bytes, bytes | None]],
-                 new_state: Callable[[], UserState]) -> ErasuresOutput:
+def erasure_step(
+    messages: Sequence[Message],
+    read: Callable[[dict[bytes, int]], dict[bytes, bytes | None]],
+    new_state: Callable[[], UserState],
+) -> ErasuresOutput:
     """Erasure requests (the user id is the key; the value is not read) -> the users' erasure markers
     (``streams.erasure``). A request already applied to the user's state (read again after a crash) is
     skipped: it must not erase what came after it. A stored state that does not decode is erased too."""

@@ -14,7 +14,8 @@ class RepeatFilter(logging.Filter):
     def __init__(self, interval_s: float = 10.0) -> None:
         super().__init__()
         self.interval_s = interval_s
-        self._last: dict[tuple[str, object], tuple[float, int]] = {}  # key -> (last shown, held back since)
+        # key -> (last shown, held back since)
+        self._last: dict[tuple[str, object], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.CRITICAL:

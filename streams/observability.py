@@ -1,5 +1,6 @@
 """What the worker reports beside its counters (``streams.metrics``): consumer lag per partition, in
-messages and in seconds, and the users its active table partitions hold. faust's own sensor has no lag metric."""
+messages and in seconds, and the users its active table partitions hold. faust's own sensor has no
+lag metric."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class LagReporter:
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
         positions = self.runtime.positions
         for topic, partition in list(positions):
-            if (topic, partition) not in assigned:  # moved to another worker: it reports that lag now
+            # moved to another worker: it reports that lag now
+            if (topic, partition) not in assigned:
                 del positions[(topic, partition)]
                 for gauge in (metrics.CONSUMER_LAG, metrics.CONSUMER_LAG_SECONDS):
                     with suppress(KeyError):  # never reported if no highwater was known yet
@@ -39,7 +41,12 @@ class LagReporter:
             offset, timestamp = seen
             behind = max(highwater - offset - 1, 0)
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(behind)
-            metrics.CONSUMER_LAG_SECONDS.labels(tp.topic, str(tp.partition)).set(now - timestamp if behind else 0.0)
-        # The table's active partitions are those of the event topics (co-partitioned); standbys are not counted.
-        active = {tp.partition for tp in consumer.assignment() if tp.topic in self.runtime.event_types}
+            metrics.CONSUMER_LAG_SECONDS.labels(tp.topic, str(tp.partition)).set(
+                now - timestamp if behind else 0.0
+            )
+        # The table's active partitions are those of the event topics (co-partitioned); standbys are
+        # not counted.
+        active = {
+            tp.partition for tp in consumer.assignment() if tp.topic in self.runtime.event_types
+        }
         metrics.TABLE_USERS.set(self.table.users(active))

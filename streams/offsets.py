@@ -45,9 +45,11 @@ class PartitionProgress:
     def __init__(self, topics: Iterable[str]) -> None:
         self.topics = frozenset(topics)
         self.next_offset: dict[TP, int] = {}  # decided so far (this batch included)
-        self.durable: dict[TP, int] = {}  # next offset after everything whose effects are on the broker
+        # next offset after everything whose effects are on the broker
+        self.durable: dict[TP, int] = {}
         self.gaps: dict[TP, Gap] = {}
-        self._behind_at: dict[TP, int] = {}  # for stalled(): where each partition behind its end was
+        # for stalled(): where each partition behind its end was
+        self._behind_at: dict[TP, int] = {}
 
     def knows(self, tp: TP) -> bool:
         return tp in self.next_offset
@@ -93,7 +95,11 @@ class PartitionProgress:
     def stalled(self, highwaters: dict[TP, int]) -> dict[TP, int]:
         """Partitions behind their high watermark with no event admitted since the previous call (faust
         dropped what it fetched, and nothing later arrives to reveal the gap), with their next offset."""
-        behind = {tp: self.next_offset[tp] for tp, end in highwaters.items() if tp in self.next_offset and end > self.next_offset[tp]}
+        behind = {
+            tp: self.next_offset[tp]
+            for tp, end in highwaters.items()
+            if tp in self.next_offset and end > self.next_offset[tp]
+        }
         stuck = {tp: offset for tp, offset in behind.items() if self._behind_at.get(tp) == offset}
         self._behind_at = behind
         return stuck

@@ -15,11 +15,14 @@ from streams.decay import RefreshScope
 
 class RefreshPasses:
     def __init__(self) -> None:
-        self._seen: dict[int, int] = {}  # partition -> catalogue version its last completed pass started at
+        # partition -> catalogue version its last completed pass started at
+        self._seen: dict[int, int] = {}
 
     def scope(self, partition: int, catalogue: Catalogue) -> RefreshScope:
         seen = self._seen.get(partition)
-        return RefreshScope(catalogue.version, None if seen is None else catalogue.changed_items_since(seen))
+        return RefreshScope(
+            catalogue.version, None if seen is None else catalogue.changed_items_since(seen)
+        )
 
     def done(self, partition: int, scope: RefreshScope, catalogue: Catalogue) -> None:
         """``partition``'s pass over ``scope`` completed: its next one looks at what changed after it

@@ -20,7 +20,8 @@ from models.records import CatalogueItem, Event, EventType, Rejection
 
 MAX_ID_LEN = 128  # characters of an event, user or item id
 MAX_TEXT_LEN = 4096  # characters kept of an item's text (the encoder reads its first 64 tokens)
-# 1990-01-01T00:00:00Z. Earlier is a unit mistake (days, not seconds), not an event (MovieLens-100K is 1997-98).
+# 1990-01-01T00:00:00Z. Earlier is a unit mistake (days, not seconds), not an event (MovieLens-100K
+# is 1997-98).
 MIN_EVENT_TIME = 631_152_000.0
 
 
@@ -74,7 +75,9 @@ def check_id(value: str, name: str) -> str | Rejection:
     if not value or len(value) > MAX_ID_LEN:
         return Rejection("bad_value", f"{name} must have 1..{MAX_ID_LEN} characters")
     if not value.isprintable():
-        return Rejection("bad_value", f"{name} must be printable text (no control characters or lone surrogates)")
+        return Rejection(
+            "bad_value", f"{name} must be printable text (no control characters or lone surrogates)"
+        )
     return value
 
 
@@ -90,15 +93,19 @@ def _number(obj: dict, name: str) -> float | None | Rejection:
     return value
 
 
-def parse_event(raw: bytes | None, event_type: EventType, now: float, limits: EventLimits) -> Union[Event, Rejection]:
+def parse_event(
+    raw: bytes | None, event_type: EventType, now: float, limits: EventLimits
+) -> Union[Event, Rejection]:
     """Validate one event from the ``event_type`` topic; ``now`` is the wall clock for the future check."""
     obj = _load_object(raw)
     if isinstance(obj, Rejection):
         return obj
-    ids = {name: _identifier(obj, name) for name in ("event_id", "user_id", "item_id")}
-    for value in ids.values():
+    found = {name: _identifier(obj, name) for name in ("event_id", "user_id", "item_id")}
+    ids: dict[str, str] = {}
+    for name, value in found.items():
         if isinstance(value, Rejection):
             return value
+        ids[name] = value
     declared = obj.get("type", event_type)
     if declared != event_type:
         return Rejection("bad_value", f"type {str(declared)[:40]!r} on the {event_type} topic")
@@ -112,7 +119,11 @@ def parse_event(raw: bytes | None, event_type: EventType, now: float, limits: Ev
     if ts > now + limits.max_future_s:
         return Rejection("future_timestamp", f"ts {ts} is {ts - now:.0f}s ahead of the clock")
     quantity = obj.get("quantity", 1)
-    if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= limits.max_quantity:
+    if (
+        isinstance(quantity, bool)
+        or not isinstance(quantity, int)
+        or not 1 <= quantity <= limits.max_quantity
+    ):
         return Rejection("bad_value", f"quantity must be an integer in 1..{limits.max_quantity}")
     price = _number(obj, "price")
     if isinstance(price, Rejection):
@@ -120,8 +131,13 @@ def parse_event(raw: bytes | None, event_type: EventType, now: float, limits: Ev
     if price is not None and not 0 <= price <= limits.max_price:
         return Rejection("bad_value", f"price must be in 0..{limits.max_price:g}")
     return Event(
-        event_id=ids["event_id"], user_id=ids["user_id"], item_id=ids["item_id"],  # type: ignore[arg-type]
-        type=event_type, ts=ts, quantity=quantity, price=price,
+        event_id=ids["event_id"],
+        user_id=ids["user_id"],
+        item_id=ids["item_id"],
+        type=event_type,
+        ts=ts,
+        quantity=quantity,
+        price=price,
     )
 
 

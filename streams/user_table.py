@@ -35,7 +35,8 @@ class UserTable(faust.Table):
         # Users per partition: counted by a scan the first time after a recovery (which writes the
         # partition behind our back), then kept by ``set_many``; RocksDB's own estimate counts overwrites.
         self._users: dict[int, int] = {}
-        self._absent: set[bytes] = set()  # keys the last ``get_many`` did not find: new users if set
+        # keys the last ``get_many`` did not find: new users if set
+        self._absent: set[bytes] = set()
         self.on_recover(self._recount)
 
     async def _recount(self) -> None:
@@ -63,7 +64,8 @@ class UserTable(faust.Table):
         self._write({key: (partition, None) for key, partition in keys.items()})
 
     def _write(self, values: Mapping[bytes, tuple[int, bytes | None]]) -> None:
-        """One WriteBatch per partition (None: delete the key), then the changelog records, and the users counted."""
+        """One WriteBatch per partition (None: delete the key), then the changelog records, and the
+        users counted."""
         batches: dict[int, WriteBatch] = defaultdict(lambda: WriteBatch(raw_mode=True))
         for key, (partition, value) in values.items():
             if value is None:
@@ -92,11 +94,14 @@ class UserTable(faust.Table):
         with store_errors("user table"):
             for partition in partitions:
                 if partition in dbs and partition not in self._users:
-                    self._users[partition] = sum(1 for key in dbs[partition].keys() if key != OFFSET_KEY)
+                    self._users[partition] = sum(
+                        1 for key in dbs[partition].keys() if key != OFFSET_KEY
+                    )
         return sum(self._users.get(partition, 0) for partition in partitions if partition in dbs)
 
     def close_partitions(self) -> None:
-        """Close every partition's RocksDB still open (faust's store drops them at its stop without closing them)."""
+        """Close every partition's RocksDB still open (faust's store drops them at its stop without
+        closing them)."""
         dbs = partition_dbs(self)
         while dbs:
             dbs.popitem()[1].close()
@@ -108,6 +113,7 @@ class UserTable(faust.Table):
 
 
 # -- on disk, read-only ------------------------------------------------------------------------------------
+
 
 @contextmanager
 def _read_only(path: Path) -> Iterator[Rdict]:
@@ -144,4 +150,8 @@ def iter_raw(path: Path) -> Iterator[tuple[bytes, bytes]]:
 
 
 def load_user_states(data_dir: Path) -> dict[str, UserState]:
-    return {key.decode(): decode(value) for path in table_files(data_dir) for key, value in iter_raw(path)}
+    return {
+        key.decode(): decode(value)
+        for path in table_files(data_dir)
+        for key, value in iter_raw(path)
+    }

@@ -26,10 +26,13 @@ def run_worker(settings: Settings) -> None:
     directory: checked before joining the consumer group, where it would take partitions."""
     # faust's format until faust sets up logging itself (it replaces the root handlers then).
     level = logging.getLevelName(settings.log_level.upper())
-    logging.basicConfig(level=level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    logging.basicConfig(
+        level=level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+    )
     # kafka-python's debug log holds its whole configuration and the SASL exchange: the password in clear.
     logging.getLogger("kafka").setLevel(max(level, logging.INFO))
-    faulthandler.enable()  # a crash in native code (torch, RocksDB) logs every thread's Python stack, not a bare status
+    # a crash in native code (torch, RocksDB) logs every thread's Python stack, not a bare status
+    faulthandler.enable()
     held = lock(settings.data_dir)  # noqa: F841 - held open for the life of the process
     # faust binds its web port only once the app runs, and fails there with a traceback naming no setting.
     require_free_port(settings.web_port, "INTEREST_WEB_PORT")
@@ -39,9 +42,12 @@ def run_worker(settings: Settings) -> None:
         try:
             start_http_server(settings.metrics_port)
         except OSError as exc:
-            raise InterestStreamError(f"INTEREST_METRICS_PORT={settings.metrics_port}: {exc.strerror} (another worker here? "
-                                      "give each its own port, or 0 for none)") from None
-    check_partitions(settings)  # before creating any topic or joining the group: a wrong count would misroute every user
+            raise InterestStreamError(
+                f"INTEREST_METRICS_PORT={settings.metrics_port}: {exc.strerror} (another worker here? "
+                "give each its own port, or 0 for none)"
+            ) from None
+    # before creating any topic or joining the group: a wrong count would misroute every user
+    check_partitions(settings)
     ensure_topics(settings)
     check_record_limit(settings)
     set_aside_damaged_stores(settings)
@@ -50,7 +56,9 @@ def run_worker(settings: Settings) -> None:
 
     worker = build_app(settings)
     try:
-        Worker(worker.app, settings.stop_timeout_s, loglevel=settings.log_level).execute_from_commandline()
+        Worker(
+            worker.app, settings.stop_timeout_s, loglevel=settings.log_level
+        ).execute_from_commandline()
     finally:  # it always ends in SystemExit, with the exit status
         worker.close()
 
@@ -58,11 +66,14 @@ def run_worker(settings: Settings) -> None:
 def require_free_port(port: int, variable: str) -> None:
     """Raise ``InterestStreamError`` naming ``variable`` if something listens on ``port`` already."""
     with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a port in TIME_WAIT is free
+        # as the server will: a port in TIME_WAIT is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("0.0.0.0", port))
         except OSError as exc:
-            raise InterestStreamError(f"{variable}={port}: {exc.strerror} (another worker here? give each its own port)") from None
+            raise InterestStreamError(
+                f"{variable}={port}: {exc.strerror} (another worker here? give each its own port)"
+            ) from None
 
 
 def set_aside_damaged_stores(settings: Settings) -> None:
@@ -81,7 +92,13 @@ def set_aside_damaged_stores(settings: Settings) -> None:
             why = ahead_of_changelog(path, ends)
         if why is not None:
             moved = set_aside(path, data_dir)
-            log.error("local %s store %s cannot be used (%s): moved to %s, rebuilt from the broker", store, path, why, moved)
+            log.error(
+                "local %s store %s cannot be used (%s): moved to %s, rebuilt from the broker",
+                store,
+                path,
+                why,
+                moved,
+            )
             metrics.STORE_REBUILDS.labels(store).inc()
 
 
@@ -89,7 +106,10 @@ def ahead_of_changelog(path: Path, ends: dict[int, int]) -> str | None:
     end = ends.get(table_partition(path))
     applied = changelog_offset(path)
     if end is not None and applied >= end:
-        return f"it has applied its changelog up to offset {applied}, but the changelog ends before offset {end}"
+        return (
+            f"it has applied its changelog up to offset {applied}, "
+            f"but the changelog ends before offset {end}"
+        )
     return None
 
 
@@ -98,7 +118,8 @@ def changelog_ends(settings: Settings) -> dict[int, int]:
     consumer = KafkaConsumer(**client_options(settings), group_id=None)
     try:
         topic = changelog_topic(settings.app_id)
-        if topic not in consumer.topics():  # asking for its partitions could create it, with the wrong count
+        # asking for its partitions could create it, with the wrong count
+        if topic not in consumer.topics():
             return {}
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         return {tp.partition: end for tp, end in consumer.end_offsets(tps).items()}

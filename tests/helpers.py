@@ -25,29 +25,49 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
         text = r.read().decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
     }
 
 
 def metric_sum(samples: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, lab), v in samples.items() if n == name and all((k, v2) in lab for k, v2 in labels.items()))
+    return sum(
+        v
+        for (n, lab), v in samples.items()
+        if n == name and all((k, v2) in lab for k, v2 in labels.items())
+    )
 
 
-def wait_until(predicate, timeout_s: float = 120.0, what: str = "condition", interval: float = 0.25, explain=None):
-    """Poll ``predicate`` until truthy; on timeout, ``explain()`` (e.g. a worker's state) goes in the error."""
+def wait_until(
+    predicate,
+    timeout_s: float = 120.0,
+    what: str = "condition",
+    interval: float = 0.25,
+    explain=None,
+):
+    """Poll ``predicate`` until truthy; on timeout, ``explain()`` (e.g. a worker's state) goes in
+    the error."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}" + (f"\n{explain()}" if explain else ""))
+    raise AssertionError(
+        f"timed out after {timeout_s:.0f}s waiting for {what}"
+        + (f"\n{explain()}" if explain else "")
+    )
 
 
 def consume_all(settings: Settings, topic: str, idle_s: float = 3.0) -> list:
     """Every message on ``topic`` from the beginning until none arrives for ``idle_s``."""
-    consumer = KafkaConsumer(topic, **client_options(settings), group_id=None,
-                             auto_offset_reset="earliest", consumer_timeout_ms=int(idle_s * 1000))
+    consumer = KafkaConsumer(
+        topic,
+        **client_options(settings),
+        group_id=None,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=int(idle_s * 1000),
+    )
     try:
         return list(consumer)
     finally:
@@ -84,10 +104,19 @@ def variant(settings: Settings, tag: str, data_dir) -> Settings:
     from cli.local_broker import free_port
 
     topics = {f: f"{getattr(settings, f)}-{tag}" for f in topic_settings()}
-    return replace(settings, app_id=f"{settings.app_id}-{tag}", data_dir=data_dir, web_port=free_port(), metrics_port=free_port(), **topics)
+    return replace(
+        settings,
+        app_id=f"{settings.app_id}-{tag}",
+        data_dir=data_dir,
+        web_port=free_port(),
+        metrics_port=free_port(),
+        **topics,
+    )
 
 
-def group_progress(settings: Settings, topics: list[str]) -> dict[tuple[str, int], tuple[int | None, int]]:
+def group_progress(
+    settings: Settings, topics: list[str]
+) -> dict[tuple[str, int], tuple[int | None, int]]:
     """(topic, partition) -> (the worker group's committed offset or None, end offset)."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
@@ -97,7 +126,10 @@ def group_progress(settings: Settings, topics: list[str]) -> dict[tuple[str, int
         committed = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
         tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
         ends = consumer.end_offsets(tps)
-        return {(tp.topic, tp.partition): (committed[tp].offset if tp in committed else None, ends[tp]) for tp in tps}
+        return {
+            (tp.topic, tp.partition): (committed[tp].offset if tp in committed else None, ends[tp])
+            for tp in tps
+        }
     finally:
         admin.close()
         consumer.close()
@@ -105,23 +137,37 @@ def group_progress(settings: Settings, topics: list[str]) -> dict[tuple[str, int
 
 def group_caught_up(settings: Settings, topics: list[str]) -> bool:
     """True when the worker group's committed offsets reach the end of every partition of ``topics``."""
-    return all(end == 0 or (done is not None and done >= end) for done, end in group_progress(settings, topics).values())
+    return all(
+        end == 0 or (done is not None and done >= end)
+        for done, end in group_progress(settings, topics).values()
+    )
 
 
 def stuck_report(settings: Settings, topics: list[str], worker) -> str:
     """What a test prints when a worker does not catch up: offsets, its counters, its log."""
     try:
         samples = scrape(settings.metrics_port)
-        counters = {n: metric_sum(samples, n) for n in (
-            "interest_events_consumed_total", "interest_batch_size_count", "interest_events_redelivered_total",
-            "interest_events_dead_lettered_total", "interest_recommendations_published_total")}
+        counters = {
+            n: metric_sum(samples, n)
+            for n in (
+                "interest_events_consumed_total",
+                "interest_batch_size_count",
+                "interest_events_redelivered_total",
+                "interest_events_dead_lettered_total",
+                "interest_recommendations_published_total",
+            )
+        }
     except OSError as exc:
         counters = {"metrics": repr(exc)}
-    return f"committed/end: {group_progress(settings, topics)}\ncounters: {counters}\nworker log:\n{worker.log_tail(60)}"
+    progress = group_progress(settings, topics)
+    return f"committed/end: {progress}\ncounters: {counters}\nworker log:\n{worker.log_tail(60)}"
 
 
-def run_sample(settings: Settings, worker: WorkerProcess, events: list[dict], tmp_path: Path) -> None:
-    """Publish the sample catalogue, wait for ``worker`` to have it, replay ``events`` and wait until all are consumed."""
+def run_sample(
+    settings: Settings, worker: WorkerProcess, events: list[dict], tmp_path: Path
+) -> None:
+    """Publish the sample catalogue, wait for ``worker`` to have it, replay ``events`` and wait
+    until all are consumed."""
     from cli.client import publish_catalogue, replay
     from tests.conftest import SAMPLE
 
@@ -130,5 +176,11 @@ def run_sample(settings: Settings, worker: WorkerProcess, events: list[dict], tm
     log = tmp_path / "events.jsonl"
     log.write_text(to_jsonl(events))
     replay(settings, log, progress=False)
-    wait_until(lambda: metric_sum(scrape(settings.metrics_port), "interest_events_consumed_total") >= len(events),
-               what="all events consumed", explain=worker.log_tail)
+    wait_until(
+        lambda: (
+            metric_sum(scrape(settings.metrics_port), "interest_events_consumed_total")
+            >= len(events)
+        ),
+        what="all events consumed",
+        explain=worker.log_tail,
+    )

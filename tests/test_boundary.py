@@ -50,7 +50,9 @@ def test_a_message_fault_keeps_its_own_reason():
     assert poisoned == [(1, "non_finite", "NonFinite: the user state is not finite")]
 
 
-@pytest.mark.parametrize("error", [StoreFailure("disk"), KafkaConnectionError(), OSError("EIO"), MemoryError()])
+@pytest.mark.parametrize(
+    "error", [StoreFailure("disk"), KafkaConnectionError(), OSError("EIO"), MemoryError()]
+)
 def test_the_infrastructures_failures_propagate_without_any_dead_letter(error):
     with pytest.raises(type(error)):
         run([1, 2, 3], {2}, error)
@@ -58,6 +60,10 @@ def test_the_infrastructures_failures_propagate_without_any_dead_letter(error):
 
 def test_what_is_whose_fault():
     assert is_infrastructure(KafkaConnectionError()) and is_infrastructure(StoreFailure("x"))
-    assert not is_infrastructure(MessageSizeTooLargeError()) and not is_infrastructure(RecursionError())
-    assert not is_infrastructure(UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"))
+    assert not is_infrastructure(MessageSizeTooLargeError()) and not is_infrastructure(
+        RecursionError()
+    )
+    assert not is_infrastructure(
+        UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+    )
     assert len(rejection_for(ValueError("x" * 10_000)).detail) == 500

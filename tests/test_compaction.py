@@ -34,8 +34,12 @@ from tests.test_faults import assert_same_states, click_log, wait_caught_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.apache_kafka("noida-db and tansu never compact a topic")]
 
-FAST_COMPACTION = {"segment.ms": "500", "min.cleanable.dirty.ratio": "0.01", "delete.retention.ms": "0",
-                   "min.compaction.lag.ms": "0"}
+FAST_COMPACTION = {
+    "segment.ms": "500",
+    "min.cleanable.dirty.ratio": "0.01",
+    "delete.retention.ms": "0",
+    "min.compaction.lag.ms": "0",
+}
 TS = 1_790_000_000.0
 
 
@@ -61,7 +65,9 @@ def log_of(settings, topic: str) -> dict[int, list[tuple[str, bytes | None]]]:
         out: dict[int, list] = defaultdict(list)
         while any(consumer.position(tp) < ends[tp] for tp in tps):
             for tp, records in consumer.poll(timeout_ms=1000).items():
-                out[tp.partition] += [(r.key.decode(), r.value) for r in records if r.offset < ends[tp]]
+                out[tp.partition] += [
+                    (r.key.decode(), r.value) for r in records if r.offset < ends[tp]
+                ]
         return out
     finally:
         consumer.close()
@@ -82,31 +88,56 @@ def compacted(log: dict[int, list], want: dict[str, bytes | None], fillers: set[
     deleted = sorted(key for key, value in want.items() if value is None and key in counts)
     wrong = sorted(key for key, value in records if want.get(key, b"") != value)
     missing = sorted(key for key, value in want.items() if value is not None and key not in counts)
-    problems = {"keys with several records": repeated, "deleted keys still there": deleted, "other values": wrong,
-                "keys lost": missing}
+    problems = {
+        "keys with several records": repeated,
+        "deleted keys still there": deleted,
+        "other values": wrong,
+        "keys lost": missing,
+    }
     found = {what: keys for what, keys in problems.items() if keys}
     return None if not found else "; ".join(f"{what}: {keys[:5]}" for what, keys in found.items())
 
 
-def test_compacted_topics_keep_the_latest_record_per_key_and_a_rebuilt_worker_has_the_same_states(settings, sample_catalogue, tmp_path):
-    s = replace(settings, decay_interval_s=1.0)  # a decay pass deletes an erased user's marker: the changelog tombstone
+def test_compacted_topics_keep_the_latest_record_per_key_and_a_rebuilt_worker_has_the_same_states(
+    settings, sample_catalogue, tmp_path
+):
+    # a decay pass deletes an erased user's marker: the changelog tombstone
+    s = replace(settings, decay_interval_s=1.0)
     publish_catalogue(s, SAMPLE / "catalogue.jsonl", progress=False)
     worker = WorkerProcess(s, tmp_path / "one.log").start()
     changelog = changelog_topic(s.app_id)
-    topics = {"item-vectors": s.item_vectors_topic, "recommendations": s.recommendations_topic, "changelog": changelog}
+    topics = {
+        "item-vectors": s.item_vectors_topic,
+        "recommendations": s.recommendations_topic,
+        "changelog": changelog,
+    }
     try:
         worker.wait_ready(min_items=len(sample_catalogue))
         admin = admin_client(s)
         try:
-            configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics.values()],
-                                             config_filter="all")
-            policy = {name: config["cleanup.policy"]["value"] for name, config in configs["topic"].items()}
-            assert policy == {s.item_vectors_topic: "compact", s.recommendations_topic: "compact,delete", changelog: "compact"}
-            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, configs=FAST_COMPACTION) for t in topics.values()])
+            configs = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics.values()],
+                config_filter="all",
+            )
+            policy = {
+                name: config["cleanup.policy"]["value"] for name, config in configs["topic"].items()
+            }
+            assert policy == {
+                s.item_vectors_topic: "compact",
+                s.recommendations_topic: "compact,delete",
+                changelog: "compact",
+            }
+            admin.alter_configs(
+                [
+                    ConfigResource(ConfigResourceType.TOPIC, t, configs=FAST_COMPACTION)
+                    for t in topics.values()
+                ]
+            )
         finally:
             admin.close()
 
-        # Each user's state is written once per micro-batch with their events: rounds make several records a key.
+        # Each user's state is written once per micro-batch with their events: rounds make several
+        # records a key.
         events = click_log(sample_catalogue, users=12, per_user=12, seed=5)
         for n in range(4):
             send_events(s, events[n::4], progress=False)
@@ -115,14 +146,25 @@ def test_compacted_topics_keep_the_latest_record_per_key_and_a_rebuilt_worker_ha
         with delivery(s, "catalogue deletes") as out:  # a null value on items retires the item
             out.send(s.items_topic, retired.encode(), None, label=retired)
         request_erasure(s, [erased])
-        wait_until(lambda: latest(log_of(s, changelog)).get(erased, b"") is None and
-                   latest(log_of(s, s.item_vectors_topic)).get(retired, b"") is None, timeout_s=60,
-                   what="the erased user's changelog tombstone and the retired item's vector tombstone", explain=worker.log_tail)
+        wait_until(
+            lambda: (
+                latest(log_of(s, changelog)).get(erased, b"") is None
+                and latest(log_of(s, s.item_vectors_topic)).get(retired, b"") is None
+            ),
+            timeout_s=60,
+            what="the erased user's changelog tombstone and the retired item's vector tombstone",
+            explain=worker.log_tail,
+        )
 
-        def settled() -> dict | None:  # the users who had the retired item are refreshed at a decay pass: until then, wait
+        # the users who had the retired item are refreshed at a decay pass: until then, wait
+        def settled() -> dict | None:
             before = {name: latest(log_of(s, topic)) for name, topic in topics.items()}
             time.sleep(2.5)
-            return before if before == {name: latest(log_of(s, topic)) for name, topic in topics.items()} else None
+            return (
+                before
+                if before == {name: latest(log_of(s, topic)) for name, topic in topics.items()}
+                else None
+            )
 
         want = wait_until(settled, timeout_s=60, what="no more writes to the compacted topics")
         assert want["recommendations"][erased] is None and want["changelog"][erased] is None
@@ -130,18 +172,40 @@ def test_compacted_topics_keep_the_latest_record_per_key_and_a_rebuilt_worker_ha
 
         # Fillers: new records on every partition of the three topics, so that their segments keep rolling.
         users = keys_on_each_partition("filler-user-", s.partitions)
-        items = {name: keys_on_each_partition(f"filler-item-{name}-", s.partitions) for name in range(30)}
+        items = {
+            name: keys_on_each_partition(f"filler-item-{name}-", s.partitions) for name in range(30)
+        }
         fillers = set(users) | {i for names in items.values() for i in names}
         texts = {i["item_id"]: i for i in sample_catalogue}
         state = {}
         for n in range(30):
             catalogue = tmp_path / "fillers.jsonl"
-            catalogue.write_text("".join(json.dumps({"item_id": i, "text": texts["run-001"]["text"]}) + "\n" for i in items[n]))
+            catalogue.write_text(
+                "".join(
+                    json.dumps({"item_id": i, "text": texts["run-001"]["text"]}) + "\n"
+                    for i in items[n]
+                )
+            )
             publish_catalogue(s, catalogue, progress=False)
-            send_events(s, [{"event_id": f"f{n}-{u}", "user_id": u, "item_id": "run-001", "type": "click", "ts": TS + 1}
-                            for u in users], progress=False)
+            send_events(
+                s,
+                [
+                    {
+                        "event_id": f"f{n}-{u}",
+                        "user_id": u,
+                        "item_id": "run-001",
+                        "type": "click",
+                        "ts": TS + 1,
+                    }
+                    for u in users
+                ],
+                progress=False,
+            )
             time.sleep(1.0)
-            state = {name: compacted(log_of(s, topic), want[name], fillers) for name, topic in topics.items()}
+            state = {
+                name: compacted(log_of(s, topic), want[name], fillers)
+                for name, topic in topics.items()
+            }
             if not any(state.values()):
                 break
         assert not any(state.values()), state
@@ -152,7 +216,8 @@ def test_compacted_topics_keep_the_latest_record_per_key_and_a_rebuilt_worker_ha
     written = load_user_states(s.data_dir)
     assert erased not in written
 
-    # A second worker of the same group, with no local state: its table comes from the compacted changelog alone.
+    # A second worker of the same group, with no local state: its table comes from the compacted
+    # changelog alone.
     rebuilt = replace(s, data_dir=tmp_path / "two", web_port=free_port(), metrics_port=free_port())
     worker = WorkerProcess(rebuilt, tmp_path / "two.log").start()
     try:

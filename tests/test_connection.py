@@ -46,10 +46,24 @@ CLOSED = "127.0.0.1:1"  # nothing listens: a client that connects at constructio
 
 CASES = {
     "ssl": {"security_protocol": "SSL", "ssl_cafile": CA},
-    "mutual-tls": {"security_protocol": "SSL", "ssl_cafile": CA, "ssl_certfile": CLIENT_CERT, "ssl_keyfile": CLIENT_KEY},
+    "mutual-tls": {
+        "security_protocol": "SSL",
+        "ssl_cafile": CA,
+        "ssl_certfile": CLIENT_CERT,
+        "ssl_keyfile": CLIENT_KEY,
+    },
     "sasl-plain": {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", **SASL},
-    "sasl-ssl-scram-256": {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-256", "ssl_cafile": CA, **SASL},
-    "sasl-ssl-scram-512-system-cas": {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", **SASL},
+    "sasl-ssl-scram-256": {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-256",
+        "ssl_cafile": CA,
+        **SASL,
+    },
+    "sasl-ssl-scram-512-system-cas": {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        **SASL,
+    },
 }
 
 
@@ -62,7 +76,11 @@ def without_context(options: dict[str, Any]) -> dict[str, Any]:
     context = options.get("ssl_context")
     out = {k: v for k, v in options.items() if k not in ("ssl_context", "bootstrap_servers")}
     if context is not None:
-        out["tls"] = (context.verify_mode, context.check_hostname, sorted(str(c["subject"]) for c in context.get_ca_certs()))
+        out["tls"] = (
+            context.verify_mode,
+            context.check_hostname,
+            sorted(str(c["subject"]) for c in context.get_ca_certs()),
+        )
     return out
 
 
@@ -96,10 +114,15 @@ def handshake(client: ssl.SSLContext, require_client_cert: bool) -> dict:
 
 def test_plaintext_is_what_every_client_had_before(tmp_path):
     s = Settings(broker="a:9092,kafka://b:9092", data_dir=tmp_path)
-    assert client_options(s) == {"bootstrap_servers": ["a:9092", "b:9092"], "security_protocol": "PLAINTEXT"}
+    assert client_options(s) == {
+        "bootstrap_servers": ["a:9092", "b:9092"],
+        "security_protocol": "PLAINTEXT",
+    }
     app = build_app(s).app
     assert app.conf.broker_credentials is None and faust_credentials(s) is None
-    assert credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context) == {"security_protocol": "PLAINTEXT"}
+    assert credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context) == {
+        "security_protocol": "PLAINTEXT"
+    }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -114,13 +137,20 @@ def test_the_worker_and_the_clients_connect_alike(case, tmp_path):
     assert options["bootstrap_servers"] == [CLOSED, "127.0.0.2:9093"]
     assert options["security_protocol"] == worker["security_protocol"] == s.security_protocol
     if s.uses_sasl:
-        assert (options["sasl_mechanism"], options["sasl_plain_username"], options["sasl_plain_password"]) == (
-            s.sasl_mechanism, "svc-interest", PASSWORD)
-    assert without_context({k: v for k, v in worker.items() if v is not None}) == without_context(options)
+        assert (
+            options["sasl_mechanism"],
+            options["sasl_plain_username"],
+            options["sasl_plain_password"],
+        ) == (s.sasl_mechanism, "svc-interest", PASSWORD)
+    assert without_context({k: v for k, v in worker.items() if v is not None}) == without_context(
+        options
+    )
 
 
 @pytest.mark.parametrize("case", [c for c in sorted(CASES) if CASES[c].get("ssl_cafile")])
-def test_each_librarys_tls_context_trusts_the_ca_and_presents_the_client_certificate(case, tmp_path):
+def test_each_librarys_tls_context_trusts_the_ca_and_presents_the_client_certificate(
+    case, tmp_path
+):
     s = settings(case, tmp_path)
 
     async def aiokafka_context() -> ssl.SSLContext:
@@ -130,14 +160,18 @@ def test_each_librarys_tls_context_trusts_the_ca_and_presents_the_client_certifi
 
     producer = KafkaProducer(**client_options(s), api_version=(2, 8))
     producer.close()
-    contexts = {"faust": credentials_to_aiokafka_auth(faust_credentials(s))["ssl_context"],
-                "aiokafka": asyncio.run(aiokafka_context()), "kafka-python": producer.config["ssl_context"]}
+    contexts = {
+        "faust": credentials_to_aiokafka_auth(faust_credentials(s))["ssl_context"],
+        "aiokafka": asyncio.run(aiokafka_context()),
+        "kafka-python": producer.config["ssl_context"],
+    }
     mutual = bool(s.ssl_certfile)
     for library, context in contexts.items():
         seen = handshake(context, require_client_cert=mutual)
         client_name = dict(rdn[0] for rdn in seen["subject"])["commonName"] if seen else None
         assert client_name == ("interest-stream client" if mutual else None), library
-    with pytest.raises(ssl.SSLCertVerificationError):  # the handshake checks: the system's CAs do not know the test CA
+    # the handshake checks: the system's CAs do not know the test CA
+    with pytest.raises(ssl.SSLCertVerificationError):
         handshake(ssl.create_default_context(), require_client_cert=False)
 
 
@@ -149,20 +183,28 @@ def test_the_real_clients_accept_the_options(case, tmp_path):
     options = client_options(settings(case, tmp_path))
 
     async def aiokafka_clients() -> None:
-        producer, consumer, admin = AIOKafkaProducer(**options), AIOKafkaConsumer(**options), AIOKafkaAdminClient(**options)
+        producer, consumer, admin = (
+            AIOKafkaProducer(**options),
+            AIOKafkaConsumer(**options),
+            AIOKafkaAdminClient(**options),
+        )
         await producer.stop()
         await consumer.stop()
         await admin.close()
 
     asyncio.run(aiokafka_clients())
-    producer = KafkaProducer(**options, api_version=(2, 8))  # a given api_version: no connection at construction
+    # a given api_version: no connection at construction
+    producer = KafkaProducer(**options, api_version=(2, 8))
     consumer = KafkaConsumer(**options, api_version=(2, 8))
     producer.close()
     consumer.close()
-    with pytest.raises(KafkaTimeoutError):  # past the config checks, it bootstraps, and nothing answers
+    # past the config checks, it bootstraps, and nothing answers
+    with pytest.raises(KafkaTimeoutError):
         KafkaAdminClient(**options, bootstrap_timeout_ms=100)
     if options["security_protocol"].startswith("SASL_"):
-        mechanism = get_sasl_mechanism(options["sasl_mechanism"])(host="localhost", **producer.config)
+        mechanism = get_sasl_mechanism(options["sasl_mechanism"])(
+            host="localhost", **producer.config
+        )
         first = mechanism.auth_bytes()
         if options["sasl_mechanism"] == "PLAIN":
             assert first == b"svc-interest\0svc-interest\0" + PASSWORD.encode()
@@ -173,10 +215,20 @@ def test_the_real_clients_accept_the_options(case, tmp_path):
 def test_an_unreadable_tls_file_fails_naming_its_variable(tmp_path):
     not_pem = tmp_path / "ca.pem"
     not_pem.write_text("not a certificate\n")
-    with pytest.raises(ConfigError, match="INTEREST_SSL_CAFILE=.*ca.pem.*no CA certificate could be read"):
+    with pytest.raises(
+        ConfigError, match="INTEREST_SSL_CAFILE=.*ca.pem.*no CA certificate could be read"
+    ):
         client_options(Settings(broker=CLOSED, security_protocol="SSL", ssl_cafile=str(not_pem)))
-    wrong_key = Settings(broker=CLOSED, security_protocol="SSL", ssl_certfile=CLIENT_CERT, ssl_keyfile=str(TLS / "broker.key"))
-    with pytest.raises(ConfigError, match="INTEREST_SSL_CERTFILE=.*INTEREST_SSL_KEYFILE=.*no certificate and unencrypted key"):
+    wrong_key = Settings(
+        broker=CLOSED,
+        security_protocol="SSL",
+        ssl_certfile=CLIENT_CERT,
+        ssl_keyfile=str(TLS / "broker.key"),
+    )
+    with pytest.raises(
+        ConfigError,
+        match="INTEREST_SSL_CERTFILE=.*INTEREST_SSL_KEYFILE=.*no certificate and unencrypted key",
+    ):
         faust_credentials(wrong_key)
 
 
@@ -186,37 +238,60 @@ def test_the_demo_runs_over_mutual_tls(tiny_encoder, sample_events, tmp_path, re
     kafka-python clients, all through a listener that requires TLS and a client certificate: the broker
     advertises the proxy, so no client reaches it in plaintext."""
     proxy_port = free_port()
-    with Tansu(tmp_path / "broker", advertised=f"127.0.0.1:{proxy_port}") as broker, \
-            TlsProxy(broker.address, TLS / "broker.pem", TLS / "broker.key", TLS / "ca.pem", proxy_port) as proxy:
+    with (
+        Tansu(tmp_path / "broker", advertised=f"127.0.0.1:{proxy_port}") as broker,
+        TlsProxy(
+            broker.address, TLS / "broker.pem", TLS / "broker.key", TLS / "ca.pem", proxy_port
+        ) as proxy,
+    ):
         plain = settings_for(proxy.address, tiny_encoder, tmp_path / "state", request.node.name)
         s = replace(plain, **CASES["mutual-tls"], **broker.worker_settings)
         latest = run_demo(s, show_users=0, timeout_s=120)
     assert set(latest) == {e["user_id"] for e in sample_events}
-    assert proxy.clients >= 5  # topic admin, catalogue producer, faust's consumer and producer, item-vectors consumer, ...
+    # topic admin, catalogue producer, faust's consumer and producer, item-vectors consumer, ...
+    assert proxy.clients >= 5
 
 
 @pytest.mark.e2e
-def test_the_worker_and_the_cli_work_over_sasl_and_log_no_password(tiny_encoder, sample_catalogue, tmp_path, request):
+def test_the_worker_and_the_cli_work_over_sasl_and_log_no_password(
+    tiny_encoder, sample_catalogue, tmp_path, request
+):
     """The worker at debug log level and the CLI's commands, each a child process given the settings as
     its environment, authenticate with SASL PLAIN; the password is in no log line and no output."""
     with LocalBroker(tmp_path / "broker") as broker:
-        s = replace(settings_for(broker.address, tiny_encoder, tmp_path / "state", request.node.name),
-                    security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", log_level="debug", **SASL, **broker.worker_settings)
+        s = replace(
+            settings_for(broker.address, tiny_encoder, tmp_path / "state", request.node.name),
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="PLAIN",
+            log_level="debug",
+            **SASL,
+            **broker.worker_settings,
+        )
         env = {**os.environ, **s.env()}
 
         def cli(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+            return subprocess.run(
+                [sys.executable, "-m", "cli.main", *args],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
 
         worker = WorkerProcess(s, tmp_path / "worker.log").start()
         try:
             done = [cli("catalogue", str(SAMPLE / "catalogue.jsonl"))]
             worker.wait_ready(min_items=len(sample_catalogue), timeout_s=120)
             done.append(cli("produce", "--user", "u1", "--item", "run-000"))
-            done.append(cli("subscribe", "--from-beginning", "--count", "1", "--json", "--timeout", "60"))
+            done.append(
+                cli("subscribe", "--from-beginning", "--count", "1", "--json", "--timeout", "60")
+            )
         finally:
             worker.stop()
     assert [r.returncode for r in done] == [0, 0, 0], [r.stderr[-2000:] for r in done]
     assert Recommendation.from_json(done[-1].stdout.encode()).user_id == "u1"
     log = (tmp_path / "worker.log").read_text()
-    assert "Authenticated as svc-interest via PLAIN" in log  # aiokafka's line: faust's clients and the worker's own
+    # aiokafka's line: faust's clients and the worker's own
+    assert "Authenticated as svc-interest via PLAIN" in log
     assert PASSWORD not in log and not [r for r in done if PASSWORD in r.stdout + r.stderr]

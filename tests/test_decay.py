@@ -21,8 +21,18 @@ def stored(weight: float, at: float) -> bytes:
 
 
 def test_the_weight_halves_every_half_life_and_the_average_is_kept():
-    s, w, t = longterm.decay_to(np.ones((1, 4), np.float32) * 6, np.array([3.0]), np.array([0.0]), np.array([2 * HALF_LIFE]), HALF_LIFE)
-    assert w[0] == pytest.approx(0.75) and s[0] / w[0] == pytest.approx(np.full(4, 2.0)) and t[0] == 2 * HALF_LIFE
+    s, w, t = longterm.decay_to(
+        np.ones((1, 4), np.float32) * 6,
+        np.array([3.0]),
+        np.array([0.0]),
+        np.array([2 * HALF_LIFE]),
+        HALF_LIFE,
+    )
+    assert (
+        w[0] == pytest.approx(0.75)
+        and s[0] / w[0] == pytest.approx(np.full(4, 2.0))
+        and t[0] == 2 * HALF_LIFE
+    )
     assert longterm.decay_factor(-50.0, HALF_LIFE) == 1.0  # a late event decays nothing
 
 
@@ -35,9 +45,16 @@ def test_the_rewrite_rule_is_five_percent_of_the_weight():
 def test_only_users_decayed_by_five_percent_or_more_are_rewritten():
     now = 10_000.0
     due, not_yet = now - min_elapsed_s(HALF_LIFE) - 1, now - min_elapsed_s(HALF_LIFE) + 1
-    rows = [(b"old", stored(4.0, due)), (b"recent", stored(4.0, not_yet)), (b"empty", stored(0.0, 0.0)), (b"bad", b"\x09 junk")]
+    rows = [
+        (b"old", stored(4.0, due)),
+        (b"recent", stored(4.0, not_yet)),
+        (b"empty", stored(0.0, 0.0)),
+        (b"bad", b"\x09 junk"),
+    ]
     out = decay_step(rows, now, make_updater(half_life_s=HALF_LIFE))
     assert set(out.rows) == {b"old"} and out.unreadable == [b"bad"]
     state = decode(out.rows[b"old"])
-    assert state.lt_time == now and state.lt_weight == pytest.approx(4.0 * 2 ** (-(now - due) / HALF_LIFE))
+    assert state.lt_time == now and state.lt_weight == pytest.approx(
+        4.0 * 2 ** (-(now - due) / HALF_LIFE)
+    )
     assert math.isclose(state.long_term[0], 1.0, rel_tol=1e-6)  # lt_sum / lt_weight unchanged

@@ -20,29 +20,52 @@ from tests.helpers import variant
 
 pytestmark = pytest.mark.e2e
 
-EVENTS = [{"event_id": f"d{n}", "user_id": "u1", "item_id": "run-000", "type": "click", "ts": 1_790_000_000.0 + n} for n in range(5)]
+EVENTS = [
+    {
+        "event_id": f"d{n}",
+        "user_id": "u1",
+        "item_id": "run-000",
+        "type": "click",
+        "ts": 1_790_000_000.0 + n,
+    }
+    for n in range(5)
+]
 
 
 def dead_letter_on_topic(settings) -> None:
     """One unknown_item dead letter, as a worker writes it, for `redrive` to re-publish."""
     with delivery.Delivery(settings, "dead letters") as out:
-        out.send(settings.dead_letter_topic, b"u1", json.dumps(EVENTS[0]).encode(), label="dead letter",
-                 headers=[("reason", b"unknown_item"), ("detail", b"no such item"), ("source", f"{settings.clicks_topic}:0:0".encode())])
+        out.send(
+            settings.dead_letter_topic,
+            b"u1",
+            json.dumps(EVENTS[0]).encode(),
+            label="dead letter",
+            headers=[
+                ("reason", b"unknown_item"),
+                ("detail", b"no such item"),
+                ("source", f"{settings.clicks_topic}:0:0".encode()),
+            ],
+        )
 
 
 TOOLS = {
     "produce and replay": lambda s: send_events(s, EVENTS, progress=False),
     "catalogue": lambda s: publish_catalogue(s, SAMPLE / "catalogue.jsonl", progress=False),
     "erase": lambda s: request_erasure(s, ["u1"]),
-    "redrive": lambda s: redrive(s, Selection(frozenset(), Window.parse(None, None)), progress=False),
+    "redrive": lambda s: redrive(
+        s, Selection(frozenset(), Window.parse(None, None)), progress=False
+    ),
     "reembed": lambda s: reembed(s, progress=False),
 }
 
 
 @pytest.mark.broker_bug("tansu-memory-only")
 @pytest.mark.parametrize("tool", TOOLS)
-def test_a_tool_whose_writes_the_broker_does_not_acknowledge_says_so_and_fails(settings, tmp_path, broker_kind, monkeypatch, tool):
-    monkeypatch.setattr(delivery, "DELIVERY_TIMEOUT_S", 3.0)  # the broker will not come back: do not wait 30 s
+def test_a_tool_whose_writes_the_broker_does_not_acknowledge_says_so_and_fails(
+    settings, tmp_path, broker_kind, monkeypatch, tool
+):
+    # the broker will not come back: do not wait 30 s
+    monkeypatch.setattr(delivery, "DELIVERY_TIMEOUT_S", 3.0)
     monkeypatch.setattr(delivery, "REQUEST_TIMEOUT_S", 1.0)
     monkeypatch.setattr(delivery, "BLOCK_S", 1.0)
     broker = new_broker(broker_kind, tmp_path / "own-broker").start()
@@ -55,7 +78,8 @@ def test_a_tool_whose_writes_the_broker_does_not_acknowledge_says_so_and_fails(s
             publish_catalogue(s, SAMPLE / "catalogue.jsonl", progress=False)
         send = delivery.Delivery.send
 
-        def stop_first(self, *args, **kwargs):  # mid-run: after the tool's reads, at its first write
+        # mid-run: after the tool's reads, at its first write
+        def stop_first(self, *args, **kwargs):
             broker.stop()
             return send(self, *args, **kwargs)
 
@@ -65,4 +89,3 @@ def test_a_tool_whose_writes_the_broker_does_not_acknowledge_says_so_and_fails(s
         assert " acknowledged by the broker; " in str(failed.value) and " not" in str(failed.value)
     finally:
         broker.stop()
-

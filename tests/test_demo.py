@@ -23,9 +23,13 @@ def test_demo_prints_recommendations_for_every_sample_user(settings, sample_even
     assert "24 users received recommendations" in out and out.count(" recently: ") == 2
 
 
-def test_demo_starts_apache_kafka_of_its_own_with_broker_apache_kafka(settings, sample_events, capsys):
+def test_demo_starts_apache_kafka_of_its_own_with_broker_apache_kafka(
+    settings, sample_events, capsys
+):
     if why := kafka_broker.unavailable():
         pytest.skip(why)
-    latest = run_demo(replace(settings, broker=""), show_users=0, timeout_s=120, broker_kind="apache-kafka")
+    latest = run_demo(
+        replace(settings, broker=""), show_users=0, timeout_s=120, broker_kind="apache-kafka"
+    )
     assert set(latest) == {e["user_id"] for e in sample_events}
     assert "started a local broker (apache-kafka)" in capsys.readouterr().out

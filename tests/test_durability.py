@@ -18,7 +18,10 @@ def test_a_batch_is_durable_after_its_records_and_every_earlier_batch():
     async def scenario():
         durable: list[dict] = []
         acks = AcksInOrder(durable.append, lambda exc: None, in_flight=3)
-        first, second = asyncio.get_running_loop().create_future(), asyncio.get_running_loop().create_future()
+        first, second = (
+            asyncio.get_running_loop().create_future(),
+            asyncio.get_running_loop().create_future(),
+        )
         await acks.add([first], {CLICKS: 10})
         await acks.add([second], {CLICKS: 20})
         second.set_result(None)  # the later batch is acknowledged first

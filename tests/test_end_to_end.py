@@ -34,7 +34,9 @@ from tests.helpers import (
 pytestmark = pytest.mark.e2e
 
 
-def test_replay_produces_recommendations_consistent_with_table_state(settings, sample_events, tmp_path):
+def test_replay_produces_recommendations_consistent_with_table_state(
+    settings, sample_events, tmp_path
+):
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
@@ -42,30 +44,54 @@ def test_replay_produces_recommendations_consistent_with_table_state(settings, s
 
         first = sample_events[0]
         log = tmp_path / "events.jsonl"
-        log.write_text(to_jsonl(sample_events + [{**first, "item_id": "no-such-item", "event_id": "x-unknown"}]))
+        log.write_text(
+            to_jsonl(
+                sample_events + [{**first, "item_id": "no-such-item", "event_id": "x-unknown"}]
+            )
+        )
         replay(settings, log, progress=False)
         # malformed input and a re-sent duplicate, straight onto the topics
         raw = KafkaProducer(**client_options(settings))
-        bad = [b"{not json", json.dumps({"event_id": "x-missing", "user_id": "user-01", "ts": first["ts"]}).encode(),
-               json.dumps({**first, "type": "click"}).encode()]
+        bad = [
+            b"{not json",
+            json.dumps({"event_id": "x-missing", "user_id": "user-01", "ts": first["ts"]}).encode(),
+            json.dumps({**first, "type": "click"}).encode(),
+        ]
         for value in bad:
-            raw.send(settings.clicks_topic, key=b"user-01" if b"user-01" in value else first["user_id"].encode(), value=value)
+            raw.send(
+                settings.clicks_topic,
+                key=b"user-01" if b"user-01" in value else first["user_id"].encode(),
+                value=value,
+            )
         raw.flush()
         raw.close()
         sent = len(sample_events) + 1 + len(bad)
 
-        wait_until(lambda: metric_sum(scrape(settings.metrics_port), "interest_events_consumed_total") >= sent, what="all events consumed")
+        wait_until(
+            lambda: (
+                metric_sum(scrape(settings.metrics_port), "interest_events_consumed_total") >= sent
+            ),
+            what="all events consumed",
+        )
         recs = latest_recommendations(settings)
         letters = dead_letters(settings)
         metrics = scrape(settings.metrics_port)
         assert worker.alive, worker.log_tail()
     finally:
         worker.stop()
-    assert worker.exit_code == 0, f"the worker did not stop cleanly on SIGTERM:\n{worker.log_tail()}"
+    assert worker.exit_code == 0, (
+        f"the worker did not stop cleanly on SIGTERM:\n{worker.log_tail()}"
+    )
 
     reasons = Counter(d["reason"] for d in letters)
-    assert reasons == {"bad_json": 1, "missing_field": 1, "unknown_item": 1, "duplicate": 1}, letters
-    assert all(d["source"].startswith(settings.clicks_topic) or d["source"].startswith(settings.purchases_topic) for d in letters)
+    assert reasons == {"bad_json": 1, "missing_field": 1, "unknown_item": 1, "duplicate": 1}, (
+        letters
+    )
+    assert all(
+        d["source"].startswith(settings.clicks_topic)
+        or d["source"].startswith(settings.purchases_topic)
+        for d in letters
+    )
     assert b"{not json" in [d["value"] for d in letters]  # the original bytes are kept
     assert metric_sum(metrics, "interest_events_dead_lettered_total") == 4
     assert metric_sum(metrics, "interest_recommendations_published_total") >= len(recs)
@@ -74,7 +100,10 @@ def test_replay_produces_recommendations_consistent_with_table_state(settings, s
     per_user = Counter((e["user_id"], e["type"]) for e in sample_events)
     assert set(states) == {e["user_id"] for e in sample_events}
     for user, state in states.items():  # every good event applied exactly once, bad ones not at all
-        assert (state.clicks, state.purchases) == (per_user[(user, "click")], per_user[(user, "purchase")])
+        assert (state.clicks, state.purchases) == (
+            per_user[(user, "click")],
+            per_user[(user, "purchase")],
+        )
 
     # Recompute each user's top-k from the stored state, catalogue and model: it must be what was published.
     updater = stored_updater(settings)
@@ -83,13 +112,18 @@ def test_replay_produces_recommendations_consistent_with_table_state(settings, s
     for user, expected in zip(users, updater.recommend([states[u] for u in users])):
         published = recs[user]
         assert [i.item_id for i in published.items] == [i.item_id for i in expected]
-        assert np.allclose([i.score for i in published.items], [i.score for i in expected], atol=1e-5)
+        assert np.allclose(
+            [i.score for i in published.items], [i.score for i in expected], atol=1e-5
+        )
         assert len(published.items) == settings.top_k
-        assert not set(states[user].recent_items) & {i.item_id for i in published.items}  # seen items excluded
+        # seen items excluded
+        assert not set(states[user].recent_items) & {i.item_id for i in published.items}
         assert published.model_version == updater.model.version
 
 
-def test_with_reasons_each_published_item_is_explained_by_one_of_the_users_events(settings, sample_events, tmp_path):
+def test_with_reasons_each_published_item_is_explained_by_one_of_the_users_events(
+    settings, sample_events, tmp_path
+):
     settings = replace(settings, reasons=True)
     users = sorted({e["user_id"] for e in sample_events})[:3]
     events = [e for e in sample_events if e["user_id"] in users]
@@ -121,10 +155,15 @@ def test_with_reasons_each_published_item_is_explained_by_one_of_the_users_event
 
 
 def stored_updater(settings) -> InterestUpdater:
-    """The updater a worker with ``settings`` serves with (the untrained default), over the catalogue in its item store."""
+    """The updater a worker with ``settings`` serves with (the untrained default), over the
+    catalogue in its item store."""
     encoder = ItemEncoder(settings.encoder_path, "cpu")
     store = ItemStore(settings.data_dir / "items")
     catalogue = Catalogue(encoder.dim)
     catalogue.upsert(list(store))
     store.close()
-    return InterestUpdater(InterestModel.untrained(encoder.dim, settings.hidden_size, encoder.name), catalogue, settings.updater_config())
+    return InterestUpdater(
+        InterestModel.untrained(encoder.dim, settings.hidden_size, encoder.name),
+        catalogue,
+        settings.updater_config(),
+    )

@@ -65,22 +65,34 @@ class Runtime:
 
 
 def event(n: int, item: str) -> Msg:
-    value = {"event_id": f"e{n}", "user_id": "u1", "item_id": item, "ts": time.time() - 100 + n}  # the agent's clock
+    # the agent's clock
+    value = {"event_id": f"e{n}", "user_id": "u1", "item_id": item, "ts": time.time() - 100 + n}
     return Msg("clicks", 0, n, b"u1", json.dumps(value).encode())
 
 
 def test_a_rejected_events_dead_letter_is_acknowledged_before_its_users_state_is_written():
     async def scenario():
         app, table = App(), Table()
-        agent = EventAgent(app, Settings(dead_letter_topic="dlq", recommendations_topic="recs"), table, None, Runtime(), None,
-                           DeadLetterWriter(app, "dlq", 1_000_000))
+        agent = EventAgent(
+            app,
+            Settings(dead_letter_topic="dlq", recommendations_topic="recs"),
+            table,
+            None,
+            Runtime(),
+            None,
+            DeadLetterWriter(app, "dlq", 1_000_000),
+        )
         sent: list = []
-        applying = asyncio.ensure_future(agent.apply([event(0, "i0"), event(1, "no-such-item")], sent, time.time()))
+        applying = asyncio.ensure_future(
+            agent.apply([event(0, "i0"), event(1, "no-such-item")], sent, time.time())
+        )
         await asyncio.sleep(0.2)
-        assert app.producer.sent == [("dlq", b"u1")] and table.writes == []  # waiting for the dead letter's ack
+        # waiting for the dead letter's ack
+        assert app.producer.sent == [("dlq", b"u1")] and table.writes == []
         app.producer.acknowledge()
         await applying
-        assert [list(w) for w in table.writes] == [[b"u1"]]  # then the state, counting both events applied
+        # then the state, counting both events applied
+        assert [list(w) for w in table.writes] == [[b"u1"]]
         assert app.producer.sent == [("dlq", b"u1"), ("recs", b"u1")]
 
     asyncio.run(scenario())
@@ -89,9 +101,21 @@ def test_a_rejected_events_dead_letter_is_acknowledged_before_its_users_state_is
 def test_without_a_rejection_nothing_waits_for_the_broker():
     async def scenario():
         app, table = App(), Table()
-        agent = EventAgent(app, Settings(recommendations_topic="recs"), table, None, Runtime(), None, DeadLetterWriter(app, "dlq", 1_000_000))
+        agent = EventAgent(
+            app,
+            Settings(recommendations_topic="recs"),
+            table,
+            None,
+            Runtime(),
+            None,
+            DeadLetterWriter(app, "dlq", 1_000_000),
+        )
         sent: list = []
         await asyncio.wait_for(agent.apply([event(0, "i0"), event(1, "i1")], sent, time.time()), 5)
-        assert len(table.writes) == 1 and [topic for topic, _ in app.producer.sent] == ["recs"] and len(sent) == 1
+        assert (
+            len(table.writes) == 1
+            and [topic for topic, _ in app.producer.sent] == ["recs"]
+            and len(sent) == 1
+        )
 
     asyncio.run(scenario())

@@ -31,7 +31,9 @@ def test_the_start_check_names_the_versions_and_the_part_that_changed(monkeypatc
     monkeypatch.delattr(RocksDBStore, "_db_for_partition")
     with pytest.raises(faust_compat.IncompatibleLibrary) as failure:
         faust_compat.check()
-    assert "faust-streaming 0.15.3, aiokafka 0.14.0" in str(failure.value) and "_db_for_partition" in str(failure.value)
+    assert "faust-streaming 0.15.3, aiokafka 0.14.0" in str(
+        failure.value
+    ) and "_db_for_partition" in str(failure.value)
 
 
 def test_faust_commits_a_capped_partition_no_further_than_its_durable_offset(tmp_path, monkeypatch):
@@ -56,13 +58,16 @@ def test_faust_commits_a_capped_partition_no_further_than_its_durable_offset(tmp
     monkeypatch.setattr(app.topics, "acks_enabled_for", lambda topic: True)
     for tp, last in ((clicks, 500), (ticks, 7)):
         for offset in range(last):
-            consumer.ack(Message(tp.topic, tp.partition, offset, time.time(), 0, [], b"k", b"v", None))
+            consumer.ack(
+                Message(tp.topic, tp.partition, offset, time.time(), 0, [], b"k", b"v", None)
+            )
 
     progress.start(clicks, 0)
     for offset in range(20):
         progress.admit(clicks, offset)
     asyncio.run(consumer.commit())
-    assert committed == [{clicks: 0, ticks: 7}]  # clicks: 20 admitted, none durable yet; ticks as faust decides
+    # clicks: 20 admitted, none durable yet; ticks as faust decides
+    assert committed == [{clicks: 0, ticks: 7}]
     progress.made_durable({clicks: 13})
     asyncio.run(consumer.commit())
     assert committed[-1] == {clicks: 13}  # not faust's 500
@@ -121,13 +126,16 @@ def test_the_user_table_counts_users_not_writes(tmp_path):
     each partition once, then follows its writes and deletes, and counts again after a recovery."""
     worker = build_app(replace(Settings(broker="127.0.0.1:1"), data_dir=tmp_path))
     table = worker.table
-    faust_compat.partition_db(table, 1)[faust_compat.OFFSET_KEY] = b"7"  # faust's own record, never a user
+    # faust's own record, never a user
+    faust_compat.partition_db(table, 1)[faust_compat.OFFSET_KEY] = b"7"
 
     async def scenario() -> None:  # the changelog sends want a running loop
         for round_ in range(5):  # the same three users written five times, a fourth once
             users = {b"u1": 1, b"u2": 1, b"u3": 3} | ({b"u4": 3} if round_ == 2 else {})
             table.get_many(users)
-            table.set_many({key: (partition, b"state-%d" % round_) for key, partition in users.items()})
+            table.set_many(
+                {key: (partition, b"state-%d" % round_) for key, partition in users.items()}
+            )
             assert table.users([1, 3]) == 3 + (round_ >= 2)
         assert table.users([1]) == 2 and table.users([3]) == 2 and table.users([0]) == 0
         table.delete_many({b"u2": 1})
@@ -146,17 +154,29 @@ def record_batch(codec: int, base: int, values: list[bytes]) -> bytes:
 
     from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-    builder = DefaultRecordBatchBuilder(magic=2, compression_type=codec, is_transactional=False, producer_id=-1,
-                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=codec,
+        is_transactional=False,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
     for delta, value in enumerate(values):
-        builder.append(delta, timestamp=1_790_000_000_000 + delta, key=b"u1", value=value, headers=[])
+        builder.append(
+            delta, timestamp=1_790_000_000_000 + delta, key=b"u1", value=value, headers=[]
+        )
     batch = bytearray(builder.build())
-    struct.pack_into(">q", batch, 0, base)  # the base offset, outside the CRC: the broker assigns it
+    # the base offset, outside the CRC: the broker assigns it
+    struct.pack_into(">q", batch, 0, base)
     return bytes(batch)
 
 
 @pytest.mark.parametrize("fault", ["codec missing", "failed CRC"])
-def test_an_undecodable_batch_is_delivered_as_stand_ins_and_the_next_batch_is_read(monkeypatch, fault):
+def test_an_undecodable_batch_is_delivered_as_stand_ins_and_the_next_batch_is_read(
+    monkeypatch, fault
+):
     """aiokafka's own fetch path (PartitionRecords over MemoryRecords): an lz4 batch that cannot be decoded
     becomes one stand-in per offset, each naming why; the gzip batch after it is read as usual."""
     import aiokafka.codec
@@ -164,15 +184,29 @@ def test_an_undecodable_batch_is_delivered_as_stand_ins_and_the_next_batch_is_re
     from aiokafka.record.memory_records import MemoryRecords
 
     reported = []
-    faust_compat.stand_in_for_undecodable_batches(lambda tp, first, end, exc: reported.append((first, end, type(exc).__name__)))
-    data = bytearray(record_batch(3, 10, [b"a" * 50, b"b" * 50, b"c" * 50]) + record_batch(1, 13, [b"d", b"e"]))
+    faust_compat.stand_in_for_undecodable_batches(
+        lambda tp, first, end, exc: reported.append((first, end, type(exc).__name__))
+    )
+    data = bytearray(
+        record_batch(3, 10, [b"a" * 50, b"b" * 50, b"c" * 50]) + record_batch(1, 13, [b"d", b"e"])
+    )
     if fault == "codec missing":
         monkeypatch.setattr(aiokafka.codec, "has_lz4", lambda: False)
     else:
         data[80] ^= 0xFF  # a byte of the first batch's compressed records
-    records = PartitionRecords(TopicPartition("clicks", 0), MemoryRecords(bytes(data)), [], 10, None, None, True, 0)
+    records = PartitionRecords(
+        TopicPartition("clicks", 0), MemoryRecords(bytes(data)), [], 10, None, None, True, 0
+    )
     got = [(r.offset, r.value, faust_compat.undecodable(r.headers)) for r in records]
-    assert [(offset, value) for offset, value, _ in got] == [(10, None), (11, None), (12, None), (13, b"d"), (14, b"e")]
+    assert [(offset, value) for offset, value, _ in got] == [
+        (10, None),
+        (11, None),
+        (12, None),
+        (13, b"d"),
+        (14, b"e"),
+    ]
     assert all(why and "batch offsets 10-12" in why for _, _, why in got[:3]) and got[3][2] is None
-    assert reported == [(10, 13, "UnsupportedCodecError" if fault == "codec missing" else "CorruptRecordException")]
+    assert reported == [
+        (10, 13, "UnsupportedCodecError" if fault == "codec missing" else "CorruptRecordException")
+    ]
     assert records.next_fetch_offset == 15

@@ -35,10 +35,14 @@ def updater(items: list[ItemVector], space: str = "", **config) -> InterestUpdat
     catalogue = Catalogue(dim, space)
     catalogue.upsert(items)
     settings = {"half_life_s": HALF_LIFE, "max_lateness_s": 500.0, "purchase_weight": 3.0, **config}
-    return InterestUpdater(InterestModel.untrained(dim, 6, "t"), catalogue, UpdaterConfig(**settings))
+    return InterestUpdater(
+        InterestModel.untrained(dim, 6, "t"), catalogue, UpdaterConfig(**settings)
+    )
 
 
-def random_events(n: int, seed: int, users: int = 4, items: int = 12, gap_s: float = 300.0) -> list[list[Delivered]]:
+def random_events(
+    n: int, seed: int, users: int = 4, items: int = 12, gap_s: float = 300.0
+) -> list[list[Delivered]]:
     """Micro-batches of clicks and purchases ``gap_s`` apart on average (quantities, some late events,
     repeated items)."""
     rng = np.random.default_rng(seed)
@@ -49,20 +53,30 @@ def random_events(n: int, seed: int, users: int = 4, items: int = 12, gap_s: flo
             ts += float(rng.exponential(gap_s))
             late = float(rng.uniform(0, 400.0)) if rng.random() < 0.15 else 0.0
             kind = "purchase" if rng.random() < 0.3 else "click"
-            ev = Event(f"e{offset}", f"u{rng.integers(users)}", f"i{rng.integers(items)}", kind, ts - late,
-                       quantity=int(rng.integers(1, 4)) if kind == "purchase" else 1)
+            ev = Event(
+                f"e{offset}",
+                f"u{rng.integers(users)}",
+                f"i{rng.integers(items)}",
+                kind,
+                ts - late,
+                quantity=int(rng.integers(1, 4)) if kind == "purchase" else 1,
+            )
             batch.append(Delivered(ev, "clicks:0", offset))
             offset += 1
         batches.append(batch)
     return batches
 
 
-def run(up: InterestUpdater, batches: list[list[Delivered]], decay_every: int = 3) -> dict[str, UserState]:
+def run(
+    up: InterestUpdater, batches: list[list[Delivered]], decay_every: int = 3
+) -> dict[str, UserState]:
     """Apply ``batches`` through encode/decode as the worker does, decaying every few batches."""
     stored: dict[str, UserState] = {}
     for n, batch in enumerate(batches):
         users = {d.event.user_id for d in batch}
-        result = up.apply(batch, {u: decode(encode(stored[u])) if u in stored else None for u in users})
+        result = up.apply(
+            batch, {u: decode(encode(stored[u])) if u in stored else None for u in users}
+        )
         assert not result.rejected, result.rejected
         stored.update(result.states)
         if n % decay_every == decay_every - 1:
@@ -78,7 +92,8 @@ def test_touches_of_one_item_merge_with_the_long_term_formula():
     assert not history.record(h, "a", 1100.0, 2.0, 7, HALF_LIFE)
     assert h.items == ["a", "b"] and list(h.times) == [1100.0, 600.0]
     assert h.weights[0] == pytest.approx(1.0 * 2 ** (-1000.0 / HALF_LIFE) + 2.0)
-    assert not history.record(h, "b", 1200.0, 1.0, 99, HALF_LIFE)  # another vector now: the old fingerprint stays
+    # another vector now: the old fingerprint stays
+    assert not history.record(h, "b", 1200.0, 1.0, 99, HALF_LIFE)
     assert h.fingerprints[1] == 8
 
 
@@ -89,12 +104,14 @@ def test_pruning_keeps_the_horizon_of_the_newest_touch_then_the_weightiest():
     history.record(h, "heavy", 7100.0, 5.0, 1, HALF_LIFE)
     history.record(h, "new", 7200.0, 0.1, 1, HALF_LIFE)
     history.prune(h, 10, HALF_LIFE)
-    assert h.items == ["light", "heavy", "new"]  # 7200 s = 7.2 half-lives after "ancient": under 1% of its weight
+    # 7200 s = 7.2 half-lives after "ancient": under 1% of its weight
+    assert h.items == ["light", "heavy", "new"]
     full = History()
     for n in range(11):  # weights 10, 9, ... 1, then the newest touch, the lightest
         history.record(full, f"w{10 - n}", 7000.0 + n, 10.0 - n if n < 10 else 0.5, 1, HALF_LIFE)
     history.prune(full, 10, HALF_LIFE)
-    assert full.items == [*(f"w{10 - n}" for n in range(8)), "w0"]  # past the cap: cut to 90% of it, the lightest first, never the newest
+    # past the cap: cut to 90% of it, the lightest first, never the newest
+    assert full.items == [*(f"w{10 - n}" for n in range(8)), "w0"]
     idle = History()
     history.record(idle, "a", 0.0, 1.0, 1, HALF_LIFE)
     history.record(idle, "b", 10.0, 1.0, 1, HALF_LIFE)
@@ -117,20 +134,37 @@ def test_the_history_round_trips_and_old_states_decode_without_one():
     state.lt_time = 1.7e9 + 100_000.0
     raw = encode(state)
     back = decode(raw)
-    assert back.space == "enc@1" and len(back.history) == 3 and back.history.items == state.history.items
-    assert np.allclose(back.history.times, state.history.times, rtol=0, atol=0.01)  # float32 offsets
-    assert back.history.weights == state.history.weights and back.history.fingerprints == state.history.fingerprints
+    assert (
+        back.space == "enc@1"
+        and len(back.history) == 3
+        and back.history.items == state.history.items
+    )
+    # float32 offsets
+    assert np.allclose(back.history.times, state.history.times, rtol=0, atol=0.01)
+    assert (
+        back.history.weights == state.history.weights
+        and back.history.fingerprints == state.history.fingerprints
+    )
     unused = decode(raw)
     unused.lt_time += 5_000.0  # a decay pass: the history is written back as it was, never unpacked
-    assert encode(unused)[-len(state.history.pack()):] == state.history.pack() and unused.history._block is not None
+    assert (
+        encode(unused)[-len(state.history.pack()) :] == state.history.pack()
+        and unused.history._block is not None
+    )
 
-    version, n_json, n_hidden, n_lt = _HEADER.unpack_from(raw)  # the same state as written before the refresh existed
+    # the same state as written before the refresh existed
+    version, n_json, n_hidden, n_lt = _HEADER.unpack_from(raw)
     meta = orjson.loads(raw[_HEADER.size : _HEADER.size + n_json])
     del meta["sp"], meta["hb"]
     blob = orjson.dumps(meta)
     arrays = raw[_HEADER.size + n_json : _HEADER.size + n_json + 4 * (n_hidden + n_lt)]
     old = decode(_HEADER.pack(version, len(blob), n_hidden, n_lt) + blob + arrays)
-    assert old.space == "" and len(old.history) == 0 and old.history.items == [] and old.lt_time == state.lt_time
+    assert (
+        old.space == ""
+        and len(old.history) == 0
+        and old.history.items == []
+        and old.lt_time == state.lt_time
+    )
 
 
 def test_touches_are_counted_and_a_history_from_before_counts_reads_each_entry_as_touched_once():
@@ -150,19 +184,32 @@ def test_touches_are_counted_and_a_history_from_before_counts_reads_each_entry_a
     block = raw[start:]
     base, n = struct.unpack_from("<dI", block)
     numbers = struct.unpack_from(f"<{n}f{n}f{n}I", block, 12)
-    old_block = struct.pack("<dI", base, n) + struct.pack(f"<{n}f{n}f{n}I", *numbers) + block[12 + 16 * n :]
+    old_block = (
+        struct.pack("<dI", base, n) + struct.pack(f"<{n}f{n}f{n}I", *numbers) + block[12 + 16 * n :]
+    )
     del meta["hc"]
     meta["hb"] = len(old_block)
     blob = orjson.dumps(meta)
-    old = decode(_HEADER.pack(version, len(blob), n_hidden, n_lt) + blob + raw[_HEADER.size + n_json : start] + old_block)
-    assert old.history.holds_any({"b"}) and not old.history.holds_any({"c"})  # searched in the packed ids
-    assert old.history.items == ["a", "b"] and old.history.counts == [1, 1] and old.history.weights == decode(raw).history.weights
+    old = decode(
+        _HEADER.pack(version, len(blob), n_hidden, n_lt)
+        + blob
+        + raw[_HEADER.size + n_json : start]
+        + old_block
+    )
+    # searched in the packed ids
+    assert old.history.holds_any({"b"}) and not old.history.holds_any({"c"})
+    assert (
+        old.history.items == ["a", "b"]
+        and old.history.counts == [1, 1]
+        and old.history.weights == decode(raw).history.weights
+    )
     assert decode(encode(old)).history.counts == [1, 1]  # written back with counts
 
 
 def test_recomputing_from_the_history_agrees_with_the_incremental_sum():
     up = updater(vectors(12, 0))
-    states = run(up, random_events(210, 2, gap_s=25.0))  # 5,000 s: within the horizon, nothing pruned
+    # 5,000 s: within the horizon, nothing pruned
+    states = run(up, random_events(210, 2, gap_s=25.0))
     incremental = {u: (x.lt_sum.copy(), x.lt_weight) for u, x in states.items()}
     assert not any(up.needs_refresh(x, None) for x in states.values())
     assert up.refresh(states.values()) == {"item_vectors": len(states)}
@@ -182,7 +229,11 @@ def test_a_replaced_vector_makes_its_users_stale_and_they_are_recomputed_with_it
     assert up.catalogue.changed_items_since(before) == {"i3"}
     touched = {u for u, x in states.items() if "i3" in x.history.items}
     assert touched and touched != set(states)
-    assert {u for u, x in states.items() if up.needs_refresh(x, up.catalogue.changed_items_since(before))} == touched
+    assert {
+        u
+        for u, x in states.items()
+        if up.needs_refresh(x, up.catalogue.changed_items_since(before))
+    } == touched
     assert {u for u, x in states.items() if up.needs_refresh(x, None)} == touched
     assert up.refresh([states[u] for u in touched]) == {"item_vectors": len(touched)}
 
@@ -190,7 +241,9 @@ def test_a_replaced_vector_makes_its_users_stale_and_they_are_recomputed_with_it
     fresh = run(updater([edited if v.item_id == "i3" else v for v in items]), batches)
     for u in touched:
         assert np.allclose(states[u].lt_sum, fresh[u].lt_sum, rtol=1e-5, atol=1e-5)
-        assert states[u].history.fingerprints[states[u].history.items.index("i3")] == fingerprint(edited.vector)
+        assert states[u].history.fingerprints[states[u].history.items.index("i3")] == fingerprint(
+            edited.vector
+        )
         assert not up.needs_refresh(states[u], None)
 
 
@@ -200,7 +253,11 @@ def test_a_retired_item_leaves_the_long_term_sum_and_comes_back_into_it_with_its
     states = run(up, random_events(140, 4, items=40, gap_s=25.0))
     up.catalogue.remove(["i5"])
     touched = [x for x in states.values() if "i5" in x.history.items]
-    assert touched and len(touched) < len(states) and all(up.needs_refresh(x, frozenset({"i5"})) for x in touched)
+    assert (
+        touched
+        and len(touched) < len(states)
+        and all(up.needs_refresh(x, frozenset({"i5"})) for x in touched)
+    )
     incremental, expected = [], []
     for x in touched:  # the incremental sum less i5's part
         i = x.history.items.index("i5")
@@ -209,14 +266,21 @@ def test_a_retired_item_leaves_the_long_term_sum_and_comes_back_into_it_with_its
         expected.append((x.lt_sum - part * items[5].vector, x.lt_weight - part))
     up.refresh(touched)
     for x, (lt_sum, lt_weight) in zip(touched, expected):
-        assert np.allclose(x.lt_sum, lt_sum, rtol=1e-5, atol=1e-5) and x.lt_weight == pytest.approx(lt_weight, rel=1e-5)
-        assert x.history.fingerprints[x.history.items.index("i5")] == history.NOT_IN_SUM and not up.needs_refresh(x, None)
-    up.catalogue.upsert([items[5]])  # back (or late to arrive in a catalogue still filling): into the sums again
+        assert np.allclose(x.lt_sum, lt_sum, rtol=1e-5, atol=1e-5) and x.lt_weight == pytest.approx(
+            lt_weight, rel=1e-5
+        )
+        assert x.history.fingerprints[
+            x.history.items.index("i5")
+        ] == history.NOT_IN_SUM and not up.needs_refresh(x, None)
+    # back (or late to arrive in a catalogue still filling): into the sums again
+    up.catalogue.upsert([items[5]])
     assert up.catalogue.changed_items_since(up.catalogue.version - 1) == {"i5"}
     assert all(up.needs_refresh(x, frozenset({"i5"})) for x in touched)
     up.refresh(touched)
     for x, (lt_sum, lt_weight) in zip(touched, incremental):
-        assert np.allclose(x.lt_sum, lt_sum, rtol=1e-5, atol=1e-5) and x.lt_weight == pytest.approx(lt_weight, rel=1e-5)
+        assert np.allclose(x.lt_sum, lt_sum, rtol=1e-5, atol=1e-5) and x.lt_weight == pytest.approx(
+            lt_weight, rel=1e-5
+        )
 
 
 def test_a_packed_history_is_searched_for_a_few_items_without_unpacking():
@@ -224,7 +288,11 @@ def test_a_packed_history_is_searched_for_a_few_items_without_unpacking():
     for n, item in enumerate(["i1", "i12", "a-é"]):
         history.record(h, item, 100.0 + n, 1.0, 1, HALF_LIFE)
     packed = History.packed(h.pack())
-    assert packed.holds_any({"i12"}) and packed.holds_any({"x", "a-é"}) and not packed.holds_any({"i", "2", "i123", "1"})
+    assert (
+        packed.holds_any({"i12"})
+        and packed.holds_any({"x", "a-é"})
+        and not packed.holds_any({"i", "2", "i123", "1"})
+    )
     assert packed._block is not None  # still packed
     many = {f"x{n}" for n in range(40)}
     assert not packed.holds_any(many) and packed.holds_any(many | {"i1"})
@@ -236,10 +304,19 @@ def test_the_catalogue_tracks_fingerprints_and_replacements_across_retirements()
     catalogue.upsert(items)
     catalogue.remove(["i0"])  # i3 moves to row 0
     rows = catalogue.rows(["i3", "i0", "i1"])
-    assert rows[1] == -1 and catalogue.fingerprints_at(rows[[0, 2]]).tolist() == [fingerprint(items[3].vector), fingerprint(items[1].vector)]
+    assert rows[1] == -1 and catalogue.fingerprints_at(rows[[0, 2]]).tolist() == [
+        fingerprint(items[3].vector),
+        fingerprint(items[1].vector),
+    ]
     v1 = catalogue.version
-    catalogue.upsert([ItemVector("i1", b"\0" * 16, items[2].vector), items[3]])  # i3's vector again: no change
-    assert catalogue.changed_items_since(0) == {"i0", "i1", "i2", "i3"} and catalogue.changed_items_since(v1) == {"i1"}
+    # i3's vector again: no change
+    catalogue.upsert([ItemVector("i1", b"\0" * 16, items[2].vector), items[3]])
+    assert catalogue.changed_items_since(0) == {
+        "i0",
+        "i1",
+        "i2",
+        "i3",
+    } and catalogue.changed_items_since(v1) == {"i1"}
     catalogue.forget_changes(v1)
     assert catalogue.changed_items_since(0) == {"i1"}
 
@@ -254,13 +331,22 @@ def test_the_decay_pass_refreshes_the_users_in_its_scope_and_the_passes_narrow_i
     assert decay_step(rows, None, up, first).rows == {}  # nothing changed: nobody rewritten
     passes.done(0, first, up.catalogue)
     assert passes.scope(0, up.catalogue).empty
-    some = next(i for x in states.values() for i in x.history.items if any(i not in y.history.items for y in states.values()))
+    some = next(
+        i
+        for x in states.values()
+        for i in x.history.items
+        if any(i not in y.history.items for y in states.values())
+    )
     up.catalogue.upsert([ItemVector(some, b"\1" * 16, vectors(1, 11)[0].vector)])
     scope = passes.scope(0, up.catalogue)
     assert scope.changed == {some}
     out = decay_step(rows, None, up, scope)
     touched = {u.encode() for u, x in states.items() if some in x.history.items}
-    assert 0 < len(touched) < len(states) and set(out.rows) == touched and out.refreshed == {"item_vectors": len(touched)}
+    assert (
+        0 < len(touched) < len(states)
+        and set(out.rows) == touched
+        and out.refreshed == {"item_vectors": len(touched)}
+    )
     assert not any(up.needs_refresh(decode(v), None) for v in out.rows.values())
     passes.done(0, scope, up.catalogue)
     passes.forget()
@@ -275,25 +361,47 @@ def test_an_event_for_a_state_of_another_encoder_recomputes_it_in_this_ones_spac
     user = last[0].event.user_id
     result = b.apply(last, {user: decode(encode(states[user]))})
     assert result.refreshed == {"encoder": 1}
-    state, fresh = result.states[user], run(b, [*batches[:-1], last])[user]  # all of it in B's space from the start
+    # all of it in B's space from the start
+    state, fresh = result.states[user], run(b, [*batches[:-1], last])[user]
     assert state.space == "enc-b" and state.lt_sum.shape == (12,)
-    assert np.allclose(state.lt_sum, fresh.lt_sum, rtol=1e-5, atol=1e-5) and state.lt_weight == pytest.approx(fresh.lt_weight)
-    with torch.inference_mode():  # the short-term state restarted: one GRU step from zeros with B's vector
+    assert np.allclose(
+        state.lt_sum, fresh.lt_sum, rtol=1e-5, atol=1e-5
+    ) and state.lt_weight == pytest.approx(fresh.lt_weight)
+    # the short-term state restarted: one GRU step from zeros with B's vector
+    with torch.inference_mode():
         event = last[0].event
-        item_vec = b.model.item_space(torch.from_numpy(b.catalogue.vectors([event.item_id])))[:, :-1]  # in the interest space
-        expected = b.model.step(torch.zeros(1, 6), item_vec, torch.tensor([int(event.type == "purchase")]))[0].numpy()
+        # in the interest space
+        item_vec = b.model.item_space(torch.from_numpy(b.catalogue.vectors([event.item_id])))[
+            :, :-1
+        ]
+        expected = b.model.step(
+            torch.zeros(1, 6), item_vec, torch.tensor([int(event.type == "purchase")])
+        )[0].numpy()
     assert np.allclose(state.hidden, expected, atol=1e-6)
 
 
 def test_a_state_from_before_spaces_is_taken_as_this_encoders_unless_its_size_differs():
     up = updater(vectors(12, 0), "enc-a")
     legacy = UserState.new(6, DIM, "t")
-    legacy.lt_sum, legacy.lt_weight, legacy.hidden = np.ones(DIM, np.float32), 2.0, np.ones(6, np.float32)
+    legacy.lt_sum, legacy.lt_weight, legacy.hidden = (
+        np.ones(DIM, np.float32),
+        2.0,
+        np.ones(6, np.float32),
+    )
     assert up.needs_refresh(legacy, frozenset())
-    assert up.refresh([legacy]) == {} and legacy.space == "enc-a" and legacy.lt_weight == 2.0 and legacy.hidden[0] == 1.0
+    assert (
+        up.refresh([legacy]) == {}
+        and legacy.space == "enc-a"
+        and legacy.lt_weight == 2.0
+        and legacy.hidden[0] == 1.0
+    )
     other = UserState.new(6, 12, "t")
     other.lt_sum, other.lt_weight = np.ones(12, np.float32), 2.0
-    assert up.refresh([other]) == {"encoder": 1} and other.lt_sum.shape == (DIM,) and other.lt_weight == 0.0
+    assert (
+        up.refresh([other]) == {"encoder": 1}
+        and other.lt_sum.shape == (DIM,)
+        and other.lt_weight == 0.0
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -301,10 +409,18 @@ def test_recompute_on_cuda_matches_the_cpu():
     up = updater(vectors(12, 0))
     states = list(run(up, random_events(210, 6)).values())
     at = np.array([x.lt_time for x in states])
-    cpu = history.recompute([x.history for x in states], at, up.catalogue, HALF_LIFE, torch.device("cpu"))
-    cuda = history.recompute([x.history for x in states], at, up.catalogue, HALF_LIFE, torch.device("cuda"))
+    cpu = history.recompute(
+        [x.history for x in states], at, up.catalogue, HALF_LIFE, torch.device("cpu")
+    )
+    cuda = history.recompute(
+        [x.history for x in states], at, up.catalogue, HALF_LIFE, torch.device("cuda")
+    )
     assert np.allclose(cpu[0], cuda[0], rtol=1e-5, atol=1e-6) and np.allclose(cpu[1], cuda[1])
 
 
 def test_refresh_scope_is_empty_only_for_an_empty_set():
-    assert RefreshScope(0, frozenset()).empty and not RefreshScope(0, None).empty and not RefreshScope(0, frozenset({"a"})).empty
+    assert (
+        RefreshScope(0, frozenset()).empty
+        and not RefreshScope(0, None).empty
+        and not RefreshScope(0, frozenset({"a"})).empty
+    )

@@ -20,7 +20,9 @@ from tests.test_bad_input import Msg, make_updater
 
 
 def click(offset: int, user: str, ts: float, key: bytes | None = None, partition: int = 0) -> Msg:
-    value = json.dumps({"event_id": f"e{offset}", "user_id": user, "item_id": "i1", "ts": ts}).encode()
+    value = json.dumps(
+        {"event_id": f"e{offset}", "user_id": user, "item_id": "i1", "ts": ts}
+    ).encode()
     return Msg("clicks", partition, offset, user.encode() if key is None else key, value)
 
 
@@ -38,7 +40,13 @@ def test_an_event_whose_key_is_not_its_user_is_rejected_as_bad_key():
 
 def test_watermarks_are_the_newest_event_time_applied_on_each_partition():
     now = time.time()
-    out = run([click(0, "u1", now - 50, partition=0), click(1, "u1", now - 60, partition=0), click(2, "u2", now - 5, partition=3)])
+    out = run(
+        [
+            click(0, "u1", now - 50, partition=0),
+            click(1, "u1", now - 60, partition=0),
+            click(2, "u2", now - 5, partition=3),
+        ]
+    )
     assert out.watermarks == {0: now - 50, 3: now - 5}
 
 
@@ -60,30 +68,49 @@ def test_catalogue_rules():
         embedded.append(texts)
         return np.ones((len(texts), 4), np.float32) / 2
 
-    out = item_step([
-        item(0, b"kept", {"item_id": "kept", "text": "a tent"}),  # unchanged: not embedded again
-        item(1, b"new", {"item_id": "new", "text": "a stove"}),
-        item(2, b"gone", None),  # a null value retires the item of its key
-        item(3, b"back", None), item(4, b"back", {"item_id": "back", "text": "a mug"}),  # retired, then published again
-        item(5, b"other", {"item_id": "mismatch", "text": "a pan"}),  # key must be the item id
-        item(6, b"", None),
-    ], known.get, encode)
+    out = item_step(
+        [
+            item(
+                0, b"kept", {"item_id": "kept", "text": "a tent"}
+            ),  # unchanged: not embedded again
+            item(1, b"new", {"item_id": "new", "text": "a stove"}),
+            item(2, b"gone", None),  # a null value retires the item of its key
+            # retired, then published again
+            item(3, b"back", None),
+            item(4, b"back", {"item_id": "back", "text": "a mug"}),
+            item(5, b"other", {"item_id": "mismatch", "text": "a pan"}),  # key must be the item id
+            item(6, b"", None),
+        ],
+        known.get,
+        encode,
+    )
     assert embedded == [["a stove", "a mug"]] and out.embedded == 2
     assert [k for k, _ in out.vectors] == [b"new", b"back"] and out.retired == [b"gone"]
     assert ItemVector.decode("new", out.vectors[0][1], 4).text_hash == text_hash("a stove")
-    assert [(r.message.offset, r.rejection.reason) for r in out.rejected] == [(5, "bad_key"), (6, "bad_key")]
+    assert [(r.message.offset, r.rejection.reason) for r in out.rejected] == [
+        (5, "bad_key"),
+        (6, "bad_key"),
+    ]
 
 
 def test_a_user_gets_a_recommendation_for_applied_and_redelivered_events_but_not_for_rejected_ones():
     updater = make_updater()
     now = time.time()
-    first = updater.apply([Delivered(Event("e1", "u1", "i1", "click", now - 50), "clicks:0", 0)], {"u1": None})
+    first = updater.apply(
+        [Delivered(Event("e1", "u1", "i1", "click", now - 50), "clicks:0", 0)], {"u1": None}
+    )
     state = first.states["u1"]
-    again = updater.apply([Delivered(Event("e1", "u1", "i1", "click", now - 50), "clicks:0", 0)], {"u1": state})
-    assert again.redelivered == 1 and [r.user_id for r in again.recommendations] == ["u1"]  # may have been lost: sent again
-    rejected = updater.apply([Delivered(Event("e2", "u1", "missing", "click", now - 40), "clicks:0", 1)], {"u1": state})
+    again = updater.apply(
+        [Delivered(Event("e1", "u1", "i1", "click", now - 50), "clicks:0", 0)], {"u1": state}
+    )
+    # may have been lost: sent again
+    assert again.redelivered == 1 and [r.user_id for r in again.recommendations] == ["u1"]
+    rejected = updater.apply(
+        [Delivered(Event("e2", "u1", "missing", "click", now - 40), "clicks:0", 1)], {"u1": state}
+    )
     assert [rejection.reason for _, rejection in rejected.rejected] == ["unknown_item"]
-    assert rejected.recommendations == [] and "u1" in rejected.states  # its applied offset still moves
+    # its applied offset still moves
+    assert rejected.recommendations == [] and "u1" in rejected.states
 
 
 def test_an_items_last_record_wins_in_every_order_within_and_across_batches():
@@ -104,14 +131,18 @@ def test_an_items_last_record_wins_in_every_order_within_and_across_batches():
                 for before in (None, "a"):
                     stored = {} if before is None else {"x": text_hash("a")}
                     published = LastPublished(stored.get)
-                    topic: list[bytes | None] = []  # item-vectors' records of x, as published: a text hash or None
+                    # item-vectors' records of x, as published: a text hash or None
+                    topic: list[bytes | None] = []
                     batch: list = []
                     for offset, (record, cut) in enumerate(zip(sequence, (*cuts, True))):
                         batch.append(item(offset, b"x", records[record]))
                         if cut:
                             out = item_step(batch, published.known_hash, encode)
-                            topic += [out.hashes["x"] for key, _ in out.vectors] + [None for key in out.retired]
-                            assert len(out.vectors) + len(out.retired) <= 1  # one record per item and batch
+                            topic += [out.hashes["x"] for key, _ in out.vectors] + [
+                                None for key in out.retired
+                            ]
+                            # one record per item and batch
+                            assert len(out.vectors) + len(out.retired) <= 1
                             published.published(out)
                             batch = []
                     holds = topic[-1] if topic else stored.get("x")

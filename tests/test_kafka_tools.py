@@ -14,7 +14,10 @@ from models.records import Recommendation
 from tests.conftest import SAMPLE
 from tests.helpers import group_caught_up, metric_sum, scrape, stuck_report, wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.apache_kafka("Kafka's command-line clients come with its jars")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.apache_kafka("Kafka's command-line clients come with its jars"),
+]
 
 PRODUCER = "org.apache.kafka.tools.ConsoleProducer"
 CONSUMER = "org.apache.kafka.tools.consumer.ConsoleConsumer"
@@ -24,47 +27,98 @@ GROUPS = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
 def console_produce(broker, topic: str, keyed: list[tuple[str, dict]], codec: str = "none") -> None:
     """Send JSON values keyed by ``key`` with Kafka's console producer (acks=all, ``codec`` compression)."""
     lines = "".join(f"{key}|{json.dumps(value)}\n" for key, value in keyed)
-    done = broker.tool(PRODUCER, "--bootstrap-server", broker.address, "--topic", topic, "--compression-codec", codec,
-                       "--request-required-acks", "-1", "--property", "parse.key=true", "--property", "key.separator=|",
-                       input=lines)
+    done = broker.tool(
+        PRODUCER,
+        "--bootstrap-server",
+        broker.address,
+        "--topic",
+        topic,
+        "--compression-codec",
+        codec,
+        "--request-required-acks",
+        "-1",
+        "--property",
+        "parse.key=true",
+        "--property",
+        "key.separator=|",
+        input=lines,
+    )
     assert done.returncode == 0, done.stderr
 
 
-def test_events_from_kafkas_console_producer_are_applied_and_its_tools_read_the_results(broker, settings, sample_catalogue, tmp_path):
+def test_events_from_kafkas_console_producer_are_applied_and_its_tools_read_the_results(
+    broker, settings, sample_catalogue, tmp_path
+):
     publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         worker.wait_ready(min_items=len(sample_catalogue))
         items = [i["item_id"] for i in sample_catalogue]
-        events = [{"event_id": f"j{n}", "user_id": f"java-{n % 5}", "item_id": items[n], "type": "click", "ts": 1_790_000_000.0 + n}
-                  for n in range(20)]
+        events = [
+            {
+                "event_id": f"j{n}",
+                "user_id": f"java-{n % 5}",
+                "item_id": items[n],
+                "type": "click",
+                "ts": 1_790_000_000.0 + n,
+            }
+            for n in range(20)
+        ]
         console_produce(broker, settings.clicks_topic, [(e["user_id"], e) for e in events])
         topics = [settings.clicks_topic]
-        wait_until(lambda: metric_sum(scrape(settings.metrics_port), "interest_events_consumed_total") >= len(events),
-                   what="the console producer's events applied", explain=worker.log_tail)
-        wait_until(lambda: group_caught_up(settings, topics), what="offsets committed",
-                   explain=lambda: stuck_report(settings, topics, worker))
+        wait_until(
+            lambda: (
+                metric_sum(scrape(settings.metrics_port), "interest_events_consumed_total")
+                >= len(events)
+            ),
+            what="the console producer's events applied",
+            explain=worker.log_tail,
+        )
+        wait_until(
+            lambda: group_caught_up(settings, topics),
+            what="offsets committed",
+            explain=lambda: stuck_report(settings, topics, worker),
+        )
 
-        read = broker.tool(CONSUMER, "--bootstrap-server", broker.address, "--topic", settings.recommendations_topic,
-                           "--from-beginning", "--timeout-ms", "10000", "--property", "print.key=true",
-                           "--property", "key.separator=|")
+        read = broker.tool(
+            CONSUMER,
+            "--bootstrap-server",
+            broker.address,
+            "--topic",
+            settings.recommendations_topic,
+            "--from-beginning",
+            "--timeout-ms",
+            "10000",
+            "--property",
+            "print.key=true",
+            "--property",
+            "key.separator=|",
+        )
         lines = [line.split("|", 1) for line in read.stdout.splitlines() if "|" in line]
         assert lines, read.stderr
         recs = [Recommendation.from_json(value.encode()) for _, value in lines]
         assert {r.user_id for r in recs} == {e["user_id"] for e in events}
         assert all(key == r.user_id and r.items for (key, _), r in zip(lines, recs))
 
-        groups = broker.tool(GROUPS, "--bootstrap-server", broker.address, "--describe", "--group", settings.app_id)
+        groups = broker.tool(
+            GROUPS, "--bootstrap-server", broker.address, "--describe", "--group", settings.app_id
+        )
         assert groups.returncode == 0, groups.stderr
         header, *rows = [line.split() for line in groups.stdout.splitlines() if line.strip()]
         columns = {name: n for n, name in enumerate(header)}
         clicks = [row for row in rows if row[columns["TOPIC"]] == settings.clicks_topic]
         assert len(clicks) == settings.partitions, groups.stdout
         # A partition none of the five users hashes to has no committed offset ("-") and nothing to read.
-        committed = {int(row[columns["PARTITION"]]): row[columns["CURRENT-OFFSET"]] for row in clicks}
-        ends = {int(row[columns["PARTITION"]]): int(row[columns["LOG-END-OFFSET"]]) for row in clicks}
+        committed = {
+            int(row[columns["PARTITION"]]): row[columns["CURRENT-OFFSET"]] for row in clicks
+        }
+        ends = {
+            int(row[columns["PARTITION"]]): int(row[columns["LOG-END-OFFSET"]]) for row in clicks
+        }
         assert sum(ends.values()) == len(events)
-        assert {p: int(offset) if offset != "-" else 0 for p, offset in committed.items()} == ends, groups.stdout
+        assert {
+            p: int(offset) if offset != "-" else 0 for p, offset in committed.items()
+        } == ends, groups.stdout
     finally:
         worker.stop()
     assert worker.exit_code == 0, worker.log_tail()

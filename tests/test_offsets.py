@@ -1,4 +1,5 @@
-"""Per-partition progress: events applied in offset order, lost offsets re-read, durable offsets for commits."""
+"""Per-partition progress: events applied in offset order, lost offsets re-read, durable offsets
+for commits."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def test_events_apply_in_order_and_redeliveries_are_seen():
 def test_a_lost_offset_holds_back_later_events_until_it_is_re_read():
     progress = started()
     assert progress.admit(CLICKS, 10) is Verdict.APPLY
-    assert [progress.admit(CLICKS, o) for o in (14, 15)] == [Verdict.MISSING_BEFORE] * 2  # 11-13 were lost
+    # 11-13 were lost
+    assert [progress.admit(CLICKS, o) for o in (14, 15)] == [Verdict.MISSING_BEFORE] * 2
     assert progress.re_reading(CLICKS) == 11
     assert [progress.admit(CLICKS, o) for o in (11, 12, 13, 14, 15)] == [Verdict.APPLY] * 5
     assert not progress.gaps
@@ -59,7 +61,8 @@ def test_offsets_become_durable_only_when_made_so_and_are_forgotten_on_revoke():
     progress = started()
     for o in (10, 11, 12):
         progress.admit(CLICKS, o)
-    assert progress.durable == {CLICKS: 10}  # admitted, not yet durable (faust_compat.cap_commits reads this)
+    # admitted, not yet durable (faust_compat.cap_commits reads this)
+    assert progress.durable == {CLICKS: 10}
     after_batch = progress.position([CLICKS, TP("decay-ticks", 0)])
     assert after_batch == {CLICKS: 13}
     progress.admit(CLICKS, 13)  # the next batch, not durable yet
@@ -78,7 +81,8 @@ def test_a_partition_behind_its_end_with_nothing_arriving_is_stalled():
     assert progress.stalled({CLICKS: 50}) == {CLICKS: 12}  # no progress since the last look
     for o in range(12, 50):
         progress.admit(CLICKS, o)
-    assert progress.stalled({CLICKS: 50}) == {} and progress.stalled({CLICKS: 50}) == {}  # caught up
+    # caught up
+    assert progress.stalled({CLICKS: 50}) == {} and progress.stalled({CLICKS: 50}) == {}
 
 
 @pytest.mark.parametrize("error", ["KafkaConnectionError", "KafkaTimeoutError"])
@@ -103,8 +107,11 @@ def test_a_timer_skips_a_tick_when_the_broker_does_not_answer_instead_of_crashin
         raise getattr(errors, error)("Connection at 127.0.0.1:9092 closed")
 
     checkpoints = object.__new__(Checkpoints)  # only what the timer touches: no app, no broker
-    checkpoints.app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: {tp}, highwater=lambda tp: 5,
-                                                               earliest_offsets=earliest_offsets))
+    checkpoints.app = SimpleNamespace(
+        consumer=SimpleNamespace(
+            assignment=lambda: {tp}, highwater=lambda tp: 5, earliest_offsets=earliest_offsets
+        )
+    )
     checkpoints.progress = PartitionProgress(["clicks"])
     checkpoints.committed_offsets = unanswered  # type: ignore[method-assign]
     with pytest.raises(getattr(errors, error)):  # unguarded, it reaches faust
@@ -119,7 +126,9 @@ def test_a_timer_skips_a_tick_when_the_broker_does_not_answer_instead_of_crashin
         asyncio.run(skip_without_broker(bug)())
 
 
-def test_callers_asking_committed_offsets_at_once_share_one_admin_client_once_it_has_started(monkeypatch):
+def test_callers_asking_committed_offsets_at_once_share_one_admin_client_once_it_has_started(
+    monkeypatch,
+):
     """At a restart the event agent, the catalogue agent and the stall timer all start partitions at once: the
     second asked through a client whose start was still under way (aiokafka: NodeNotReadyError, node id None)
     and the worker stopped (exit 70, seen in tests/test_faults.py's kill -9 restart)."""
@@ -142,15 +151,24 @@ def test_callers_asking_committed_offsets_at_once_share_one_admin_client_once_it
 
         async def list_consumer_group_offsets(self, group, partitions):
             if not self.ready:
-                raise NodeNotReadyError("Attempt to send a request to node which is not ready (node id None).")
+                raise NodeNotReadyError(
+                    "Attempt to send a request to node which is not ready (node id None)."
+                )
             return {}
 
     monkeypatch.setattr(module, "AIOKafkaAdminClient", SlowAdmin)
     checkpoints = object.__new__(module.Checkpoints)  # only what committed_offsets touches
-    checkpoints.kafka, checkpoints.group, checkpoints._admin, checkpoints._admin_started = {}, "g", None, asyncio.Lock()
+    checkpoints.kafka, checkpoints.group, checkpoints._admin, checkpoints._admin_started = (
+        {},
+        "g",
+        None,
+        asyncio.Lock(),
+    )
 
     async def three_at_once():
-        return await asyncio.gather(*(checkpoints.committed_offsets([TP("clicks", p)]) for p in range(3)))
+        return await asyncio.gather(
+            *(checkpoints.committed_offsets([TP("clicks", p)]) for p in range(3))
+        )
 
     assert asyncio.run(three_at_once()) == [{TP("clicks", p): None} for p in range(3)]
     assert len(started) == 1
@@ -158,7 +176,8 @@ def test_callers_asking_committed_offsets_at_once_share_one_admin_client_once_it
 
 def test_the_stall_timer_looks_only_at_partitions_still_assigned_after_it_started_new_ones():
     """A rebalance while the timer asked the broker for a partition's committed offset took a partition away;
-    the timer then asked aiokafka for its high watermark (``AssertionError: Partition is not assigned``) and the
+    the timer then asked aiokafka for its high watermark (``AssertionError: Partition is not
+    assigned``) and the
     worker crashed (seen on Apache Kafka, tests/test_faults.py's two-worker takeover)."""
     import asyncio
     from types import SimpleNamespace
@@ -180,17 +199,31 @@ def test_the_stall_timer_looks_only_at_partitions_still_assigned_after_it_starte
         return 5
 
     checkpoints = object.__new__(Checkpoints)  # only what the timer touches: no app, no broker
-    checkpoints.app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: set(assignment), highwater=highwater,
-                                                               earliest_offsets=earliest_offsets))
+    checkpoints.app = SimpleNamespace(
+        consumer=SimpleNamespace(
+            assignment=lambda: set(assignment),
+            highwater=highwater,
+            earliest_offsets=earliest_offsets,
+        )
+    )
     checkpoints.progress = PartitionProgress(["clicks"])
     checkpoints.committed_offsets = committed_offsets  # type: ignore[method-assign]
     asyncio.run(checkpoints.re_read_stalled())
     assert checkpoints.progress.knows(kept)
 
 
-@pytest.mark.parametrize("reason, status", [("ConsistencyError", 70), ("KafkaConnectionError", 70), ("StoreFailure", 70),
-                                            ("ZeroDivisionError", 1)])
-def test_a_crash_by_the_broker_or_the_disk_exits_70_any_other_keeps_faust_s_status(monkeypatch, tmp_path, reason, status):
+@pytest.mark.parametrize(
+    "reason, status",
+    [
+        ("ConsistencyError", 70),
+        ("KafkaConnectionError", 70),
+        ("StoreFailure", 70),
+        ("ZeroDivisionError", 1),
+    ],
+)
+def test_a_crash_by_the_broker_or_the_disk_exits_70_any_other_keeps_faust_s_status(
+    monkeypatch, tmp_path, reason, status
+):
     """faust ends a crashed worker with 1 whatever crashed it: a broker restart under load (faust's
     ConsistencyError at recovery: the changelog is shorter than what the table applied) ended it with 1."""
     import faust
@@ -200,11 +233,16 @@ def test_a_crash_by_the_broker_or_the_disk_exits_70_any_other_keeps_faust_s_stat
     from state.faults import StoreFailure
     from streams.faust_worker import Worker
 
-    errors = {"ConsistencyError": ConsistencyError, "KafkaConnectionError": KafkaConnectionError, "StoreFailure": StoreFailure,
-              "ZeroDivisionError": ZeroDivisionError}
+    errors = {
+        "ConsistencyError": ConsistencyError,
+        "KafkaConnectionError": KafkaConnectionError,
+        "StoreFailure": StoreFailure,
+        "ZeroDivisionError": ZeroDivisionError,
+    }
     worker = Worker(faust.App("crash-test", datadir=str(tmp_path)), stop_timeout_s=5.0)
 
-    def crashed(self):  # what mode does after a crash: the reason kept, SystemExit(1) from its `exiting`
+    # what mode does after a crash: the reason kept, SystemExit(1) from its `exiting`
+    def crashed(self):
         self.crash_reason = errors[reason]("what crashed it")
         raise SystemExit(1)
 

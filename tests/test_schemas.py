@@ -20,7 +20,8 @@ def test_valid_click_and_purchase():
     assert e == Event("e1", "u1", "i1", "click", NOW - 10)
     p = parse_event(ev(quantity=2, price=9.5, type="purchase"), "purchase", NOW, LIMITS)
     assert isinstance(p, Event) and p.quantity == 2 and p.price == 9.5 and p.type == "purchase"
-    assert parse_event(ev(user_id=42), "click", NOW, LIMITS).user_id == "42"  # integer ids are accepted as strings
+    # integer ids are accepted as strings
+    assert parse_event(ev(user_id=42), "click", NOW, LIMITS).user_id == "42"
 
 
 @pytest.mark.parametrize(

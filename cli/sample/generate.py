@@ -10,19 +10,77 @@ import random
 from pathlib import Path
 
 CATEGORIES = {
-    "running": ["trail running shoes", "road running shoes", "running socks", "GPS running watch", "hydration vest", "running shorts"],
-    "coffee": ["espresso machine", "burr coffee grinder", "pour-over kettle", "single-origin coffee beans", "milk frother", "coffee scale"],
-    "camping": ["two-person tent", "down sleeping bag", "camping stove", "headlamp", "inflatable sleeping pad", "water filter"],
-    "baking": ["stand mixer", "sourdough starter kit", "cast iron dutch oven", "bread proofing basket", "digital kitchen scale", "pastry brush set"],
-    "gaming": ["mechanical keyboard", "gaming mouse", "wireless headset", "4k gaming monitor", "controller charging dock", "mouse pad xl"],
-    "gardening": ["pruning shears", "raised garden bed", "tomato seeds", "watering can", "compost bin", "garden gloves"],
-    "yoga": ["yoga mat", "yoga blocks", "meditation cushion", "resistance bands", "yoga strap", "foam roller"],
-    "photography": ["mirrorless camera", "50mm prime lens", "camera tripod", "camera bag", "lens cleaning kit", "sd memory card"],
+    "running": [
+        "trail running shoes",
+        "road running shoes",
+        "running socks",
+        "GPS running watch",
+        "hydration vest",
+        "running shorts",
+    ],
+    "coffee": [
+        "espresso machine",
+        "burr coffee grinder",
+        "pour-over kettle",
+        "single-origin coffee beans",
+        "milk frother",
+        "coffee scale",
+    ],
+    "camping": [
+        "two-person tent",
+        "down sleeping bag",
+        "camping stove",
+        "headlamp",
+        "inflatable sleeping pad",
+        "water filter",
+    ],
+    "baking": [
+        "stand mixer",
+        "sourdough starter kit",
+        "cast iron dutch oven",
+        "bread proofing basket",
+        "digital kitchen scale",
+        "pastry brush set",
+    ],
+    "gaming": [
+        "mechanical keyboard",
+        "gaming mouse",
+        "wireless headset",
+        "4k gaming monitor",
+        "controller charging dock",
+        "mouse pad xl",
+    ],
+    "gardening": [
+        "pruning shears",
+        "raised garden bed",
+        "tomato seeds",
+        "watering can",
+        "compost bin",
+        "garden gloves",
+    ],
+    "yoga": [
+        "yoga mat",
+        "yoga blocks",
+        "meditation cushion",
+        "resistance bands",
+        "yoga strap",
+        "foam roller",
+    ],
+    "photography": [
+        "mirrorless camera",
+        "50mm prime lens",
+        "camera tripod",
+        "camera bag",
+        "lens cleaning kit",
+        "sd memory card",
+    ],
 }
 BRANDS = ["Northpeak", "Alder", "Vanta", "Kestrel"]
 
 
-def main(out_dir: Path = Path(__file__).parent, users: int = 24, events_per_user: int = 30, seed: int = 7) -> None:
+def main(
+    out_dir: Path = Path(__file__).parent, users: int = 24, events_per_user: int = 30, seed: int = 7
+) -> None:
     rng = random.Random(seed)
     items: list[dict] = []
     by_category: dict[str, list[str]] = {}
@@ -42,7 +100,15 @@ def main(out_dir: Path = Path(__file__).parent, users: int = 24, events_per_user
             ts += rng.expovariate(1 / 900)
             kind = "purchase" if rng.random() < 0.15 else "click"
             item = rng.choice(by_category[category])
-            events.append({"event_id": f"u{u:02d}-{n:03d}", "user_id": f"user-{u:02d}", "item_id": item, "type": kind, "ts": round(ts, 3)})
+            events.append(
+                {
+                    "event_id": f"u{u:02d}-{n:03d}",
+                    "user_id": f"user-{u:02d}",
+                    "item_id": item,
+                    "type": kind,
+                    "ts": round(ts, 3),
+                }
+            )
     events.sort(key=lambda e: e["ts"])
     (out_dir / "catalogue.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     (out_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
