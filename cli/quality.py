@@ -10,16 +10,17 @@ chosen params at each further seed. ``models.seeds.summarise`` gives mean ± sam
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from models.train_config import TrainConfig
 
-from models.evaluate import EvalConfig, ablate, chosen_params, evaluate
-from models.peers import default_peers, with_params
-from models.records import CatalogueItem, Event
-from models.seeds import markdown_table, summarise
-from models.train import TrainConfig, train
-from models.updater import UpdaterConfig
+if (
+    TYPE_CHECKING
+):  # the CLI builds its parser from QualityConfig: the model stays unimported until a run
+    import numpy as np
+
+    from models.records import CatalogueItem, Event
+    from models.updater import UpdaterConfig
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ def measure(
     run's recommenders in seed 0's order), "training" (per seed: "seconds", training "events", "epochs" of
     the final model), "params" (each peer's, chosen at seed 0 or given), "deterministic" (the peers whose
     rows are seed 0's) and "summary" (``summarise`` of the runs)."""
+    from models.evaluate import EvalConfig, ablate, chosen_params, evaluate
+    from models.peers import default_peers, with_params
+    from models.seeds import summarise
+    from models.train import train
+
     ids = [i.item_id for i in items]
     index = {item_id: n for n, item_id in enumerate(ids)}
     runs: list[dict[str, Any]] = []
@@ -114,8 +120,9 @@ def measure(
 
 def markdown(report: dict[str, Any], title: str) -> str:
     """``title``, the summary as a table of docs/quality.md, then what it rests on: seeds, the
-    deterministic peers, the
-    model's training time and events, the peers' params."""
+    deterministic peers, the model's training time and events, the peers' params."""
+    from models.seeds import markdown_table
+
     seeds, training = len(report["runs"]), report["training"]
     seconds = [t["seconds"] for t in training]
     params = "; ".join(
@@ -133,8 +140,8 @@ def markdown(report: dict[str, Any], title: str) -> str:
                 f"{', '.join(report['deterministic'])}: deterministic, "
                 "replayed once (seed 0), spread 0 by construction. The model trained on "
                 f"{training[0]['events']:,} events in "
-                f"{np.mean(seconds):.1f} s a seed ({min(seconds):.1f}-{max(seconds):.1f} s). Peers' "
-                f"params: {params}.",
+                f"{sum(seconds) / len(seconds):.1f} s a seed "
+                f"({min(seconds):.1f}-{max(seconds):.1f} s). Peers' params: {params}.",
             ]
         )
         + "\n"

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from models import history, longterm, trending
 from models.interest import STREAM_SETTINGS, InterestModel, ModelConfig
 from models.records import Event
+from models.train_config import TrainConfig
 from models.updater import UpdaterConfig
 from state.faults import InterestStreamError
 from state.user_state import History
@@ -39,29 +40,6 @@ def validation_cutoff(times: np.ndarray, fraction: float) -> float:
     """The time from which on (inclusive) events of the training period are its validation part: its last
     ``fraction`` by time, the ``1 - fraction`` quantile of ``times`` (unix seconds)."""
     return float(np.quantile(times, 1 - fraction))
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    dim: int = 64
-    hidden: int = 128
-    epochs: int = 30  # upper bound: early stopping usually ends sooner
-    patience: int = 3  # epochs without a better validation NDCG@10 before stopping
-    lr: float = 3e-3
-    # Adam moves a parameter by about lr a step: a few hundred steps (grocery's ~80 a epoch) would hold a
-    # re-buy or trend weight under ~1, where they need several (their features span 0-8)
-    feature_lr_scale: float = 10.0
-    # on the item vectors entering the GRU and the hidden state entering the fusion, while training
-    dropout: float = 0.2
-    lanes: int = 32  # users processed side by side
-    window: int = 32  # steps per mini-batch (truncated backpropagation through time)
-    val_fraction: float = 0.1  # last part of the training period (by time) used for early stopping
-    refit: bool = True  # retrain on the whole training period for the best number of epochs
-    # as served: items the user already had are not candidates; False: re-buys are, with the re-buy term
-    exclude_seen: bool = True
-    # > 0: the model learns the trend term over recent events of this half-life (models.trending)
-    trend_half_life_s: float = 0.0
-    seed: int = 0
 
 
 @dataclass
@@ -488,11 +466,29 @@ def train(
     embeddings: np.ndarray,
     encoder: str,
     settings: UpdaterConfig,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig | None = None,
     progress: bool = False,
 ) -> tuple[InterestModel, TrainReport]:
-    """Train on time-ordered ``events`` (items by ``index`` into ``embeddings``); returns the model, unsaved.
-    Raises ``InterestStreamError`` when no event is left to fit before the validation part."""
+    """Train the model on a log's training period, as the module docstring says.
+
+    Args:
+        events: the training period's events, in time order.
+        index: item id -> its row of ``embeddings``.
+        embeddings: float32 [items, embed_dim], the encoder's vectors of the catalogue.
+        encoder: the encoder's name, recorded in the model (a worker with another encoder refuses it).
+        settings: the stream settings the long-term inputs are computed under (half-life, click and
+            purchase weights): serve the model with the same (the checkpoint records them).
+        config: how to train; ``TrainConfig()`` if None.
+        progress: a progress bar per epoch.
+
+    Returns:
+        The trained model (not saved: ``InterestModel.save``) and its report (final epochs, per-epoch
+        history, seconds, calibrated feature scales).
+
+    Raises:
+        InterestStreamError: no event is left to fit before the validation part.
+    """
+    config = config or TrainConfig()
     started = time.perf_counter()
     seqs = build_sequences(
         events,

@@ -33,7 +33,8 @@ REFRESH_BATCH = 4096
 
 @dataclass(frozen=True)
 class UpdaterConfig:
-    """What the updater needs of the settings (``Settings.updater_config()`` gives the configured one)."""
+    """What the updater needs of the settings (``Settings.updater_config()`` gives the configured one).
+    These defaults are the product's: ``streams.settings.Settings`` takes its fields' defaults from here."""
 
     top_k: int = 10  # recommendations per user
     exclude_seen: bool = True  # drop the user's recent items from their recommendations
@@ -45,11 +46,14 @@ class UpdaterConfig:
     click_weight: float = 1.0  # long-term weight of a click
     purchase_weight: float = 3.0  # of a purchase (times its quantity)
     max_lateness_s: float = 86400.0  # events older than the user's last by more are rejected
-    bf16_scoring: bool = True  # score large catalogues in bf16 where the CPU has it natively
+    bf16_scoring: bool = (
+        ScoringConfig.bf16
+    )  # score large catalogues in bf16 where the CPU has it natively
     # from this catalogue size on, candidates come from an ANN index (models.scorer)
-    ann_min_items: int = 100_000
-    ann_nprobe: int = 64  # IVF lists searched per query
-    scoring_device: str = "cpu"  # where the catalogue is scored: auto, cpu or cuda[:N]
+    ann_min_items: int = ScoringConfig.ann_min_items
+    ann_nprobe: int = ScoringConfig.ann_nprobe  # IVF lists searched per query
+    # where the catalogue is scored: auto (cuda if present), cpu or cuda[:N]; a Scorer alone stays on the CPU
+    scoring_device: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -145,28 +145,38 @@ class Settings:
         "partitions back at "
         "once. Empty: dynamic membership.",
     )
-    top_k: int = setting(10, "Recommendations published per user.", _at_least(1))
-    exclude_seen: bool = setting(True, "Drop the user's recent items from their recommendations.")
+    top_k: int = setting(UpdaterConfig.top_k, "Recommendations published per user.", _at_least(1))
+    exclude_seen: bool = setting(
+        UpdaterConfig.exclude_seen, "Drop the user's recent items from their recommendations."
+    )
     reasons: bool = setting(
-        False,
+        UpdaterConfig.reasons,
         "Add a reason to each recommended item: the user's recent item nearest to it, and its score's parts "
         "(short-term, long-term, item bias, re-buy, trend; docs/usage.md).",
     )
     recent_items: int = setting(
-        50, "Recent items remembered per user (for exclusion).", _at_least(0)
+        UpdaterConfig.recent_items,
+        "Recent items remembered per user (for exclusion).",
+        _at_least(0),
     )
     history_items: int = setting(
-        100,
+        UpdaterConfig.history_items,
         "Items a user's long-term history keeps (event time, decayed weight, touches), to recompute "
         "the long-term vector when "
         "item vectors change; the least weighty go first (docs/refresh.md).",
         _at_least(1),
     )
     half_life_s: float = setting(
-        604800.0, "Half-life of the long-term interest, seconds of event time.", POSITIVE
+        UpdaterConfig.half_life_s,
+        "Half-life of the long-term interest, seconds of event time.",
+        POSITIVE,
     )
-    click_weight: float = setting(1.0, "Long-term weight of a click.", _at_least(0))
-    purchase_weight: float = setting(3.0, "Long-term weight of a purchase.", _at_least(0))
+    click_weight: float = setting(
+        UpdaterConfig.click_weight, "Long-term weight of a click.", _at_least(0)
+    )
+    purchase_weight: float = setting(
+        UpdaterConfig.purchase_weight, "Long-term weight of a purchase.", _at_least(0)
+    )
     user_ttl_s: float = setting(
         0.0,
         "Users with no event applied for this long (seconds, wall clock) are erased as on request, "
@@ -175,18 +185,22 @@ class Settings:
         _at_least(0),
     )
     max_future_s: float = setting(
-        300.0, "Events stamped further ahead of the wall clock are rejected.", _at_least(0)
+        EventLimits.max_future_s,
+        "Events stamped further ahead of the wall clock are rejected.",
+        _at_least(0),
     )
     max_lateness_s: float = setting(
-        86400.0, "Events older than the user's last event by more are rejected.", _at_least(0)
+        UpdaterConfig.max_lateness_s,
+        "Events older than the user's last event by more are rejected.",
+        _at_least(0),
     )
     max_quantity: int = setting(
-        1000,
+        EventLimits.max_quantity,
         "Purchases of a larger quantity are rejected (bad_value): quantity scales the long-term weight.",
         _at_least(1),
     )
     max_price: float = setting(
-        1e9, "Events with a larger price are rejected (bad_value).", _at_least(0)
+        EventLimits.max_price, "Events with a larger price are rejected (bad_value).", _at_least(0)
     )
     max_message_bytes: int = setting(
         1_000_000,
@@ -201,23 +215,25 @@ class Settings:
         60.0, "Timer period for decaying every user's long-term vector.", POSITIVE
     )
     bf16_scoring: bool = setting(
-        True,
+        UpdaterConfig.bf16_scoring,
         "Score catalogues of 2048+ items in bf16 where the CPU has native bf16 (AVX512-BF16/AMX), "
         "rescoring the best "
         "candidates in fp32.",
     )
     ann_min_items: int = setting(
-        100_000,
+        UpdaterConfig.ann_min_items,
         "From this catalogue size on, candidates come from an approximate index (faiss IVF) and are "
         "rescored exactly; "
         "below it, every item is scored (docs/performance.md).",
         _at_least(1),
     )
     ann_nprobe: int = setting(
-        64, "IVF lists the approximate index searches per user: recall against cost.", _at_least(1)
+        UpdaterConfig.ann_nprobe,
+        "IVF lists the approximate index searches per user: recall against cost.",
+        _at_least(1),
     )
     scoring_device: str = setting(
-        "auto",
+        UpdaterConfig.scoring_device,
         "Where the catalogue is scored: auto (cuda if present), cuda or cpu. On cuda every item is scored.",
         (
             (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:")),
@@ -422,6 +438,12 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 def describe() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every setting: the configuration table of docs/configuration.md."""
     return [(variable(f.name), str(f.default), f.metadata["help"]) for f in fields(Settings)]
+
+
+def configuration_table() -> str:
+    """``describe()`` as the markdown table of docs/configuration.md."""
+    rows = [f"| `{name}` | `{default}` | {meaning} |" for name, default, meaning in describe()]
+    return "\n".join(["| variable | default | meaning |", "|---|---|---|", *rows])
 
 
 def shown(settings: Settings) -> dict[str, str]:

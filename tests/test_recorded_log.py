@@ -495,7 +495,7 @@ def test_quality_over_two_seeds_on_a_recorded_log(
 def test_peer_params_are_taken_only_from_a_report_of_the_same_mode(tmp_path, keep_seen):
     import argparse
 
-    from cli.main import _given_params
+    from cli.commands.offline import given_params
     from state.faults import InterestStreamError
 
     report = tmp_path / "report.json"
@@ -504,9 +504,9 @@ def test_peer_params_are_taken_only_from_a_report_of_the_same_mode(tmp_path, kee
             {"params": {"EASE": {"reg_weight": 50.0}}, "config": {"exclude_seen": not keep_seen}}
         )
     )
-    assert _given_params(argparse.Namespace(peer_params=str(report), keep_seen=keep_seen)) == {
+    assert given_params(argparse.Namespace(peer_params=str(report), keep_seen=keep_seen)) == {
         "EASE": {"reg_weight": 50.0}
     }
     # tuned for the other mode: not this mode's params
     with pytest.raises(InterestStreamError, match="was tuned"):
-        _given_params(argparse.Namespace(peer_params=str(report), keep_seen=not keep_seen))
+        given_params(argparse.Namespace(peer_params=str(report), keep_seen=not keep_seen))

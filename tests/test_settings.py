@@ -178,10 +178,11 @@ def test_the_cli_reports_a_users_error_in_one_line():
 
 def test_any_other_exception_keeps_its_traceback(monkeypatch):
     from cli import main
+    from cli.commands import running
 
     def broken(args, settings):
         raise RuntimeError("a bug")  # torch's and the like: not the user's to fix, so not hidden
 
-    monkeypatch.setattr(main, "_config", broken)
+    monkeypatch.setattr(running, "config", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main.main(["config"])
