@@ -54,22 +54,13 @@ def summarise(
 
 
 def spread(value: dict[str, float] | None) -> str:
-    """One summarised value as "mean ± std", "-" for none."""
-    return "-" if value is None else f"{value['mean']:.4f} ± {value['std']:.4f}"
-
-
-def format_summary(summary: dict[str, dict], part: str = "all") -> str:
-    """One line per recommender: mean ± std of each metric over the runs, for ``part``."""
-    width = max(len(n) for n in summary) + 2
-    lines = [f"{'':{width}}" + "".join(f"{m:>18}" for m in METRICS)]
-    for name, parts in summary.items():
-        cells = [spread(parts[part][m]).rjust(18) for m in METRICS]
-        lines.append(f"{name:{width}}" + "".join(cells))
-    runs = next(
-        (s["runs"] for parts in summary.values() for s in parts[part].values() if s is not None), 0
-    )
-    lines.append(f"mean ± sample standard deviation over {runs} runs ({part})")
-    return "\n".join(lines)
+    """One summarised value as "mean ± std", the mean alone where one run measured no spread, "-" for
+    none."""
+    if value is None:
+        return "-"
+    if value["runs"] < 2:
+        return f"{value['mean']:.4f}"
+    return f"{value['mean']:.4f} ± {value['std']:.4f}"
 
 
 def markdown_table(

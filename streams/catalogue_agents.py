@@ -121,9 +121,17 @@ class CatalogueAgents:
         topic = self.settings.item_vectors_topic
         headers = [(ENCODER_HEADER, self.runtime.encoder.space.encode())]
         for key, value in out.vectors:
-            sent.append(await self.app.producer.send(topic, key, value, None, None, headers))
+            sent.append(
+                await self.app.producer.send(
+                    topic, key=key, value=value, partition=None, timestamp=None, headers=headers
+                )
+            )
         for key in out.retired:
-            sent.append(await self.app.producer.send(topic, key, None, None, None, None))
+            sent.append(
+                await self.app.producer.send(
+                    topic, key=key, value=None, partition=None, timestamp=None, headers=None
+                )
+            )
         self.published.published(out)
 
     def _stored_hash(self, item_id: str) -> bytes | None:

@@ -128,7 +128,12 @@ class DeadLetterWriter:
             self.max_bytes,
         )
         sent = await self.app.producer.send(
-            self.topic, letter.key, letter.value, None, None, letter.headers
+            self.topic,
+            key=letter.key,
+            value=letter.value,
+            partition=None,
+            timestamp=None,
+            headers=letter.headers,
         )
         metrics.EVENTS_DEAD_LETTERED.labels(rejection.reason, msg.topic).inc()
         return sent

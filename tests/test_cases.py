@@ -1,4 +1,4 @@
-"""Every failing case of ../shared/cases/ (its input files copied to tests/fixtures/poison/), and the
+"""Every poison message of tests/fixtures/README.md (its input files in tests/fixtures/poison/), and the
 other shapes of the same kinds, through one real worker on a real broker: each poison message becomes
 one dead letter with the expected reason, the good events around it are applied, no NaN or infinity
 reaches a state or an output, dead letters fit the broker, and null values retire catalogue items."""

@@ -15,6 +15,7 @@ from models.data import EventLog, load_files, write_log
 from models.interest import InterestModel
 from models.peers import EASE, EASE_GRID, SASREC_GRID
 from models.records import CatalogueItem, Event
+from models.train_config import TrainConfig
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -334,6 +335,14 @@ def test_the_log_is_a_dataset_or_both_files(tmp_path, capsys):
         run(capsys, "train", "--catalogue", str(c), "--events", str(missing))[2]
         == f"interest-stream train: {missing}: no such file\n"
     )
+
+
+@pytest.mark.parametrize("command", ["train", "quality"])
+def test_zero_epochs_is_refused_by_the_flag_and_by_the_config(command, capsys):
+    status, _, err = run(capsys, command, "--dataset", "grocery", "--epochs", "0")
+    assert status == 2 and "--epochs: 0: must be at least 1" in err
+    with pytest.raises(ValueError, match="at least one epoch"):
+        TrainConfig(epochs=0)
 
 
 def test_training_needs_events_before_its_validation_part(

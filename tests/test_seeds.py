@@ -1,7 +1,7 @@
 import pytest
 
 from models.evaluate import METRICS
-from models.seeds import format_summary, markdown_table, summarise
+from models.seeds import markdown_table, spread, summarise
 
 
 def run(value: float, new_users: float | None) -> dict[str, dict]:
@@ -27,8 +27,13 @@ def test_the_spread_over_runs_per_recommender_part_and_metric():
     }
     assert summary["m"]["new_users"]["AUC"] is None  # one run had no event of new users
     assert summarise([run(0.1, 0.5)])["m"]["all"]["HR@10"]["std"] == 0.0
-    table = format_summary(summary)
-    assert "0.3000 ± 0.2646" in table and "over 3 runs" in table
+    assert spread(summary["m"]["all"]["NDCG@10"]) == "0.3000 ± 0.2646"
+
+
+def test_one_run_shows_no_spread_it_did_not_measure():
+    summary = summarise([run(0.1, 0.5)])
+    assert spread(summary["m"]["all"]["NDCG@10"]) == "0.1000"
+    assert "±" not in markdown_table(summary)
 
 
 def test_runs_of_different_recommenders_are_refused():
