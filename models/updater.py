@@ -236,10 +236,19 @@ class InterestUpdater:
         )
 
     def scores(self, states: list[UserState]) -> np.ndarray:
-        """Every catalogue item's score for each state: [len(states), len(catalogue)] float32, columns in
-        ``catalogue.ids`` order, higher is better; exact fp32, nothing excluded. ``recommend``'s
-        top-k is these
-        scores' top-k with the exclusions (up to bf16 near-ties, and ANN misses in a large catalogue)."""
+        """Every catalogue item's score for each state, exact fp32, nothing excluded.
+
+        ``recommend``'s top-k is these scores' top-k with the exclusions (up to bf16 near-ties, and ANN
+        misses in a large catalogue).
+
+        Args:
+            states: the users' states, as ``apply`` leaves them.
+
+        Returns:
+            float32 [len(states), len(catalogue)], columns in ``catalogue.ids`` order, higher is
+            better: the fused query's dot product with each item, plus the trend, item bias and
+            re-buy terms the model was trained with (docs/architecture.md).
+        """
         if not states or not len(self.catalogue):
             return np.zeros((len(states), len(self.catalogue)), np.float32)
         self.scorer.sync(self.catalogue, self.model)
@@ -319,7 +328,20 @@ class InterestUpdater:
         return boost
 
     def apply(self, batch: list[Delivered], states: dict[str, UserState | None]) -> BatchResult:
-        """Apply a micro-batch; ``states`` holds the stored state of each user in it (None if new)."""
+        """Apply a micro-batch: per user, in offset order, one GRU step and one decayed long-term add
+        per event, then one top-k per user over the full catalogue.
+
+        Args:
+            batch: the micro-batch's admitted events, in offset order per source partition.
+            states: the stored state of each user in the batch, None for a new user; the states are
+                advanced in place (decode them afresh from the store to keep the old ones).
+
+        Returns:
+            The changed states, one recommendation per user with an applied or redelivered event, the
+            rejected events with their reasons (unknown item, duplicate event id, later than
+            ``max_lateness_s``), the redelivered count (offsets a state already holds: skipped) and
+            the long-term refreshes by cause.
+        """
         result = BatchResult()
         accepted = self._admit(batch, states, result)
         # Never add to, or score with, a long-term sum of another encoder's space: recompute it in

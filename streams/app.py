@@ -53,8 +53,19 @@ class WorkerApp:
 
 
 def build_app(settings: Settings) -> WorkerApp:
-    """The faust app of a worker with ``settings``. Raises ``IncompatibleLibrary`` if the installed faust or
-    aiokafka lacks a private part this worker relies on (``faust_compat``)."""
+    """The faust app of a worker: its topics, the user table, the agents, timers and web pages.
+
+    Args:
+        settings: the validated settings (``Settings.from_env``); the app keeps them.
+
+    Returns:
+        The app and the parts its agents share (``WorkerApp``); nothing connects to the broker
+        until the app is started (``streams.faust_worker``).
+
+    Raises:
+        IncompatibleLibrary: the installed faust or aiokafka lacks a private part this worker
+            relies on (``streams.faust_compat``, checked before anything else).
+    """
     faust_compat.check()
     faust_compat.back_off_empty_fetches(settings.fetch_backoff_s)
     faust_compat.stand_in_for_undecodable_batches(report_undecodable)

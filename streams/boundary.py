@@ -50,6 +50,17 @@ async def contain(
 
     ``process`` must leave nothing half-written that a retry would apply twice: it computes everything
     first and writes only what it computed (the user states' applied offsets make a re-run idempotent).
+
+    Args:
+        topic: the batch's topic, the label of ``interest_batch_splits_total``.
+        batch: the micro-batch's messages, in offset order.
+        process: applies messages; called with the batch, then with halves of a failing part.
+        poison: takes one message that still fails alone, with the reason and detail of its failure
+            (``rejection_for``); it publishes the dead letter.
+
+    Raises:
+        Exception: whatever ``process`` raised when ``is_infrastructure`` says the broker, the disk or
+            the process failed, not the messages: the worker stops (exit 70), nothing is set aside.
     """
     try:
         await process(batch)

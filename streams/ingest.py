@@ -111,7 +111,16 @@ class EventStep:
         return self.apply(admitted, read(admitted.users))
 
     def admit(self, messages: Sequence[Message], now: float) -> Admitted:
-        """Parse and validate each message (``now``: the wall clock, for the future check)."""
+        """Parse and validate each message of a micro-batch; no state is read.
+
+        Args:
+            messages: the micro-batch's event messages (clicks and purchases), key the user id.
+            now: the wall clock, seconds since the epoch, for ``EventLimits.max_future_s``.
+
+        Returns:
+            The events that passed, in order, with their sources and messages, and the rejected
+            messages with their reasons (``bad_json``, ``bad_type``, ``bad_value``, ``bad_key``...).
+        """
         admitted = Admitted()
         for msg in messages:
             event = parse_event(msg.value, self.event_types[msg.topic], now, self.limits)
@@ -133,7 +142,17 @@ class EventStep:
         return admitted
 
     def apply(self, admitted: Admitted, stored: dict[bytes, bytes | None]) -> EventsOutput:
-        """Apply the admitted events to the users' ``stored`` states (user key -> encoded state or None)."""
+        """Apply the admitted events to their users' states (``InterestUpdater.apply``).
+
+        Args:
+            admitted: what ``admit`` returned.
+            stored: user key -> the encoded state in the table, None for a user it does not hold.
+
+        Returns:
+            The new encoded states by partition, the recommendations to publish, every rejected
+            message (``admit``'s and the updater's: unknown item, duplicate, too late), the redelivered
+            count, the refresh causes and each partition's newest event time.
+        """
         out = EventsOutput(rejected=list(admitted.rejected))
         if not admitted.delivered:
             return out
