@@ -88,7 +88,10 @@ def main(
         for product in products:
             for brand in BRANDS[:2]:
                 item_id = f"{category[:3]}-{len(items):03d}"
-                items.append({"item_id": item_id, "text": f"{brand} {product} ({category})"})
+                # the category in words and the brand last: MiniLM weighs a rare brand name first in a short
+                # text above what the item is (a tent beside yoga mats of the same brand)
+                text = f"{product} for {category}. Brand: {brand}"
+                items.append({"item_id": item_id, "text": text})
                 by_category.setdefault(category, []).append(item_id)
     events: list[dict] = []
     t0 = 1_793_000_000.0  # Nov 2026
