@@ -34,9 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     except InterestStreamError as exc:
         print(f"interest-stream {args.command}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    except (
-        BrokenPipeError
-    ):  # the reader left (`... | head`): nothing more to print, and no traceback
+    except BrokenPipeError:  # the reader left (`... | head`): nothing more, and no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0) from None
 
