@@ -56,6 +56,8 @@ from streams.settings import Settings, shown, topic_settings
 from streams.topics import admin_client, ensure_topics
 
 MINILM_DIM = 384  # the decay cost is for production-sized states
+_CPUS = sorted(os.sched_getaffinity(0))
+WORKER_CPUS, OTHER_CPUS = set(_CPUS[-1:]), set(_CPUS[:-1]) or set(_CPUS)  # --pin
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -100,11 +102,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--decay-users", type=int, default=100_000, help="users for the decay timer cost (0: skip)"
     )
-    p.add_argument("--duration", type=float, default=15.0, help="seconds per sustained-rate phase")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds per latency phase")
     p.add_argument(
         "--loads",
-        default="0.5,0.8",
-        help="sustained rates as fractions of the measured capacity; 'goal' is half the aiokafka reference",
+        default="0.1,0.5,0.8",
+        help="latency phases' rates as fractions of the sustained capacity (of the drain rate with "
+        "--sustain-window 0); 'goal' is half the aiokafka reference (default 0.1,0.5,0.8)",
+    )
+    p.add_argument(
+        "--sustain-window",
+        type=float,
+        default=30.0,
+        help="seconds each rate is held in the search for the sustained capacity (0: no search; "
+        "default 30)",
+    )
+    p.add_argument(
+        "--sustain-probes",
+        type=int,
+        default=5,
+        help="bisection steps of that search over (0, 1.25 x the drain rate] (default 5)",
+    )
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="the workers on the last CPU, the broker and this process (the load generator, the "
+        "references) on the others, as separate machines would have them (Linux affinity)",
     )
     p.add_argument("--out", default="results/bench.json")
     p.add_argument(
@@ -225,6 +247,8 @@ async def run_pipeline(
 ) -> dict:
     ensure_topics(settings)
     fleet = pipeline.Fleet.start(settings, args.workers, work)
+    if args.pin:
+        pipeline.pin(fleet.pids(), WORKER_CPUS)
     try:
         ready_s = await publish_items(settings, fleet, items, len(items))
         monitor = pipeline.Monitor(fleet)
@@ -236,14 +260,22 @@ async def run_pipeline(
             pids = {"worker": fleet.pids(), **({"broker": [broker_pid]} if broker_pid else {})}
             cap = await pipeline.capacity(settings, fleet, producer, n_events, 0.0, pids)
             floor = faust_floor(settings, n_events, work)
+            sustained = None
+            rate = cap["events_per_s"]
+            if args.sustain_window > 0:
+                print("    sustained capacity: a search over rates ...", flush=True)
+                sustained = await pipeline.sustained_capacity(
+                    fleet, producer, cap["events_per_s"], args.sustain_window, args.sustain_probes
+                )
+                rate = sustained["events_per_s"] or rate
             loads = [
-                0.5 * reference_rate / cap["events_per_s"] if x == "goal" else float(x)
+                0.5 * reference_rate / rate if x == "goal" else float(x)
                 for x in args.loads.split(",")
             ]
             phases = []
             for load in sorted(loads):
                 if load > 1.0:
-                    phases.append({"load": load, "skipped": "above the measured capacity"})
+                    phases.append({"load": load, "skipped": "above the capacity"})
                     continue
                 consumed = fleet.metric("interest_events_consumed_total")
                 phases.append(
@@ -253,7 +285,7 @@ async def run_pipeline(
                             settings,
                             fleet,
                             producer,
-                            load * cap["events_per_s"],
+                            load * rate,
                             args.duration,
                             consumed,
                         ),
@@ -282,6 +314,7 @@ async def run_pipeline(
         "ready_s": ready_s,
         "refresh": refresh,
         "capacity": cap,
+        "sustained": sustained,
         "faust_floor": floor,
         "latency": phases,
         "dead_lettered": dead,
@@ -336,6 +369,22 @@ def summary(r: dict) -> list[tuple[str, str]]:
             "pipeline incl. producer contention, events/s",
             f"{cap['events_per_s_with_producer']:,.0f}",
         ),
+        *(
+            [
+                (
+                    f"sustained capacity (consumer lag within {sus['lag_bound_s']:.0f} s of events "
+                    f"over {sus['window_s']:.0f} s), events/s",
+                    f"{sus['events_per_s']:,.0f} (+{sus['resolution_events_per_s']:,.0f}; probes "
+                    + ", ".join(
+                        f"{p['target_events_per_s']:,.0f}{'' if p['kept_up'] else ' x'}"
+                        for p in sus["probes"]
+                    )
+                    + ")",
+                )
+            ]
+            if (sus := pipe.get("sustained"))
+            else []
+        ),
         ("ratio pipeline / aiokafka reference", f"{r['ratio']:.2f}"),
         (
             f"the goal's CPU per event on {r['machine']['cpus']} cores, all processes (cores / half "
@@ -364,13 +413,14 @@ def summary(r: dict) -> list[tuple[str, str]]:
             f"{floor['events'] / floor['seconds']:,.0f}, {1e6 * floor['cpu_s'] / floor['events']:.0f}",
         )
     )
+    basis = "sustained" if pipe.get("sustained") else "drain"
     for ph in pipe["latency"]:
         if "skipped" in ph:
             rows.append((f"latency at {ph['load']:.2f} x capacity", ph["skipped"]))
             continue
         rows.append(
             (
-                f"latency at {ph['events_per_s']:,.0f} ev/s ({ph['load']:.2f} x capacity, "
+                f"latency at {ph['events_per_s']:,.0f} ev/s ({ph['load']:.2f} x {basis}, "
                 f"{ph['events_per_s'] / ref['aiokafka_events_per_s']:.2f} x reference) p50 / p99 / max ms",
                 f"{ph['p50_ms']:.0f} / {ph['p99_ms']:.0f} / {ph['max_ms']:.0f}",
             )
@@ -480,6 +530,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not base.broker:
             local = stack.enter_context(local_broker(args.broker, work / "broker"))
             base, broker_pid = on_broker(base, local), local.pid
+        if args.pin:
+            pipeline.pin([os.getpid(), *([broker_pid] if broker_pid else [])], OTHER_CPUS)
         results["broker"] = args.broker if broker_pid else base.broker
         items = catalogue(args.items)
         encoder_path = base.encoder_path

@@ -366,6 +366,78 @@ async def latency(
     }
 
 
+LAG_BOUND_S = 1.0  # kept up: the workers stay within this many seconds of events of the producer
+
+
+async def keeps_up(
+    fleet: Fleet, producer: Producer, rate: float, window_s: float, consumed_before: float
+) -> dict:
+    """Produce at ``rate`` events/s for ``window_s`` while sampling the consumer lag (events produced
+    minus events the workers consumed) every 0.5 s. Kept up: the producer held the rate (within 5%)
+    and the lag over the window's second half stayed within ``LAG_BOUND_S`` seconds of events."""
+    loop = asyncio.get_running_loop()
+    lags: list[tuple[float, float]] = []  # (seconds into the window, lag in events)
+    start, sent, sampled = time.time(), 0, 0.0
+    while (elapsed := time.time() - start) < window_s:
+        due = int(rate * elapsed) - sent
+        if due > 0:
+            await producer.send(due)
+            sent += due
+        if elapsed - sampled >= 0.5:
+            sampled = elapsed
+            consumed = await loop.run_in_executor(
+                None, fleet.metric, "interest_events_consumed_total"
+            )
+            lags.append((elapsed, sent - (consumed - consumed_before)))
+        await asyncio.sleep(0.005)
+    await producer.flush()
+    produced_rate = sent / (time.time() - start)
+    await loop.run_in_executor(None, wait_consumed, fleet, consumed_before + sent, 600.0)
+    late = [lag for t, lag in lags if t >= window_s / 2] or [float("inf")]
+    return {
+        "target_events_per_s": rate,
+        "events_per_s": produced_rate,
+        "events": sent,
+        "max_lag_events": max(lag for _, lag in lags) if lags else None,
+        "max_lag_second_half_events": max(late),
+        "kept_up": produced_rate >= 0.95 * rate and max(late) <= LAG_BOUND_S * rate,
+    }
+
+
+async def sustained_capacity(
+    fleet: Fleet, producer: Producer, drain_rate: float, window_s: float, probes: int
+) -> dict:
+    """The highest rate the workers keep up with (``keeps_up``) for ``window_s``: a bisection over
+    (0, 1.25 x the backlog-drain rate] in ``probes`` steps, each probe's events drained before the next.
+    A stream processor is rated by what it sustains while events keep arriving, not by how fast it
+    drains a backlog produced beforehand (batches are then as large as they get)."""
+    lo, hi, tried = 0.0, 1.25 * drain_rate, []
+    for _ in range(probes):
+        rate = (lo + hi) / 2
+        consumed = fleet.metric("interest_events_consumed_total")
+        probe = await keeps_up(fleet, producer, rate, window_s, consumed)
+        tried.append(probe)
+        lo, hi = (rate, hi) if probe["kept_up"] else (lo, rate)
+    return {
+        "events_per_s": lo,
+        "window_s": window_s,
+        "lag_bound_s": LAG_BOUND_S,
+        "resolution_events_per_s": hi - lo,
+        "probes": tried,
+    }
+
+
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of ``pids`` onto ``cpus`` (threads they start later inherit it), the way separate
+    machines would keep the worker and the broker from taking each other's cores."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+            except ProcessLookupError:  # the thread ended meanwhile
+                pass
+
+
 def rss_vs_users(
     samples: list[tuple[float, float, int]], consumed_at_ready: float, n_users: int
 ) -> dict:
