@@ -130,3 +130,24 @@ def test_hot_user_runs_send_the_same_events_at_the_same_rate_in_both_scenarios()
     )
     measured = [n for n, (u, _) in enumerate(burst) if u.startswith("m")]
     assert measured[0] < 10 and measured[-1] > 100  # interleaved over the whole run, not bunched
+
+
+def test_the_sustained_capacity_is_the_highest_rate_kept_up_within_the_search_resolution(
+    monkeypatch,
+):
+    from benchmarks import pipeline
+
+    limit = 1234.0  # a pipeline that keeps up with this rate and no more
+
+    async def keeps_up(fleet, producer, rate, window_s, consumed_before):
+        return {"target_events_per_s": rate, "kept_up": rate <= limit}
+
+    class Idle:
+        def metric(self, name):
+            return 0.0
+
+    monkeypatch.setattr(pipeline, "keeps_up", keeps_up)
+    found = asyncio.run(pipeline.sustained_capacity(Idle(), None, 2000.0, 30.0, probes=6))
+    assert found["events_per_s"] <= limit < found["events_per_s"] + found["resolution_events_per_s"]
+    assert found["resolution_events_per_s"] == pytest.approx(1.25 * 2000 / 2**6)
+    assert [p["target_events_per_s"] for p in found["probes"]][:2] == [1250.0, 625.0]

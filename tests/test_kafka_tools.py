@@ -5,12 +5,16 @@ consumer-groups tool sees the worker's group with no lag once it has caught up."
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from faust.types.enums import ProcessingGuarantee
 
 from cli.client import publish_catalogue
 from cli.worker_process import WorkerProcess
 from models.records import Recommendation
+from streams.app import build_app
+from streams.topics import ensure_topics
 from tests.conftest import SAMPLE
 from tests.helpers import group_caught_up, metric_sum, scrape, stuck_report, wait_until
 
@@ -122,3 +126,29 @@ def test_events_from_kafkas_console_producer_are_applied_and_its_tools_read_the_
     finally:
         worker.stop()
     assert worker.exit_code == 0, worker.log_tail()
+
+
+DUMP_LOG = "kafka.tools.DumpLogSegments"
+
+
+def test_the_tools_write_with_an_idempotent_producer_and_the_worker_waits_for_all_replicas(
+    broker, settings
+):
+    """What the documented guarantees rest on, on the producers' side (docs/guarantees.md): the tools'
+    producer is idempotent (each record batch on the log carries its producer id; a non-idempotent
+    producer writes -1), not transactional; faust's producer in the worker waits for all in-sync
+    replicas (acks=all) and stays at-least-once (the exactly-once effect is the states' offsets)."""
+    ensure_topics(settings)
+    publish_catalogue(settings, SAMPLE / "catalogue.jsonl", progress=False)
+    segments = sorted((broker.data_dir / "log").glob(f"{settings.items_topic}-*/*.log"))
+    dump = broker.tool(DUMP_LOG, "--files", ",".join(map(str, segments)))
+    assert dump.returncode == 0, dump.stderr
+    batches = [line for line in dump.stdout.splitlines() if line.startswith("baseOffset:")]
+    assert batches, dump.stdout
+    producer_ids = {int(re.search(r"producerId: (-?\d+)", b).group(1)) for b in batches}
+    assert len(producer_ids) == 1 and min(producer_ids) >= 0, producer_ids
+    assert all("isTransactional: false" in b for b in batches)
+
+    conf = build_app(settings).app.conf
+    assert conf.producer_acks == -1
+    assert conf.processing_guarantee == ProcessingGuarantee.AT_LEAST_ONCE
