@@ -249,6 +249,37 @@ def test_compose_and_k8s_name_the_kafka_version_the_tests_run():
     assert f"Apache Kafka {version}" in (DEPLOY / "k8s" / "configmap.yaml").read_text()
 
 
+@pytest.mark.parametrize(
+    "java, said",
+    [
+        (None, "no java or no mvn on PATH"),
+        ("echo '    java.specification.version = 11' >&2", "older than Java 17"),
+    ],
+    ids=["no java", "java 11"],
+)
+def test_install_without_a_usable_java_says_so_in_one_line_and_goes_on(java, said, tmp_path):
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("sh", "sed", "rm", "touch"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    for name, body in (("java", java), ("mvn", "exit 99" if java else None)):
+        if body is not None:
+            (tools / name).write_text(f"#!{shutil.which('sh')}\n{body}\n")
+            (tools / name).chmod(0o755)
+    libs = tmp_path / "libs"
+    done = subprocess.run(
+        [shutil.which("make"), "-s", "-C", str(ROOT), f"KAFKA_LIBS={libs}", f"{libs}/.resolved"],
+        env={"PATH": str(tools)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.splitlines()
+    assert line.startswith("Apache Kafka not installed: ") and said in line
+    assert not libs.exists()
+
+
 def test_compose_kafka_is_single_node_kraft_on_kafka_9092():
     kafka = service("kafka")
     assert kafka["image"].startswith("apache/kafka:")
