@@ -136,9 +136,14 @@ def markdown(report: dict[str, Any], title: str) -> str:
                 "",
                 markdown_table(report["summary"]),
                 "",
-                f"Mean ± sample standard deviation over {seeds} seeds (0..{seeds - 1}). "
-                f"{', '.join(report['deterministic'])}: deterministic, "
-                "replayed once (seed 0), spread 0 by construction. The model trained on "
+                (
+                    f"Mean ± sample standard deviation over {seeds} seeds (0..{seeds - 1}). "
+                    f"{', '.join(report['deterministic'])}: deterministic, "
+                    "replayed once (seed 0), spread 0 by construction. "
+                    if seeds > 1
+                    else "One seed (0): no spread measured. "
+                )
+                + "The model trained on "
                 f"{training[0]['events']:,} events in "
                 f"{sum(seconds) / len(seconds):.1f} s a seed "
                 f"({min(seconds):.1f}-{max(seconds):.1f} s). Peers' params: {params}.",

@@ -494,6 +494,8 @@ def test_quality_over_two_seeds_on_a_recorded_log(
     assert (
         json.loads((tmp_path / "again.json").read_text())["config"]["trend_half_life_s"] == 3600.0
     )
+    one_seed = (tmp_path / "again.md").read_text()
+    assert "±" not in one_seed and "One seed (0): no spread measured." in one_seed
     again = json.loads((tmp_path / "again.json").read_text())["runs"][0]["results"]
     assert {name: again[name]["tuning"] for name in names[2:]} == {
         name: {"params": p, "validation NDCG@10": None} for name, p in report["params"].items()
