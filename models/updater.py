@@ -46,9 +46,8 @@ class UpdaterConfig:
     click_weight: float = 1.0  # long-term weight of a click
     purchase_weight: float = 3.0  # of a purchase (times its quantity)
     max_lateness_s: float = 86400.0  # events older than the user's last by more are rejected
-    bf16_scoring: bool = (
-        ScoringConfig.bf16
-    )  # score large catalogues in bf16 where the CPU has it natively
+    # score large catalogues in bf16 where the CPU has it natively
+    bf16_scoring: bool = ScoringConfig.bf16
     # from this catalogue size on, candidates come from an ANN index (models.scorer)
     ann_min_items: int = ScoringConfig.ann_min_items
     ann_nprobe: int = ScoringConfig.ann_nprobe  # IVF lists searched per query

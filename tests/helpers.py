@@ -136,11 +136,18 @@ def group_progress(
 
 
 def group_caught_up(settings: Settings, topics: list[str]) -> bool:
-    """True when the worker group's committed offsets reach the end of every partition of ``topics``."""
-    return all(
-        end == 0 or (done is not None and done >= end)
-        for done, end in group_progress(settings, topics).values()
-    )
+    """True when the worker group's committed offsets reach the end of every partition of ``topics``;
+    False while the broker answers with a retriable error (a restarted broker's group coordinator
+    still loading its offsets: CoordinatorLoadInProgressError), so that ``wait_until`` asks again."""
+    from kafka.errors import KafkaError
+
+    try:
+        progress = group_progress(settings, topics)
+    except KafkaError as exc:
+        if exc.retriable:
+            return False
+        raise
+    return all(end == 0 or (done is not None and done >= end) for done, end in progress.values())
 
 
 def stuck_report(settings: Settings, topics: list[str], worker) -> str:
