@@ -149,7 +149,7 @@ class Checkpoints:
         )
         metrics.PARTITION_REREADS.inc()
         try:
-            await self.app.consumer.seek(tp, offset)
+            await faust_compat.seek(self.app.consumer, tp, offset)
         except Exception:  # e.g. revoked meanwhile: its next owner starts from the committed offset
             log.warning("could not re-read %s:%s", tp.topic, tp.partition, exc_info=True)
 

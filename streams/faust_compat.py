@@ -14,6 +14,11 @@ faust and aiokafka classes, so that an upgrade that stops calling a patched meth
   instead of waiting ``fetch_max_wait_ms``, and faust exposes no aiokafka fetch setting that helps.
 - faust's on-disk layout of a table (``OFFSET_KEY``, ``table_files``), for reading a stopped worker's
   state: its file names and offset key are not an API.
+- A seek on the consumer's own thread (``seek``): faust's ``ThreadDelegateConsumer._seek`` calls the
+  aiokafka consumer's ``seek`` from the caller's thread (the event loop), which deletes the fetcher's
+  buffered records while the consumer thread iterates them (a ``KeyError`` in
+  ``Fetcher.fetched_records`` that stops the worker, seen once in six fresh-clone runs); faust has no
+  public seek that runs on that thread.
 - Record batches that cannot be decoded (``stand_in_for_undecodable_batches``): aiokafka raises from the
   fetch (a codec it lacks, a failed CRC, corrupt compressed bytes) and the consumer, so the worker, stops
   at the same offset at every start; no setting or hook lets a consumer skip a batch.
@@ -34,9 +39,10 @@ import faust
 from aiokafka.consumer.fetcher import Fetcher, PartitionRecords
 from aiokafka.errors import CorruptRecordException
 from faust.stores.rocksdb import Store as RocksDBStore
-from faust.transport.consumer import Consumer
+from faust.transport.consumer import Consumer, ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.types import TP
+from faust.types.transports import ConsumerT
 
 from state.faults import InterestStreamError
 
@@ -90,6 +96,9 @@ def check() -> None:
         (PartitionRecords, "_unpack_records", "records.next_batch()"),
         (PartitionRecords, "_unpack_records", ".validate_crc()"),
         (PartitionRecords, "_unpack_records", "for record in next_batch:"),
+        (ThreadDelegateConsumer, "__init__", "self._thread = "),
+        (ThreadDelegateConsumer, "_seek", "self._thread.seek("),
+        (Consumer, "seek", "self._read_offset["),
     ]
     for owner, method, code in uses:
         if code not in inspect.getsource(getattr(owner, method)):
@@ -109,6 +118,18 @@ def check() -> None:
             + "; ".join(problems)
             + ". Install the pinned versions (pip install -e .)."
         )
+
+
+# -- seeking ---------------------------------------------------------------------------------------------
+
+
+async def seek(consumer: ConsumerT, tp: TP, offset: int) -> None:
+    """``consumer.seek(tp, offset)``, run on the thread that owns the aiokafka consumer (its fetcher's
+    buffers are not safe to change from another thread); faust's own ``seek`` runs it on the caller's."""
+    thread = consumer._thread  # type: ignore[attr-defined]
+    await thread.call_thread(thread.seek, tp, offset)
+    # as Consumer.seek does after its _seek: faust drops what it reads below its read offset
+    consumer._read_offset[tp] = offset if offset else None  # type: ignore[attr-defined]
 
 
 # -- the user table's RocksDB ----------------------------------------------------------------------------

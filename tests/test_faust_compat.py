@@ -210,3 +210,20 @@ def test_an_undecodable_batch_is_delivered_as_stand_ins_and_the_next_batch_is_re
         (10, 13, "UnsupportedCodecError" if fault == "codec missing" else "CorruptRecordException")
     ]
     assert records.next_fetch_offset == 15
+
+
+def test_a_seek_runs_on_the_consumer_thread_and_moves_fausts_read_offset(tmp_path):
+    """faust's own seek changes aiokafka's fetch buffers from the event loop's thread while the consumer
+    thread reads them (a KeyError stopped a worker); ``faust_compat.seek`` hands it to that thread."""
+    consumer = build_app(Settings(broker="127.0.0.1:1", data_dir=tmp_path)).app.consumer
+    thread = consumer._thread
+    handed = []
+
+    async def call_thread(fun, *args):  # the consumer thread is not started without a broker
+        handed.append((fun, args))
+
+    thread.call_thread = call_thread
+    tp = TP("clicks", 3)
+    asyncio.run(faust_compat.seek(consumer, tp, 42))
+    assert handed == [(thread.seek, (tp, 42))]
+    assert consumer._read_offset[tp] == 42
