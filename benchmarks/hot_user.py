@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from benchmarks import pipeline
 from benchmarks.workload import catalogue
@@ -39,7 +39,7 @@ from cli.local_broker import LOCAL_BROKERS, local_broker, on_broker
 from models.tiny_bert import build_tiny_bert
 from streams.connection import client_options
 from streams.settings import Settings, topic_settings
-from streams.topics import ensure_topics, topic_partitions
+from streams.topics import ensure_topics
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,16 +90,7 @@ def events(run: int, scenario: str, args: argparse.Namespace) -> list[tuple[str,
 
 
 async def one_run(settings: Settings, run: int, scenario: str, args: argparse.Namespace) -> dict:
-    consumer = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    topic = settings.recommendations_topic
-    tps = [
-        TopicPartition(topic, p) for p in range(topic_partitions(settings, [topic]).get(topic, 0))
-    ]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
+    consumer = await pipeline.tail_recommendations(settings)
     producer = AIOKafkaProducer(**client_options(settings), linger_ms=1)
     await producer.start()
     plan = events(run, scenario, args)

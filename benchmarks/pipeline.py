@@ -296,15 +296,9 @@ async def capacity(
     }
 
 
-async def latency(
-    settings: Settings,
-    fleet: Fleet,
-    producer: Producer,
-    rate: float,
-    duration_s: float,
-    consumed_before: float,
-) -> dict:
-    """Produce at ``rate`` events/s for ``duration_s``; latency of every recommendation of those events."""
+async def tail_recommendations(settings: Settings) -> AIOKafkaConsumer:
+    """A started consumer at the end of every partition of the recommendations topic: what it reads
+    is what the workers publish from now on."""
     consumer = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
     await consumer.start()
     topic = settings.recommendations_topic
@@ -316,6 +310,19 @@ async def latency(
     for tp in tps:
         # resolve the end offsets now, not after the first recommendations
         await consumer.position(tp)
+    return consumer
+
+
+async def latency(
+    settings: Settings,
+    fleet: Fleet,
+    producer: Producer,
+    rate: float,
+    duration_s: float,
+    consumed_before: float,
+) -> dict:
+    """Produce at ``rate`` events/s for ``duration_s``; latency of every recommendation of those events."""
+    consumer = await tail_recommendations(settings)
     latencies: list[float] = []
     received: list[float] = []  # recommendation handed to the producer -> received here
     before, stages_before = fleet.metrics(), fleet.stage_buckets()
